@@ -1,0 +1,491 @@
+//! The agent's TOML configuration: who the agent is, which plugins it trusts,
+//! and which targets it manages with which capability grants. Parsed once,
+//! validated into plain structs; every error names the file and line.
+
+use crate::units::{self, ByteSize};
+use ed25519_dalek::VerifyingKey;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use toml::Spanned;
+
+pub const DEFAULT_MEMORY_LIMIT: ByteSize = ByteSize(64 << 20);
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_PROCESS_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+const MIN_MEMORY_LIMIT: ByteSize = ByteSize(1 << 20);
+const MAX_MEMORY_LIMIT: ByteSize = ByteSize(4 << 30);
+
+/// Where programs named without a path in a `process` grant are looked up.
+/// Fixed, so that the agent's own environment cannot widen a grant.
+const PROGRAM_SEARCH_PATH: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
+/// A configuration error, with the file and (where known) the line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// The validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub path: PathBuf,
+    pub name: String,
+    pub state_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    pub trusted_keys: Vec<VerifyingKey>,
+    pub plugins: BTreeMap<String, PluginConfig>,
+    pub targets: BTreeMap<String, Arc<TargetConfig>>,
+}
+
+/// A plugin the agent may load.
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    pub name: String,
+    pub path: PathBuf,
+    /// The pinned SHA-256 (hex), if the configuration pins one.
+    pub sha256: Option<String>,
+    /// Whether the plugin may run without a valid signature.
+    pub allow_unsigned: bool,
+}
+
+/// A target: something on this host that one plugin manages.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub name: String,
+    pub plugin: String,
+    /// The target's `settings` table, as JSON for the plugin.
+    pub settings_json: String,
+    pub memory_limit: ByteSize,
+    pub deadline: Duration,
+    /// The target's private directory, the root of the `files` capability.
+    pub state_dir: PathBuf,
+    pub grant: Grant,
+}
+
+/// What a target's plugin may touch beyond its own state directory.
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    /// Directories (absolute) the `files` capability may read and write.
+    pub files: Vec<PathBuf>,
+    /// Programs the `process` capability may run: the name as granted, and
+    /// the absolute path that runs.
+    pub process: BTreeMap<String, PathBuf>,
+    pub process_timeout: Duration,
+    /// Environment variables set for every program (nothing is inherited).
+    pub process_env: BTreeMap<String, String>,
+    /// Hosts (`host` or `host:port`) outgoing HTTP may reach.
+    pub http: Vec<HostPort>,
+}
+
+/// An entry of an HTTP allow-list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    /// None allows any port on the host.
+    pub port: Option<u16>,
+}
+
+impl HostPort {
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        self.host.eq_ignore_ascii_case(host) && self.port.is_none_or(|p| p == port)
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.host),
+            None => write!(f, "{}", self.host),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    agent: RawAgent,
+    #[serde(default)]
+    plugins: BTreeMap<String, Spanned<RawPlugin>>,
+    #[serde(default)]
+    targets: BTreeMap<String, Spanned<RawTarget>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: Spanned<String>,
+    state_dir: PathBuf,
+    cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    trusted_keys: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    path: PathBuf,
+    sha256: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_unsigned: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    plugin: Spanned<String>,
+    #[serde(default)]
+    settings: toml::Table,
+    memory_limit: Option<Spanned<ByteSize>>,
+    #[serde(default, deserialize_with = "units::opt_duration")]
+    deadline: Option<Duration>,
+    #[serde(default)]
+    grant: RawGrant,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    #[serde(default)]
+    files: Vec<Spanned<PathBuf>>,
+    #[serde(default)]
+    process: Vec<Spanned<String>>,
+    #[serde(default, deserialize_with = "units::opt_duration")]
+    process_timeout: Option<Duration>,
+    #[serde(default)]
+    process_env: BTreeMap<String, String>,
+    #[serde(default)]
+    http: Vec<Spanned<String>>,
+}
+
+/// Read and validate an agent configuration file.
+pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        line: None,
+        message: format!("cannot read the agent configuration: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+/// Validate an agent configuration given as text; `path` is used for errors
+/// and to resolve relative paths.
+pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
+    let at = |span: Option<std::ops::Range<usize>>, message: String| ConfigError {
+        path: path.to_path_buf(),
+        line: span.map(|s| line_of(text, s.start)),
+        message,
+    };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+
+    let name = raw.agent.name.get_ref().clone();
+    if !is_valid_name(&name) {
+        return Err(at(
+            Some(raw.agent.name.span()),
+            format!("agent name `{name}` may only use letters, digits, `.`, `-` and `_`"),
+        ));
+    }
+    let state_dir = resolve(&raw.agent.state_dir);
+    let cache_dir = raw.agent.cache_dir.as_deref().map_or_else(|| state_dir.join("cache"), resolve);
+
+    let mut trusted_keys = Vec::new();
+    for key in &raw.agent.trusted_keys {
+        let parsed = crate::signing::parse_public_key(key.get_ref())
+            .map_err(|e| at(Some(key.span()), format!("trusted_keys: {e}")))?;
+        trusted_keys.push(parsed);
+    }
+
+    let mut plugins = BTreeMap::new();
+    for (plugin_name, spanned) in raw.plugins {
+        let span = spanned.span();
+        let plugin = spanned.into_inner();
+        if !is_valid_name(&plugin_name) {
+            return Err(at(Some(span), format!("plugin name `{plugin_name}` is not valid")));
+        }
+        let sha256 = match plugin.sha256 {
+            Some(pin) => {
+                let hex = pin.get_ref().trim_start_matches("sha256:").to_ascii_lowercase();
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(at(
+                        Some(pin.span()),
+                        format!("plugins.{plugin_name}.sha256 must be 64 hex digits"),
+                    ));
+                }
+                Some(hex)
+            }
+            None => None,
+        };
+        plugins.insert(
+            plugin_name.clone(),
+            PluginConfig {
+                name: plugin_name,
+                path: resolve(&plugin.path),
+                sha256,
+                allow_unsigned: plugin.allow_unsigned,
+            },
+        );
+    }
+
+    let mut targets = BTreeMap::new();
+    for (target_name, spanned) in raw.targets {
+        let span = spanned.span();
+        let target = spanned.into_inner();
+        let here = |message: String| at(Some(span.clone()), format!("target {target_name}: {message}"));
+        if !is_valid_name(&target_name) {
+            return Err(here("the name may only use letters, digits, `.`, `-` and `_`".into()));
+        }
+        let plugin = target.plugin.get_ref().clone();
+        if !plugins.contains_key(&plugin) {
+            return Err(at(
+                Some(target.plugin.span()),
+                format!(
+                    "target {target_name}: plugin `{plugin}` is not declared (declared: {})",
+                    list_or_none(plugins.keys())
+                ),
+            ));
+        }
+        let memory_limit = match &target.memory_limit {
+            Some(limit) => {
+                let value = *limit.get_ref();
+                if value < MIN_MEMORY_LIMIT || value > MAX_MEMORY_LIMIT {
+                    return Err(at(
+                        Some(limit.span()),
+                        format!(
+                            "target {target_name}: memory_limit {value} is outside {MIN_MEMORY_LIMIT}..{MAX_MEMORY_LIMIT}"
+                        ),
+                    ));
+                }
+                value
+            }
+            None => DEFAULT_MEMORY_LIMIT,
+        };
+        let settings_json = serde_json::to_string(&target.settings)
+            .map_err(|e| here(format!("settings cannot be passed to the plugin: {e}")))?;
+        let grant = validate_grant(target.grant, &target_name, &at)?;
+        targets.insert(
+            target_name.clone(),
+            Arc::new(TargetConfig {
+                state_dir: state_dir.join("targets").join(&target_name),
+                name: target_name,
+                plugin,
+                settings_json,
+                memory_limit,
+                deadline: target.deadline.unwrap_or(DEFAULT_DEADLINE),
+                grant,
+            }),
+        );
+    }
+
+    Ok(AgentConfig {
+        path: path.to_path_buf(),
+        name,
+        state_dir,
+        cache_dir,
+        labels: raw.agent.labels,
+        trusted_keys,
+        plugins,
+        targets,
+    })
+}
+
+fn validate_grant(
+    raw: RawGrant,
+    target: &str,
+    at: &impl Fn(Option<std::ops::Range<usize>>, String) -> ConfigError,
+) -> Result<Grant, ConfigError> {
+    let mut grant = Grant {
+        process_timeout: raw.process_timeout.unwrap_or(DEFAULT_PROCESS_TIMEOUT),
+        process_env: raw.process_env,
+        ..Grant::default()
+    };
+    for dir in raw.files {
+        if !dir.get_ref().is_absolute() {
+            return Err(at(
+                Some(dir.span()),
+                format!(
+                    "target {target}: grant.files entry {} must be an absolute directory",
+                    dir.get_ref().display()
+                ),
+            ));
+        }
+        grant.files.push(dir.into_inner());
+    }
+    for program in raw.process {
+        let name = program.get_ref();
+        let resolved = resolve_program(name).ok_or_else(|| {
+            at(
+                Some(program.span()),
+                format!(
+                    "target {target}: grant.process program `{name}` was not found{}",
+                    if name.contains('/') {
+                        String::new()
+                    } else {
+                        format!(" in {}", PROGRAM_SEARCH_PATH.join(":"))
+                    }
+                ),
+            )
+        })?;
+        grant.process.insert(name.clone(), resolved);
+    }
+    for entry in raw.http {
+        let parsed = parse_host_port(entry.get_ref())
+            .map_err(|e| at(Some(entry.span()), format!("target {target}: grant.http: {e}")))?;
+        grant.http.push(parsed);
+    }
+    Ok(grant)
+}
+
+fn resolve_program(name: &str) -> Option<PathBuf> {
+    let is_executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let path = PathBuf::from(name);
+        return (path.is_absolute() && is_executable(&path)).then_some(path);
+    }
+    PROGRAM_SEARCH_PATH
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| is_executable(p))
+}
+
+fn parse_host_port(text: &str) -> Result<HostPort, String> {
+    if text.contains("://") || text.contains('/') {
+        return Err(format!("`{text}` must be a host or host:port, without scheme or path"));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') || host.ends_with(']') => {
+            let port: u16 = port.parse().map_err(|_| format!("`{text}`: bad port `{port}`"))?;
+            (host, Some(port))
+        }
+        _ => (text, None),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("`{text}`: no host"));
+    }
+    Ok(HostPort { host: host.to_ascii_lowercase(), port })
+}
+
+pub(crate) fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn list_or_none<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<AgentConfig, ConfigError> {
+        parse(text, Path::new("/etc/rewind/agent.toml"))
+    }
+
+    const BASE: &str = r#"
+[agent]
+name = "web-1"
+state_dir = "/var/lib/rewind"
+
+[plugins.files]
+path = "plugins/files.wasm"
+allow_unsigned = true
+"#;
+
+    #[test]
+    fn a_full_target_is_validated_and_resolved() {
+        let config = parse_str(&format!(
+            r#"{BASE}
+[targets.nginx]
+plugin = "files"
+memory_limit = "32MiB"
+deadline = "30s"
+settings = {{ files = ["/etc/nginx/nginx.conf"] }}
+[targets.nginx.grant]
+files = ["/etc/nginx"]
+process = ["true"]
+http = ["127.0.0.1:8080", "api.example.com"]
+"#
+        ))
+        .unwrap();
+        let target = &config.targets["nginx"];
+        assert_eq!(target.memory_limit, ByteSize(32 << 20));
+        assert_eq!(target.deadline, Duration::from_secs(30));
+        assert_eq!(target.state_dir, Path::new("/var/lib/rewind/targets/nginx"));
+        assert_eq!(target.settings_json, r#"{"files":["/etc/nginx/nginx.conf"]}"#);
+        assert!(target.grant.process["true"].is_absolute());
+        assert!(target.grant.http[0].allows("127.0.0.1", 8080));
+        assert!(!target.grant.http[0].allows("127.0.0.1", 8081));
+        assert!(target.grant.http[1].allows("API.example.com", 443));
+        assert_eq!(config.plugins["files"].path, Path::new("/etc/rewind/plugins/files.wasm"));
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let config = parse_str(&format!("{BASE}\n[targets.t]\nplugin = \"files\"\n")).unwrap();
+        assert_eq!(config.targets["t"].memory_limit, DEFAULT_MEMORY_LIMIT);
+        assert_eq!(config.targets["t"].deadline, DEFAULT_DEADLINE);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let err = parse_str(&format!("{BASE}\n[targets.t]\nplugin = \"filez\"\n")).unwrap_err();
+        assert_eq!(err.line, Some(11), "{err}");
+        assert!(err.to_string().starts_with("/etc/rewind/agent.toml:11: target t: plugin `filez`"), "{err}");
+
+        let err = parse_str(&format!("{BASE}\n[targets.t]\nplugin = \"files\"\nmemroy = 1\n")).unwrap_err();
+        assert_eq!(err.line, Some(12), "{err}");
+        assert!(err.message.contains("unknown field `memroy`"), "{err}");
+
+        let err = parse_str(&format!(
+            "{BASE}\n[targets.t]\nplugin = \"files\"\ndeadline = \"soon\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.line, Some(12), "{err}");
+        assert!(err.message.contains("`soon` is not a duration"), "{err}");
+
+        let err = parse_str(&format!(
+            "{BASE}\n[targets.t]\nplugin = \"files\"\ngrant = {{ process = [\"no-such-program-xyz\"] }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.line, Some(12), "{err}");
+        assert!(err.message.contains("`no-such-program-xyz` was not found"), "{err}");
+
+        let err = parse_str(&format!(
+            "{BASE}\n[targets.t]\nplugin = \"files\"\nmemory_limit = \"16GiB\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("outside"), "{err}");
+
+        let err = parse_str(&format!(
+            "{BASE}\n[targets.t]\nplugin = \"files\"\ngrant = {{ http = [\"http://x/\"] }}\n"
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("without scheme"), "{err}");
+    }
+}

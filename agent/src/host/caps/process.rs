@@ -1,0 +1,110 @@
+//! `rewind:plugin/process`: run an allow-listed program, without a shell,
+//! with an empty environment, in the target's state directory, killed with
+//! its whole process group when its timeout or the call's deadline passes.
+
+use crate::host::bindings::rewind::plugin::process::{Command, Host, Output, ProcessError};
+use crate::host::state::CallState;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+const MAX_OUTPUT: usize = 16 << 20;
+
+impl Host for CallState {
+    async fn run(&mut self, cmd: Command) -> Result<Output, ProcessError> {
+        let target = &self.target;
+        let grant = &target.grant;
+        let program = grant
+            .process
+            .get(&cmd.program)
+            .or_else(|| grant.process.values().find(|p| p.as_path() == Path::new(&cmd.program)))
+            .ok_or_else(|| {
+                let allowed: Vec<&str> = grant.process.keys().map(String::as_str).collect();
+                ProcessError::Denied(format!(
+                    "target {}: program `{}` is not on the grant.process allow-list ({})",
+                    target.name,
+                    cmd.program,
+                    if allowed.is_empty() { "empty".to_string() } else { allowed.join(", ") }
+                ))
+            })?
+            .clone();
+
+        let requested = cmd.timeout_ms.map_or(grant.process_timeout, |ms| Duration::from_millis(ms.into()));
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let timeout = requested.min(grant.process_timeout).min(remaining);
+
+        std::fs::create_dir_all(&target.state_dir)
+            .map_err(|e| ProcessError::Io(format!("state directory {}: {e}", target.state_dir.display())))?;
+        let mut child = tokio::process::Command::new(&program)
+            .args(&cmd.args)
+            .env_clear()
+            .envs(&grant.process_env)
+            .current_dir(&target.state_dir)
+            .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| ProcessError::SpawnFailed(format!("{}: {e}", program.display())))?;
+        let pid = child.id();
+
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let input = cmd.stdin.unwrap_or_default();
+        let started = Instant::now();
+        let finished = tokio::time::timeout(timeout, async {
+            let feed = async {
+                if let Some(mut stdin) = stdin {
+                    // A program that exits without reading its input is not an error.
+                    let _ = stdin.write_all(&input).await;
+                }
+            };
+            let (_, out, err, status) =
+                tokio::join!(feed, read_capped(stdout), read_capped(stderr), child.wait());
+            (out, err, status)
+        })
+        .await;
+
+        let Ok((out, err, status)) = finished else {
+            if let Some(pid) = pid {
+                // SAFETY: killpg only sends a signal to the group we created.
+                unsafe { libc::killpg(pid as libc::pid_t, libc::SIGKILL) };
+            }
+            tracing::warn!(plugin = self.plugin, target = target.name, program = %program.display(), "killed after {timeout:?}");
+            return Err(ProcessError::TimedOut(timeout.as_millis().min(u32::MAX as u128) as u32));
+        };
+        let status = status.map_err(|e| ProcessError::Io(e.to_string()))?;
+        let (stdout, out_cut) = out.map_err(|e| ProcessError::Io(format!("stdout: {e}")))?;
+        let (stderr, err_cut) = err.map_err(|e| ProcessError::Io(format!("stderr: {e}")))?;
+        tracing::info!(
+            plugin = self.plugin,
+            target = target.name,
+            program = %program.display(),
+            status = ?status.code(),
+            "ran in {:?}",
+            started.elapsed()
+        );
+        Ok(Output { status: status.code(), stdout, stderr, truncated: out_cut || err_cut })
+    }
+}
+
+/// Read a stream to its end, keeping at most MAX_OUTPUT bytes (and draining
+/// the rest, so the program never blocks on a full pipe).
+async fn read_capped(stream: Option<impl AsyncRead + Unpin>) -> std::io::Result<(Vec<u8>, bool)> {
+    let Some(mut stream) = stream else { return Ok((Vec::new(), false)) };
+    let mut kept = Vec::new();
+    let mut truncated = false;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok((kept, truncated));
+        }
+        let room = MAX_OUTPUT - kept.len();
+        kept.extend_from_slice(&chunk[..n.min(room)]);
+        truncated |= n > room;
+    }
+}

@@ -1,0 +1,185 @@
+//! The state of one plugin call's store: the WASI contexts (no ambient
+//! authority), the resource limiter, the target's grant, and what the call
+//! logged. A store lives for exactly one call.
+
+use crate::config::TargetConfig;
+use crate::host::caps::http::HttpGate;
+use crate::host::caps::log::CallLog;
+use crate::host::ProgressSink;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// How much of a plugin's stdout/stderr is kept (the tail), for crash reports.
+const OUTPUT_TAIL: usize = 16 * 1024;
+
+pub struct CallState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    http_gate: HttpGate,
+    table: ResourceTable,
+    pub(crate) limiter: Limiter,
+    pub(crate) target: Arc<TargetConfig>,
+    pub(crate) plugin: String,
+    pub(crate) log: CallLog,
+    pub(crate) progress: Option<ProgressSink>,
+    pub(crate) last_progress: Option<Instant>,
+    /// When the whole call must be over; host calls never wait past it.
+    pub(crate) deadline: Instant,
+    pub(crate) stderr: TailPipe,
+}
+
+impl CallState {
+    pub fn new(
+        plugin: &str,
+        target: Arc<TargetConfig>,
+        progress: Option<ProgressSink>,
+        deadline: Instant,
+    ) -> CallState {
+        let stdout = TailPipe::default();
+        let stderr = TailPipe::default();
+        // Nothing is inherited: no environment, no arguments, no stdin, no
+        // preopened directories, no sockets, no name lookups. Files go
+        // through the `files` capability, HTTP through the gate below.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout)
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        CallState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            http_gate: HttpGate::new(plugin, &target, deadline),
+            table: ResourceTable::new(),
+            limiter: Limiter::new(target.memory_limit.0 as usize),
+            log: CallLog::default(),
+            plugin: plugin.to_string(),
+            target,
+            progress,
+            last_progress: None,
+            deadline,
+            stderr,
+        }
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.http_gate }
+    }
+}
+
+/// Bounds a call's memories, tables and instances, and remembers when the
+/// memory limit was what stopped a plugin so the error can say so.
+pub struct Limiter {
+    memory_limit: usize,
+    memory_in_use: usize,
+    pub(crate) memory_refused: Option<usize>,
+}
+
+impl Limiter {
+    fn new(memory_limit: usize) -> Limiter {
+        Limiter { memory_limit, memory_in_use: 0, memory_refused: None }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // The limit is on the sum of all of the instance's memories.
+        let total = self.memory_in_use - current.min(self.memory_in_use) + desired;
+        if total > self.memory_limit {
+            self.memory_refused = Some(total);
+            return Ok(false);
+        }
+        self.memory_in_use = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+
+    fn instances(&self) -> usize {
+        // A component instantiates a handful of core instances (the plugin,
+        // its adapters, shims).
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        8
+    }
+}
+
+/// A stdout/stderr sink that keeps only the last bytes written, so a chatty
+/// plugin can never fill the agent's memory nor be killed for its output.
+#[derive(Clone, Default)]
+pub struct TailPipe {
+    buffer: Arc<Mutex<Vec<u8>>>,
+}
+
+impl TailPipe {
+    pub fn contents(&self) -> String {
+        let buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+}
+
+impl IsTerminal for TailPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for TailPipe {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for TailPipe {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, bytes: &[u8]) -> Poll<std::io::Result<usize>> {
+        let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        buffer.extend_from_slice(bytes);
+        if buffer.len() > OUTPUT_TAIL {
+            let excess = buffer.len() - OUTPUT_TAIL;
+            buffer.drain(..excess);
+        }
+        Poll::Ready(Ok(bytes.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

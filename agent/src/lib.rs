@@ -1,0 +1,7 @@
+//! rewind-agent: runs sandboxed WASM rollback plugins for the targets of one
+//! host, locally (`rewind-agent plugin run`) or for a coordinator.
+
+pub mod config;
+pub mod host;
+pub mod signing;
+pub mod units;

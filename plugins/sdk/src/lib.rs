@@ -1,0 +1,205 @@
+//! The rewind plugin SDK: typed bindings to the `rewind:plugin@0.1.0` contract,
+//! a [`Plugin`] trait with sensible defaults, and helpers for the host
+//! capabilities (log, progress, files, process, HTTP).
+//!
+//! A plugin is a `cdylib` crate built for `wasm32-wasip2`:
+//!
+//! ```ignore
+//! use rewind_plugin_sdk::*;
+//!
+//! struct Hello;
+//! impl Plugin for Hello {
+//!     fn describe() -> PluginInfo { info("hello", "says hello", &[Action::Snapshot]) }
+//!     fn snapshot(target: Target) -> Result<Captured, PluginError> {
+//!         log::info(&format!("snapshot of {}", target.name));
+//!         Ok(Captured { data: "{}".into(), summary: "nothing".into() })
+//!     }
+//! }
+//! export_plugin!(Hello);
+//! ```
+//!
+//! Only the capabilities a plugin calls end up among its component's imports,
+//! so a plugin that never touches `process` does not need it granted.
+
+pub mod bindings {
+    //! Raw bindings generated from the WIT contract in `wit/`.
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "rewind:plugin/rollback-plugin",
+        pub_export_macro: true,
+        default_bindings_module: "rewind_plugin_sdk::bindings",
+        generate_all,
+    });
+}
+
+pub mod files;
+pub mod http;
+pub mod process;
+
+pub use bindings::rewind::plugin::types::{
+    Action, Captured, Change, Outcome, PluginError, PluginInfo, Preview, RestoreOptions, Risk,
+    SnapshotRecord, Target,
+};
+pub use serde_json;
+
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+/// The rollback contract with defaults: implement what your plugin supports;
+/// the rest answers `unsupported`.
+pub trait Plugin {
+    /// Who the plugin is; see [`info`].
+    fn describe() -> PluginInfo;
+
+    fn snapshot(target: Target) -> Result<Captured, PluginError> {
+        Err(unsupported("snapshot", &target))
+    }
+
+    fn plan(target: Target, to: SnapshotRecord) -> Result<Preview, PluginError> {
+        let _ = to;
+        Err(unsupported("plan", &target))
+    }
+
+    fn restore(
+        target: Target,
+        to: SnapshotRecord,
+        options: RestoreOptions,
+    ) -> Result<Outcome, PluginError> {
+        let _ = (to, options);
+        Err(unsupported("restore", &target))
+    }
+
+    fn restart(target: Target, parts: Vec<String>) -> Result<Outcome, PluginError> {
+        let _ = parts;
+        Err(unsupported("restart", &target))
+    }
+
+    fn verify(target: Target, to: SnapshotRecord) -> Result<Outcome, PluginError> {
+        let _ = to;
+        Err(unsupported("verify", &target))
+    }
+}
+
+fn unsupported(action: &str, target: &Target) -> PluginError {
+    PluginError::Unsupported(format!(
+        "this plugin does not implement {action} (target {})",
+        target.name
+    ))
+}
+
+/// Export a type implementing [`Plugin`] as the component's `rollback` interface.
+#[macro_export]
+macro_rules! export_plugin {
+    ($ty:ident) => {
+        impl $crate::bindings::exports::rewind::plugin::rollback::Guest for $ty {
+            fn describe() -> $crate::PluginInfo {
+                <$ty as $crate::Plugin>::describe()
+            }
+            fn snapshot(target: $crate::Target) -> Result<$crate::Captured, $crate::PluginError> {
+                <$ty as $crate::Plugin>::snapshot(target)
+            }
+            fn plan(
+                target: $crate::Target,
+                to: $crate::SnapshotRecord,
+            ) -> Result<$crate::Preview, $crate::PluginError> {
+                <$ty as $crate::Plugin>::plan(target, to)
+            }
+            fn restore(
+                target: $crate::Target,
+                to: $crate::SnapshotRecord,
+                options: $crate::RestoreOptions,
+            ) -> Result<$crate::Outcome, $crate::PluginError> {
+                <$ty as $crate::Plugin>::restore(target, to, options)
+            }
+            fn restart(
+                target: $crate::Target,
+                parts: Vec<String>,
+            ) -> Result<$crate::Outcome, $crate::PluginError> {
+                <$ty as $crate::Plugin>::restart(target, parts)
+            }
+            fn verify(
+                target: $crate::Target,
+                to: $crate::SnapshotRecord,
+            ) -> Result<$crate::Outcome, $crate::PluginError> {
+                <$ty as $crate::Plugin>::verify(target, to)
+            }
+        }
+        $crate::bindings::export!($ty with_types_in $crate::bindings);
+    };
+}
+
+/// A [`PluginInfo`] with this crate's version.
+pub fn info(name: &str, description: &str, actions: &[Action]) -> PluginInfo {
+    PluginInfo {
+        name: name.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        description: description.to_string(),
+        actions: actions.to_vec(),
+    }
+}
+
+/// The target's settings, deserialised; a clear `invalid-settings` error otherwise.
+pub fn settings<T: DeserializeOwned>(target: &Target) -> Result<T, PluginError> {
+    serde_json::from_str(&target.settings).map_err(|e| {
+        PluginError::InvalidSettings(format!("target {}: settings: {e}", target.name))
+    })
+}
+
+/// Parse a snapshot's data as this plugin wrote it.
+pub fn snapshot_data<T: DeserializeOwned>(target: &Target, to: &SnapshotRecord) -> Result<T, PluginError> {
+    serde_json::from_str(&to.data).map_err(|e| {
+        PluginError::InvalidSettings(format!(
+            "target {}: the snapshot was not written by this plugin or is damaged: {e}",
+            target.name
+        ))
+    })
+}
+
+/// Lowercase hex SHA-256 of some bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The highest of some risks (`none` for none).
+pub fn max_risk(risks: impl IntoIterator<Item = Risk>) -> Risk {
+    risks.into_iter().max_by_key(|r| risk_rank(*r)).unwrap_or(Risk::None)
+}
+
+fn risk_rank(risk: Risk) -> u8 {
+    match risk {
+        Risk::None => 0,
+        Risk::Restart => 1,
+        Risk::Downtime => 2,
+        Risk::DataLoss => 3,
+    }
+}
+
+/// Seconds since the Unix epoch, by the host's wall clock.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub mod log {
+    //! Log lines attributed to the plugin, target and step by the agent.
+    use crate::bindings::rewind::plugin::log::{Level, log};
+
+    pub fn debug(message: &str) {
+        log(Level::Debug, message)
+    }
+    pub fn info(message: &str) {
+        log(Level::Info, message)
+    }
+    pub fn warn(message: &str) {
+        log(Level::Warn, message)
+    }
+    pub fn error(message: &str) {
+        log(Level::Error, message)
+    }
+}
+
+/// Tell the live view what the action is doing now.
+pub fn progress(detail: &str, percent: Option<u8>) {
+    bindings::rewind::plugin::progress::report(detail, percent)
+}

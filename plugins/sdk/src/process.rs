@@ -1,0 +1,38 @@
+//! Run allow-listed programs on the host, without a shell.
+
+pub use crate::bindings::rewind::plugin::process::{Command, Output, ProcessError};
+use crate::bindings::rewind::plugin::process as host;
+use crate::PluginError;
+
+/// Run a program to completion. A non-zero exit is an error that carries the
+/// program's stderr; use [`run_command`] to inspect the status yourself.
+pub fn run(program: &str, args: &[&str]) -> Result<Output, PluginError> {
+    let output = run_command(&Command {
+        program: program.to_string(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        stdin: None,
+        timeout_ms: None,
+    })?;
+    match output.status {
+        Some(0) => Ok(output),
+        status => Err(PluginError::Failed(format!(
+            "{program} exited with {}: {}",
+            status.map_or("a signal".to_string(), |s| format!("status {s}")),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))),
+    }
+}
+
+/// Run a command and return its status and output, whatever the status.
+pub fn run_command(cmd: &Command) -> Result<Output, PluginError> {
+    host::run(cmd).map_err(|e| match e {
+        ProcessError::Denied(t) => PluginError::Denied(t),
+        ProcessError::SpawnFailed(t) => {
+            PluginError::Failed(format!("{} could not be started: {t}", cmd.program))
+        }
+        ProcessError::TimedOut(ms) => {
+            PluginError::Failed(format!("{} was killed after {ms} ms", cmd.program))
+        }
+        ProcessError::Io(t) => PluginError::Failed(format!("{}: {t}", cmd.program)),
+    })
+}

@@ -1,0 +1,114 @@
+//! Shared helpers for the end-to-end tests: building the plugins once, and
+//! writing agent configurations into temporary directories.
+
+use rewind_agent::config::{self, AgentConfig, TargetConfig};
+use rewind_agent::host::{Action, CallError, CallOutput, LoadedPlugin, PluginHost};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use tempfile::TempDir;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
+}
+
+/// Build the plugins and fixtures (once per test process) with the same
+/// script users run, and return the directory holding the components.
+pub fn plugins_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let status = std::process::Command::new(root().join("plugins/build"))
+            .status()
+            .expect("running plugins/build");
+        assert!(status.success(), "plugins/build failed: {status}");
+        root().join("target/plugins")
+    })
+}
+
+/// The path of a built plugin or fixture, e.g. `files` or `fixture_noop`.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = plugins_dir().join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A binary of this workspace, built by cargo for the tests.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let path = dir.join(name);
+    if !path.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--bin", name])
+            .current_dir(root())
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building {name} failed");
+    }
+    path
+}
+
+/// An agent configuration in a temporary directory, with a plugin host.
+pub struct Agent {
+    pub dir: TempDir,
+    pub config: AgentConfig,
+    pub host: PluginHost,
+}
+
+impl Agent {
+    /// An agent whose configuration is `[agent]` (state in the temporary
+    /// directory) followed by `rest` (plugins and targets). `{dir}` in `rest`
+    /// stands for the temporary directory, `{plugins}` for the built plugins.
+    pub fn new(rest: &str) -> Agent {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let text = format!(
+            "[agent]\nname = \"test-agent\"\nstate_dir = \"{}/state\"\n\n{}",
+            dir.path().display(),
+            rest.replace("{dir}", &dir.path().display().to_string())
+                .replace("{plugins}", &plugins_dir().display().to_string())
+        );
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, &text).expect("writing agent.toml");
+        let config = config::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let host = PluginHost::new(&config.cache_dir, config.trusted_keys.clone()).expect("plugin host");
+        Agent { dir, config, host }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn target(&self, name: &str) -> Arc<TargetConfig> {
+        self.config.targets.get(name).unwrap_or_else(|| panic!("no target {name}")).clone()
+    }
+
+    /// Load the plugin that a target uses, under the agent's policy.
+    pub fn load(&self, target: &str) -> Arc<LoadedPlugin> {
+        let target = self.target(target);
+        self.host.load(&self.config.plugins[&target.plugin]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Call an action of a target's plugin.
+    pub async fn call(&self, target: &str, action: Action) -> Result<CallOutput, CallError> {
+        let plugin = self.load(target);
+        self.host.call(&plugin, &self.target(target), action, None).await
+    }
+}
+
+/// A plugin table for `Agent::new` that runs a built plugin unsigned.
+pub fn unsigned_plugin(name: &str, file: &str) -> String {
+    format!("[plugins.{name}]\npath = \"{{plugins}}/{file}.wasm\"\nallow_unsigned = true\n\n")
+}
+
+/// Peak resident memory of this process, in KiB (VmHWM).
+pub fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status")
+}
+
+pub use rewind_agent::host;
