@@ -15,7 +15,7 @@ pub const DEFAULT_MEMORY_LIMIT: ByteSize = ByteSize(64 << 20);
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_PROCESS_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const MIN_MEMORY_LIMIT: ByteSize = ByteSize(1 << 20);
-const MAX_MEMORY_LIMIT: ByteSize = ByteSize(4 << 30);
+pub const MAX_MEMORY_LIMIT: ByteSize = ByteSize(4 << 30);
 
 /// Where programs named without a path in a `process` grant are looked up.
 /// Fixed, so that the agent's own environment cannot widen a grant.
@@ -80,12 +80,18 @@ pub struct TargetConfig {
 pub struct Grant {
     /// Directories (absolute) the `files` capability may read and write.
     pub files: Vec<PathBuf>,
+    /// Whether the `process` capability is granted (`process = [...]` is
+    /// present, even empty: a plugin that can reload may then be used
+    /// without allowing it to run anything).
+    pub process_granted: bool,
     /// Programs the `process` capability may run: the name as granted, and
     /// the absolute path that runs.
     pub process: BTreeMap<String, PathBuf>,
     pub process_timeout: Duration,
     /// Environment variables set for every program (nothing is inherited).
     pub process_env: BTreeMap<String, String>,
+    /// Whether outgoing HTTP is granted (`http = [...]` present, even empty).
+    pub http_granted: bool,
     /// Hosts (`host` or `host:port`) outgoing HTTP may reach.
     pub http: Vec<HostPort>,
 }
@@ -162,14 +168,12 @@ struct RawTarget {
 struct RawGrant {
     #[serde(default)]
     files: Vec<Spanned<PathBuf>>,
-    #[serde(default)]
-    process: Vec<Spanned<String>>,
+    process: Option<Vec<Spanned<String>>>,
     #[serde(default, deserialize_with = "units::opt_duration")]
     process_timeout: Option<Duration>,
     #[serde(default)]
     process_env: BTreeMap<String, String>,
-    #[serde(default)]
-    http: Vec<Spanned<String>>,
+    http: Option<Vec<Spanned<String>>>,
 }
 
 /// Read and validate an agent configuration file.
@@ -192,7 +196,13 @@ pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
     };
     let raw: RawConfig = toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
 
     let name = raw.agent.name.get_ref().clone();
     if !is_valid_name(&name) {
@@ -202,7 +212,11 @@ pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
         ));
     }
     let state_dir = resolve(&raw.agent.state_dir);
-    let cache_dir = raw.agent.cache_dir.as_deref().map_or_else(|| state_dir.join("cache"), resolve);
+    let cache_dir = raw
+        .agent
+        .cache_dir
+        .as_deref()
+        .map_or_else(|| state_dir.join("cache"), resolve);
 
     let mut trusted_keys = Vec::new();
     for key in &raw.agent.trusted_keys {
@@ -216,11 +230,17 @@ pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
         let span = spanned.span();
         let plugin = spanned.into_inner();
         if !is_valid_name(&plugin_name) {
-            return Err(at(Some(span), format!("plugin name `{plugin_name}` is not valid")));
+            return Err(at(
+                Some(span),
+                format!("plugin name `{plugin_name}` is not valid"),
+            ));
         }
         let sha256 = match plugin.sha256 {
             Some(pin) => {
-                let hex = pin.get_ref().trim_start_matches("sha256:").to_ascii_lowercase();
+                let hex = pin
+                    .get_ref()
+                    .trim_start_matches("sha256:")
+                    .to_ascii_lowercase();
                 if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(at(
                         Some(pin.span()),
@@ -246,9 +266,16 @@ pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
     for (target_name, spanned) in raw.targets {
         let span = spanned.span();
         let target = spanned.into_inner();
-        let here = |message: String| at(Some(span.clone()), format!("target {target_name}: {message}"));
+        let here = |message: String| {
+            at(
+                Some(span.clone()),
+                format!("target {target_name}: {message}"),
+            )
+        };
         if !is_valid_name(&target_name) {
-            return Err(here("the name may only use letters, digits, `.`, `-` and `_`".into()));
+            return Err(here(
+                "the name may only use letters, digits, `.`, `-` and `_`".into(),
+            ));
         }
         let plugin = target.plugin.get_ref().clone();
         if !plugins.contains_key(&plugin) {
@@ -312,6 +339,8 @@ fn validate_grant(
     let mut grant = Grant {
         process_timeout: raw.process_timeout.unwrap_or(DEFAULT_PROCESS_TIMEOUT),
         process_env: raw.process_env,
+        process_granted: raw.process.is_some(),
+        http_granted: raw.http.is_some(),
         ..Grant::default()
     };
     for dir in raw.files {
@@ -326,7 +355,7 @@ fn validate_grant(
         }
         grant.files.push(dir.into_inner());
     }
-    for program in raw.process {
+    for program in raw.process.unwrap_or_default() {
         let name = program.get_ref();
         let resolved = resolve_program(name).ok_or_else(|| {
             at(
@@ -343,9 +372,13 @@ fn validate_grant(
         })?;
         grant.process.insert(name.clone(), resolved);
     }
-    for entry in raw.http {
-        let parsed = parse_host_port(entry.get_ref())
-            .map_err(|e| at(Some(entry.span()), format!("target {target}: grant.http: {e}")))?;
+    for entry in raw.http.unwrap_or_default() {
+        let parsed = parse_host_port(entry.get_ref()).map_err(|e| {
+            at(
+                Some(entry.span()),
+                format!("target {target}: grant.http: {e}"),
+            )
+        })?;
         grant.http.push(parsed);
     }
     Ok(grant)
@@ -354,7 +387,8 @@ fn validate_grant(
 fn resolve_program(name: &str) -> Option<PathBuf> {
     let is_executable = |p: &Path| {
         use std::os::unix::fs::PermissionsExt;
-        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
     if name.contains('/') {
         let path = PathBuf::from(name);
@@ -368,11 +402,15 @@ fn resolve_program(name: &str) -> Option<PathBuf> {
 
 fn parse_host_port(text: &str) -> Result<HostPort, String> {
     if text.contains("://") || text.contains('/') {
-        return Err(format!("`{text}` must be a host or host:port, without scheme or path"));
+        return Err(format!(
+            "`{text}` must be a host or host:port, without scheme or path"
+        ));
     }
     let (host, port) = match text.rsplit_once(':') {
         Some((host, port)) if !host.contains(':') || host.ends_with(']') => {
-            let port: u16 = port.parse().map_err(|_| format!("`{text}`: bad port `{port}`"))?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("`{text}`: bad port `{port}`"))?;
             (host, Some(port))
         }
         _ => (text, None),
@@ -381,18 +419,27 @@ fn parse_host_port(text: &str) -> Result<HostPort, String> {
     if host.is_empty() {
         return Err(format!("`{text}`: no host"));
     }
-    Ok(HostPort { host: host.to_ascii_lowercase(), port })
+    Ok(HostPort {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
 }
 
 pub(crate) fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 fn list_or_none<'a>(names: impl Iterator<Item = &'a String>) -> String {
     let names: Vec<&str> = names.map(String::as_str).collect();
-    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -437,12 +484,18 @@ http = ["127.0.0.1:8080", "api.example.com"]
         assert_eq!(target.memory_limit, ByteSize(32 << 20));
         assert_eq!(target.deadline, Duration::from_secs(30));
         assert_eq!(target.state_dir, Path::new("/var/lib/rewind/targets/nginx"));
-        assert_eq!(target.settings_json, r#"{"files":["/etc/nginx/nginx.conf"]}"#);
+        assert_eq!(
+            target.settings_json,
+            r#"{"files":["/etc/nginx/nginx.conf"]}"#
+        );
         assert!(target.grant.process["true"].is_absolute());
         assert!(target.grant.http[0].allows("127.0.0.1", 8080));
         assert!(!target.grant.http[0].allows("127.0.0.1", 8081));
         assert!(target.grant.http[1].allows("API.example.com", 443));
-        assert_eq!(config.plugins["files"].path, Path::new("/etc/rewind/plugins/files.wasm"));
+        assert_eq!(
+            config.plugins["files"].path,
+            Path::new("/etc/rewind/plugins/files.wasm")
+        );
     }
 
     #[test]
@@ -456,9 +509,16 @@ http = ["127.0.0.1:8080", "api.example.com"]
     fn errors_name_the_file_and_line() {
         let err = parse_str(&format!("{BASE}\n[targets.t]\nplugin = \"filez\"\n")).unwrap_err();
         assert_eq!(err.line, Some(11), "{err}");
-        assert!(err.to_string().starts_with("/etc/rewind/agent.toml:11: target t: plugin `filez`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("/etc/rewind/agent.toml:11: target t: plugin `filez`"),
+            "{err}"
+        );
 
-        let err = parse_str(&format!("{BASE}\n[targets.t]\nplugin = \"files\"\nmemroy = 1\n")).unwrap_err();
+        let err = parse_str(&format!(
+            "{BASE}\n[targets.t]\nplugin = \"files\"\nmemroy = 1\n"
+        ))
+        .unwrap_err();
         assert_eq!(err.line, Some(12), "{err}");
         assert!(err.message.contains("unknown field `memroy`"), "{err}");
 
@@ -474,7 +534,10 @@ http = ["127.0.0.1:8080", "api.example.com"]
         ))
         .unwrap_err();
         assert_eq!(err.line, Some(12), "{err}");
-        assert!(err.message.contains("`no-such-program-xyz` was not found"), "{err}");
+        assert!(
+            err.message.contains("`no-such-program-xyz` was not found"),
+            "{err}"
+        );
 
         let err = parse_str(&format!(
             "{BASE}\n[targets.t]\nplugin = \"files\"\nmemory_limit = \"16GiB\"\n"

@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "rewind-agent", version, about = "rewind's agent: runs sandboxed rollback plugins on this host")]
+#[command(
+    name = "rewind-agent",
+    version,
+    about = "rewind's agent: runs sandboxed rollback plugins on this host"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,7 +77,8 @@ enum PluginCommand {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REWIND_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("REWIND_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -92,8 +97,23 @@ fn main() -> ExitCode {
 
 fn plugin_command(command: PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
-        PluginCommand::Run { plugin, config, target, action, snapshot, confirm_data_loss, force, parts } => {
-            let action = parse_action(&action, snapshot.as_deref(), confirm_data_loss, force, parts)?;
+        PluginCommand::Run {
+            plugin,
+            config,
+            target,
+            action,
+            snapshot,
+            confirm_data_loss,
+            force,
+            parts,
+        } => {
+            let action = parse_action(
+                &action,
+                snapshot.as_deref(),
+                confirm_data_loss,
+                force,
+                parts,
+            )?;
             run(&plugin, &config, &target, action)
         }
         PluginCommand::Inspect { plugin, config } => inspect(&plugin, config.as_deref()),
@@ -103,7 +123,9 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn parse_action(
@@ -114,7 +136,9 @@ fn parse_action(
     parts: Vec<String>,
 ) -> anyhow::Result<Action> {
     let to = || -> anyhow::Result<SnapshotRecord> {
-        let path = snapshot.with_context(|| format!("{name} needs --snapshot <file>, the output of a snapshot run"))?;
+        let path = snapshot.with_context(|| {
+            format!("{name} needs --snapshot <file>, the output of a snapshot run")
+        })?;
         read_snapshot(path)
     };
     Ok(match name {
@@ -123,40 +147,66 @@ fn parse_action(
         "plan" => Action::Plan { to: to()? },
         "restore" => Action::Restore {
             to: to()?,
-            options: RestoreOptions { confirm_data_loss, force, step_id: format!("local-{}", std::process::id()) },
+            options: RestoreOptions {
+                confirm_data_loss,
+                force,
+                step_id: format!("local-{}", std::process::id()),
+            },
         },
         "restart" => Action::Restart { parts },
         "verify" => Action::Verify { to: to()? },
-        other => bail!("unknown action `{other}` (describe, snapshot, plan, restore, restart, verify)"),
+        other => {
+            bail!("unknown action `{other}` (describe, snapshot, plan, restore, restart, verify)")
+        }
     })
 }
 
 /// Read the JSON printed by `plugin run ... snapshot`.
 fn read_snapshot(path: &Path) -> anyhow::Result<SnapshotRecord> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
     let field = |name: &str| value.pointer(name).cloned();
     let (Some(serde_json::Value::String(data)), Some(serde_json::Value::String(summary))) =
         (field("/result/data"), field("/result/summary"))
     else {
-        bail!("{}: not the output of a successful snapshot run (no result.data / result.summary)", path.display());
+        bail!(
+            "{}: not the output of a successful snapshot run (no result.data / result.summary)",
+            path.display()
+        );
     };
     let taken_at = field("/taken_at").and_then(|v| v.as_u64()).unwrap_or(0);
-    Ok(SnapshotRecord { data, summary, taken_at })
+    Ok(SnapshotRecord {
+        data,
+        summary,
+        taken_at,
+    })
 }
 
 fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
-fn run(plugin_path: &Path, config_path: &Path, target_name: &str, action: Action) -> anyhow::Result<ExitCode> {
+fn run(
+    plugin_path: &Path,
+    config_path: &Path,
+    target_name: &str,
+    action: Action,
+) -> anyhow::Result<ExitCode> {
     let config = config::load(config_path)?;
     let target = config.targets.get(target_name).cloned().with_context(|| {
         format!(
             "{}: no target `{target_name}` (targets: {})",
             config_path.display(),
-            config.targets.keys().cloned().collect::<Vec<_>>().join(", ")
+            config
+                .targets
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     })?;
     let mut plugin_config = config.plugins[&target.plugin].clone();
@@ -169,7 +219,10 @@ fn run(plugin_path: &Path, config_path: &Path, target_name: &str, action: Action
         eprintln!(
             "progress: {}{}",
             report.detail,
-            report.percent.map(|p| format!(" ({p}%)")).unwrap_or_default()
+            report
+                .percent
+                .map(|p| format!(" ({p}%)"))
+                .unwrap_or_default()
         )
     });
     let result = runtime()?.block_on(host.call(&plugin, &target, action, Some(progress)));
@@ -207,7 +260,10 @@ fn inspect(plugin_path: &Path, config_path: Option<&Path>) -> anyhow::Result<Exi
             let config = config::load(path)?;
             (config.cache_dir, config.trusted_keys)
         }
-        None => (std::env::temp_dir().join("rewind-agent-inspect-cache"), Vec::new()),
+        None => (
+            std::env::temp_dir().join("rewind-agent-inspect-cache"),
+            Vec::new(),
+        ),
     };
     let host = PluginHost::new(&cache_dir, trusted)?;
     let plugin = host.inspect(plugin_path)?;
@@ -243,20 +299,39 @@ fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
         .create_new(true)
         .mode(0o600)
         .open(&secret_path)
-        .with_context(|| format!("creating {} (an existing key is never overwritten)", secret_path.display()))?;
+        .with_context(|| {
+            format!(
+                "creating {} (an existing key is never overwritten)",
+                secret_path.display()
+            )
+        })?;
     writeln!(secret, "{}", hex::encode(key.to_bytes()))?;
-    std::fs::write(&public_path, format!("{}\n", hex::encode(key.verifying_key().as_bytes())))?;
-    println!("secret key: {}\npublic key: {} (add it to trusted_keys)", secret_path.display(), public_path.display());
+    std::fs::write(
+        &public_path,
+        format!("{}\n", hex::encode(key.verifying_key().as_bytes())),
+    )?;
+    println!(
+        "secret key: {}\npublic key: {} (add it to trusted_keys)",
+        secret_path.display(),
+        public_path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 fn sign(plugin: &Path, key_path: &Path) -> anyhow::Result<ExitCode> {
-    let key_text = std::fs::read_to_string(key_path).with_context(|| format!("reading {}", key_path.display()))?;
-    let key = signing::parse_signing_key(&key_text).map_err(|e| anyhow::anyhow!("{}: {e}", key_path.display()))?;
+    let key_text = std::fs::read_to_string(key_path)
+        .with_context(|| format!("reading {}", key_path.display()))?;
+    let key = signing::parse_signing_key(&key_text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", key_path.display()))?;
     let bytes = std::fs::read(plugin).with_context(|| format!("reading {}", plugin.display()))?;
     let signature = signing::sign(&bytes, &key);
     let path = signing::signature_path(plugin);
     std::fs::write(&path, serde_json::to_string_pretty(&signature)? + "\n")?;
-    println!("signed {} ({}) -> {}", plugin.display(), signature.digest, path.display());
+    println!(
+        "signed {} ({}) -> {}",
+        plugin.display(),
+        signature.digest,
+        path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

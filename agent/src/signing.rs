@@ -61,17 +61,26 @@ impl SignatureStatus {
 impl std::fmt::Display for SignatureStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SignatureStatus::Valid { public_key } => write!(f, "signed by trusted key {public_key}"),
+            SignatureStatus::Valid { public_key } => {
+                write!(f, "signed by trusted key {public_key}")
+            }
             SignatureStatus::Unsigned => write!(f, "unsigned (no .sig file beside it)"),
             SignatureStatus::UnknownKey { public_key } => {
-                write!(f, "signed by key {public_key}, which is not among the agent's trusted_keys")
+                write!(
+                    f,
+                    "signed by key {public_key}, which is not among the agent's trusted_keys"
+                )
             }
             SignatureStatus::DigestMismatch { signed, actual } => write!(
                 f,
                 "the signature is for sha256:{signed} but the file is sha256:{actual} (tampered with, or the signature of another file)"
             ),
-            SignatureStatus::BadSignature { reason } => write!(f, "the signature does not verify: {reason}"),
-            SignatureStatus::Malformed { reason } => write!(f, "the signature file is malformed: {reason}"),
+            SignatureStatus::BadSignature { reason } => {
+                write!(f, "the signature does not verify: {reason}")
+            }
+            SignatureStatus::Malformed { reason } => {
+                write!(f, "the signature file is malformed: {reason}")
+            }
         }
     }
 }
@@ -90,7 +99,8 @@ pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| format!("`{text}` is not an ed25519 public key (64 hex digits)"))?;
-    VerifyingKey::from_bytes(&bytes).map_err(|e| format!("`{text}` is not a valid ed25519 key: {e}"))
+    VerifyingKey::from_bytes(&bytes)
+        .map_err(|e| format!("`{text}` is not a valid ed25519 key: {e}"))
 }
 
 /// Parse a secret key file's contents (64 hex digits).
@@ -122,21 +132,35 @@ pub fn sign(bytes: &[u8], key: &SigningKey) -> SignatureFile {
 }
 
 /// Check plugin bytes against their signature file (if any) and the trusted keys.
-pub fn verify(bytes: &[u8], signature_file: Option<&[u8]>, trusted: &[VerifyingKey]) -> SignatureStatus {
+pub fn verify(
+    bytes: &[u8],
+    signature_file: Option<&[u8]>,
+    trusted: &[VerifyingKey],
+) -> SignatureStatus {
     let Some(raw) = signature_file else {
         return SignatureStatus::Unsigned;
     };
     let file: SignatureFile = match serde_json::from_slice(raw) {
         Ok(file) => file,
-        Err(e) => return SignatureStatus::Malformed { reason: e.to_string() },
+        Err(e) => {
+            return SignatureStatus::Malformed {
+                reason: e.to_string(),
+            };
+        }
     };
     if file.version != 1 || file.algorithm != "ed25519" {
         return SignatureStatus::Malformed {
-            reason: format!("unsupported version {} / algorithm {}", file.version, file.algorithm),
+            reason: format!(
+                "unsupported version {} / algorithm {}",
+                file.version, file.algorithm
+            ),
         };
     }
     let actual = digest(bytes);
-    let signed = file.digest.trim_start_matches("sha256:").to_ascii_lowercase();
+    let signed = file
+        .digest
+        .trim_start_matches("sha256:")
+        .to_ascii_lowercase();
     if signed != actual {
         return SignatureStatus::DigestMismatch { signed, actual };
     }
@@ -148,15 +172,22 @@ pub fn verify(bytes: &[u8], signature_file: Option<&[u8]>, trusted: &[VerifyingK
     if !trusted.contains(&key) {
         return SignatureStatus::UnknownKey { public_key };
     }
-    let signature = match hex::decode(&file.signature).ok().and_then(|b| Signature::from_slice(&b).ok()) {
+    let signature = match hex::decode(&file.signature)
+        .ok()
+        .and_then(|b| Signature::from_slice(&b).ok())
+    {
         Some(signature) => signature,
         None => {
-            return SignatureStatus::Malformed { reason: "the signature is not 64 hex bytes".into() };
+            return SignatureStatus::Malformed {
+                reason: "the signature is not 64 hex bytes".into(),
+            };
         }
     };
     match key.verify(&message(&actual), &signature) {
         Ok(()) => SignatureStatus::Valid { public_key },
-        Err(e) => SignatureStatus::BadSignature { reason: e.to_string() },
+        Err(e) => SignatureStatus::BadSignature {
+            reason: e.to_string(),
+        },
     }
 }
 
@@ -182,17 +213,29 @@ mod tests {
 
         let mut tampered = plugin.clone();
         tampered[3] ^= 1;
-        assert!(matches!(verify(&tampered, Some(&sig), &trusted), SignatureStatus::DigestMismatch { .. }));
+        assert!(matches!(
+            verify(&tampered, Some(&sig), &trusted),
+            SignatureStatus::DigestMismatch { .. }
+        ));
 
         let by_other = serde_json::to_vec(&sign(&plugin, &other)).unwrap();
-        assert!(matches!(verify(&plugin, Some(&by_other), &trusted), SignatureStatus::UnknownKey { .. }));
+        assert!(matches!(
+            verify(&plugin, Some(&by_other), &trusted),
+            SignatureStatus::UnknownKey { .. }
+        ));
 
         // A signature whose digest field was edited to match must still fail.
         let mut forged = sign(b"other file", &key);
         forged.digest = format!("sha256:{}", digest(&plugin));
         let forged = serde_json::to_vec(&forged).unwrap();
-        assert!(matches!(verify(&plugin, Some(&forged), &trusted), SignatureStatus::BadSignature { .. }));
+        assert!(matches!(
+            verify(&plugin, Some(&forged), &trusted),
+            SignatureStatus::BadSignature { .. }
+        ));
 
-        assert!(matches!(verify(&plugin, Some(b"{"), &trusted), SignatureStatus::Malformed { .. }));
+        assert!(matches!(
+            verify(&plugin, Some(b"{"), &trusted),
+            SignatureStatus::Malformed { .. }
+        ));
     }
 }

@@ -12,7 +12,9 @@ impl ByteSize {
 
     pub fn parse(text: &str) -> Result<ByteSize, String> {
         let text = text.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
         let (digits, unit) = text.split_at(split);
         let value: u64 = digits
             .parse()
@@ -23,7 +25,9 @@ impl ByteSize {
             "MiB" => 1 << 20,
             "GiB" => 1 << 30,
             other => {
-                return Err(format!("unknown size unit `{other}` in `{text}` (use B, KiB, MiB or GiB)"));
+                return Err(format!(
+                    "unknown size unit `{other}` in `{text}` (use B, KiB, MiB or GiB)"
+                ));
             }
         };
         value
@@ -36,11 +40,11 @@ impl ByteSize {
 impl std::fmt::Display for ByteSize {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let n = self.0;
-        if n >= 1 << 30 && n % (1 << 30) == 0 {
+        if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
             write!(f, "{}GiB", n >> 30)
-        } else if n >= 1 << 20 && n % (1 << 20) == 0 {
+        } else if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
             write!(f, "{}MiB", n >> 20)
-        } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+        } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
             write!(f, "{}KiB", n >> 10)
         } else {
             write!(f, "{n}B")
@@ -67,7 +71,9 @@ impl<'de> Deserialize<'de> for ByteSize {
 pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
-        de::Error::custom(format!("`{text}` is not a duration ({e}; examples: 500ms, 30s, 5m)"))
+        de::Error::custom(format!(
+            "`{text}` is not a duration ({e}; examples: 500ms, 30s, 5m)"
+        ))
     })
 }
 
@@ -85,7 +91,11 @@ mod tests {
         assert_eq!(ByteSize::parse("64MiB"), Ok(ByteSize(64 << 20)));
         assert_eq!(ByteSize::parse("1GiB"), Ok(ByteSize(1 << 30)));
         assert_eq!(ByteSize::parse("4096"), Ok(ByteSize(4096)));
-        assert!(ByteSize::parse("64MB").unwrap_err().contains("unknown size unit"));
+        assert!(
+            ByteSize::parse("64MB")
+                .unwrap_err()
+                .contains("unknown size unit")
+        );
         assert!(ByteSize::parse("lots").is_err());
         assert_eq!(ByteSize(64 << 20).to_string(), "64MiB");
     }

@@ -9,7 +9,10 @@ use tempfile::TempDir;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
 }
 
 /// Build the plugins and fixtures (once per test process) with the same
@@ -32,21 +35,26 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
-/// A binary of this workspace, built by cargo for the tests.
+/// A binary of this workspace, built (once per test process) so that it is
+/// never stale: cargo builds only this package's binaries for its tests.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target directory");
-    let path = dir.join(name);
-    if !path.exists() {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let status = std::process::Command::new(env!("CARGO"))
             .args(["build", "--quiet", "--bin", name])
             .current_dir(root())
             .status()
             .expect("running cargo build");
         assert!(status.success(), "building {name} failed");
+        built.push(name.to_string());
     }
-    path
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .join(name)
 }
 
 /// An agent configuration in a temporary directory, with a plugin host.
@@ -71,7 +79,8 @@ impl Agent {
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, &text).expect("writing agent.toml");
         let config = config::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let host = PluginHost::new(&config.cache_dir, config.trusted_keys.clone()).expect("plugin host");
+        let host =
+            PluginHost::new(&config.cache_dir, config.trusted_keys.clone()).expect("plugin host");
         Agent { dir, config, host }
     }
 
@@ -80,19 +89,27 @@ impl Agent {
     }
 
     pub fn target(&self, name: &str) -> Arc<TargetConfig> {
-        self.config.targets.get(name).unwrap_or_else(|| panic!("no target {name}")).clone()
+        self.config
+            .targets
+            .get(name)
+            .unwrap_or_else(|| panic!("no target {name}"))
+            .clone()
     }
 
     /// Load the plugin that a target uses, under the agent's policy.
     pub fn load(&self, target: &str) -> Arc<LoadedPlugin> {
         let target = self.target(target);
-        self.host.load(&self.config.plugins[&target.plugin]).unwrap_or_else(|e| panic!("{e}"))
+        self.host
+            .load(&self.config.plugins[&target.plugin])
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Call an action of a target's plugin.
     pub async fn call(&self, target: &str, action: Action) -> Result<CallOutput, CallError> {
         let plugin = self.load(target);
-        self.host.call(&plugin, &self.target(target), action, None).await
+        self.host
+            .call(&plugin, &self.target(target), action, None)
+            .await
     }
 }
 

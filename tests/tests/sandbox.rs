@@ -6,21 +6,39 @@ use rewind_agent::host::{Action, CallError};
 use rewind_tests::{Agent, unsigned_plugin};
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn restore() -> Action {
     Action::Restore {
-        to: SnapshotRecord { data: "{}".into(), summary: String::new(), taken_at: 0 },
-        options: RestoreOptions { confirm_data_loss: false, force: false, step_id: "test".into() },
+        to: SnapshotRecord {
+            data: "{}".into(),
+            summary: String::new(),
+            taken_at: 0,
+        },
+        options: RestoreOptions {
+            confirm_data_loss: false,
+            force: false,
+            step_id: "test".into(),
+        },
     }
 }
 
 /// An agent with one target per hostile fixture plus a good `noop` target.
 fn agent(extra: &str) -> Agent {
     let mut config = String::new();
-    for fixture in ["noop", "spin", "memory_hog", "recurse", "panic", "ungranted", "read_file", "http_get", "run_program"] {
+    for fixture in [
+        "noop",
+        "spin",
+        "memory_hog",
+        "recurse",
+        "panic",
+        "ungranted",
+        "read_file",
+        "http_get",
+        "run_program",
+    ] {
         config += &unsigned_plugin(fixture, &format!("fixture_{fixture}"));
     }
     config += r#"
@@ -48,8 +66,15 @@ plugin = "ungranted"
 }
 
 async fn good_plugin_still_works(agent: &Agent) {
-    let output = agent.call("good", restore()).await.expect("the good plugin must still work");
-    assert!(serde_json::to_string(&output.output).unwrap().contains("nothing to do"));
+    let output = agent
+        .call("good", restore())
+        .await
+        .expect("the good plugin must still work");
+    assert!(
+        serde_json::to_string(&output.output)
+            .unwrap()
+            .contains("nothing to do")
+    );
 }
 
 #[tokio::test]
@@ -59,11 +84,24 @@ async fn a_plugin_that_loops_forever_is_stopped_at_its_deadline() {
     let error = agent.call("spin", restore()).await.unwrap_err();
     let elapsed = started.elapsed();
     assert!(matches!(error, CallError::Deadline { .. }), "{error}");
-    assert!(elapsed < Duration::from_secs(2), "stopped after {elapsed:?}, deadline 1s");
-    assert!(elapsed >= Duration::from_millis(900), "stopped too early: {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "stopped after {elapsed:?}, deadline 1s"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "stopped too early: {elapsed:?}"
+    );
     let message = error.to_string();
-    assert!(message.contains("plugin spin on target spin: restore was stopped at its deadline of 1s"), "{message}");
-    assert_eq!(error.logs()[0].message, "spinning on spin", "logs before the deadline are kept");
+    assert!(
+        message.contains("plugin spin on target spin: restore was stopped at its deadline of 1s"),
+        "{message}"
+    );
+    assert_eq!(
+        error.logs()[0].message,
+        "spinning on spin",
+        "logs before the deadline are kept"
+    );
     good_plugin_still_works(&agent).await;
 }
 
@@ -72,7 +110,10 @@ async fn a_plugin_that_grows_memory_without_end_is_stopped_at_its_limit() {
     let agent = agent("");
     let error = agent.call("hog", restore()).await.unwrap_err();
     assert!(matches!(error, CallError::MemoryLimit { .. }), "{error}");
-    assert!(error.to_string().contains("over its limit of 32MiB"), "{error}");
+    assert!(
+        error.to_string().contains("over its limit of 32MiB"),
+        "{error}"
+    );
     good_plugin_still_works(&agent).await;
 }
 
@@ -92,7 +133,10 @@ async fn a_plugin_that_panics_is_reported_with_its_message() {
     assert!(matches!(error, CallError::Crashed { .. }), "{error}");
     let message = error.to_string();
     assert!(message.contains("the plugin panicked"), "{message}");
-    assert!(message.contains("panics on purpose for target panic"), "{message}");
+    assert!(
+        message.contains("panics on purpose for target panic"),
+        "{message}"
+    );
     good_plugin_still_works(&agent).await;
 }
 
@@ -100,7 +144,14 @@ async fn a_plugin_that_panics_is_reported_with_its_message() {
 async fn a_plugin_importing_an_ungranted_capability_is_refused_before_it_runs() {
     let agent = agent("");
     let error = agent.call("ungranted", restore()).await.unwrap_err();
-    let CallError::NotGranted { context, interface, capability } = &error else { panic!("{error}") };
+    let CallError::NotGranted {
+        context,
+        interface,
+        capability,
+    } = &error
+    else {
+        panic!("{error}")
+    };
     assert_eq!(context.plugin, "ungranted");
     assert_eq!(context.target, "ungranted");
     assert_eq!(interface, "rewind:plugin/docker@0.1.0");
@@ -117,52 +168,74 @@ async fn a_plugin_importing_an_ungranted_capability_is_refused_before_it_runs() 
 async fn files_outside_the_grant_cannot_be_read() {
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("secret"), "top secret").unwrap();
-    let agent = agent(&format!(
+    let agent = agent(
         r#"
 [targets.inside]
 plugin = "read_file"
-settings = {{ path = "{{dir}}/granted/config" }}
-grant = {{ files = ["{{dir}}/granted"] }}
+settings = { path = "{dir}/granted/config" }
+grant = { files = ["{dir}/granted"] }
 
 [targets.passwd]
 plugin = "read_file"
-settings = {{ path = "/etc/passwd" }}
-grant = {{ files = ["{{dir}}/granted"] }}
+settings = { path = "/etc/passwd" }
+grant = { files = ["{dir}/granted"] }
 
 [targets.dotdot]
 plugin = "read_file"
-settings = {{ path = "{{dir}}/granted/../agent.toml" }}
-grant = {{ files = ["{{dir}}/granted"] }}
+settings = { path = "{dir}/granted/../agent.toml" }
+grant = { files = ["{dir}/granted"] }
 
 [targets.relative-dotdot]
 plugin = "read_file"
-settings = {{ path = "../../agent.toml" }}
+settings = { path = "../../agent.toml" }
 
 [targets.symlink]
 plugin = "read_file"
-settings = {{ path = "{{dir}}/granted/link/secret" }}
-grant = {{ files = ["{{dir}}/granted"] }}
-"#
-    ));
+settings = { path = "{dir}/granted/link/secret" }
+grant = { files = ["{dir}/granted"] }
+"#,
+    );
     let granted = agent.path().join("granted");
     std::fs::create_dir_all(&granted).unwrap();
     std::fs::write(granted.join("config"), "listen 80;").unwrap();
     std::os::unix::fs::symlink(outside.path(), granted.join("link")).unwrap();
 
-    let inside = agent.call("inside", restore()).await.expect("a granted file can be read");
-    assert!(serde_json::to_string(&inside.output).unwrap().contains("listen 80;"));
+    let inside = agent
+        .call("inside", restore())
+        .await
+        .expect("a granted file can be read");
+    assert!(
+        serde_json::to_string(&inside.output)
+            .unwrap()
+            .contains("listen 80;")
+    );
 
     for target in ["passwd", "dotdot", "relative-dotdot", "symlink"] {
         let error = agent.call(target, restore()).await.unwrap_err();
-        let CallError::Plugin { error: failure, .. } = &error else { panic!("{target}: {error}") };
+        let CallError::Plugin { error: failure, .. } = &error else {
+            panic!("{target}: {error}")
+        };
         assert_eq!(failure.kind, "denied", "{target}: {error}");
-        assert!(failure.message.contains(&format!("target {target}:")), "{target}: {error}");
+        assert!(
+            failure.message.contains(&format!("target {target}:")),
+            "{target}: {error}"
+        );
         assert!(!failure.message.contains("top secret"));
     }
     // Plain WASI file access has no preopened directory at all.
-    let to = SnapshotRecord { data: "{}".into(), summary: String::new(), taken_at: 0 };
-    let error = agent.call("passwd", Action::Verify { to }).await.unwrap_err();
-    assert!(error.to_string().contains("std::fs::read(/etc/passwd)"), "{error}");
+    let to = SnapshotRecord {
+        data: "{}".into(),
+        summary: String::new(),
+        taken_at: 0,
+    };
+    let error = agent
+        .call("passwd", Action::Verify { to })
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("std::fs::read(/etc/passwd)"),
+        "{error}"
+    );
     good_plugin_still_works(&agent).await;
 }
 
@@ -178,7 +251,9 @@ fn http_server() -> (String, Arc<AtomicUsize>) {
             counter.fetch_add(1, Ordering::SeqCst);
             let mut buffer = [0u8; 4096];
             let _ = stream.read(&mut buffer);
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello");
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+            );
         }
     });
     (address, connections)
@@ -201,15 +276,33 @@ settings = {{ url = "http://{forbidden}/health" }}
 grant = {{ http = ["{allowed}"] }}
 "#
     ));
-    let ok = agent.call("allowed", restore()).await.expect("an allow-listed host is reachable");
-    assert!(serde_json::to_string(&ok.output).unwrap().contains("answered 200"));
+    let ok = agent
+        .call("allowed", restore())
+        .await
+        .expect("an allow-listed host is reachable");
+    assert!(
+        serde_json::to_string(&ok.output)
+            .unwrap()
+            .contains("answered 200")
+    );
     assert_eq!(allowed_hits.load(Ordering::SeqCst), 1);
 
     let error = agent.call("forbidden", restore()).await.unwrap_err();
-    let CallError::Plugin { error: failure, .. } = &error else { panic!("{error}") };
+    let CallError::Plugin { error: failure, .. } = &error else {
+        panic!("{error}")
+    };
     assert_eq!(failure.kind, "denied", "{error}");
-    assert!(failure.message.contains("not on the target's http allow-list"), "{error}");
-    assert_eq!(forbidden_hits.load(Ordering::SeqCst), 0, "no connection may reach a host off the allow-list");
+    assert!(
+        failure
+            .message
+            .contains("not on the target's http allow-list"),
+        "{error}"
+    );
+    assert_eq!(
+        forbidden_hits.load(Ordering::SeqCst),
+        0,
+        "no connection may reach a host off the allow-list"
+    );
     good_plugin_still_works(&agent).await;
 }
 
@@ -234,19 +327,41 @@ grant = { process = ["sleep"] }
 "#,
     );
     let error = agent.call("shell", restore()).await.unwrap_err();
-    let CallError::Plugin { error: failure, .. } = &error else { panic!("{error}") };
+    let CallError::Plugin { error: failure, .. } = &error else {
+        panic!("{error}")
+    };
     assert_eq!(failure.kind, "denied", "{error}");
-    assert!(failure.message.contains("program `/bin/sh` is not on the grant.process allow-list (env)"), "{error}");
-    assert!(!agent.path().join("pwned").exists(), "the refused program must not have run");
+    assert!(
+        failure
+            .message
+            .contains("program `/bin/sh` is not on the grant.process allow-list (env)"),
+        "{error}"
+    );
+    assert!(
+        !agent.path().join("pwned").exists(),
+        "the refused program must not have run"
+    );
 
     // The allow-listed program runs with only the granted environment.
-    let env = agent.call("env", restore()).await.expect("env is allow-listed");
-    let printed = serde_json::to_value(&env.output).unwrap()["details"][0].as_str().unwrap().to_string();
-    assert_eq!(printed, "LANG=C\n", "nothing of the agent's environment is inherited");
+    let env = agent
+        .call("env", restore())
+        .await
+        .expect("env is allow-listed");
+    let printed = serde_json::to_value(&env.output).unwrap()["details"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        printed, "LANG=C\n",
+        "nothing of the agent's environment is inherited"
+    );
 
     let started = Instant::now();
     let error = agent.call("slow", restore()).await.unwrap_err();
-    assert!(error.to_string().contains("was killed after 300 ms"), "{error}");
+    assert!(
+        error.to_string().contains("was killed after 300 ms"),
+        "{error}"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     good_plugin_still_works(&agent).await;
 }
@@ -256,7 +371,10 @@ async fn the_compiled_plugin_is_cached_on_disk() {
     let agent = agent("");
     let first = agent.load("good");
     assert!(agent.config.cache_dir.read_dir().unwrap().any(|e| {
-        e.unwrap().file_name().to_string_lossy().starts_with(&first.digest)
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&first.digest)
     }));
     // A second host (a restarted agent) finds it in the cache.
     let host = rewind_agent::host::PluginHost::new(&agent.config.cache_dir, vec![]).unwrap();

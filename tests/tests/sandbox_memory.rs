@@ -13,19 +13,36 @@ async fn repeated_memory_hogs_leave_host_memory_bounded() {
         unsigned_plugin("noop", "fixture_noop"),
     ));
     let restore = || Action::Restore {
-        to: SnapshotRecord { data: "{}".into(), summary: String::new(), taken_at: 0 },
-        options: RestoreOptions { confirm_data_loss: false, force: false, step_id: "m".into() },
+        to: SnapshotRecord {
+            data: "{}".into(),
+            summary: String::new(),
+            taken_at: 0,
+        },
+        options: RestoreOptions {
+            confirm_data_loss: false,
+            force: false,
+            step_id: "m".into(),
+        },
     };
     // Warm up (compile, first instance) before taking the baseline.
     agent.call("good", restore()).await.unwrap();
     let baseline = peak_rss_kib();
     for round in 0..8 {
         let error = agent.call("hog", restore()).await.unwrap_err();
-        assert!(matches!(error, CallError::MemoryLimit { .. }), "round {round}: {error}");
+        assert!(
+            matches!(error, CallError::MemoryLimit { .. }),
+            "round {round}: {error}"
+        );
     }
-    agent.call("good", restore()).await.expect("a good plugin runs after the hogs");
+    agent
+        .call("good", restore())
+        .await
+        .expect("a good plugin runs after the hogs");
     let peak = peak_rss_kib();
     // One hog at a time can use its 64 MiB; eight in a row must not add up.
     let growth_mib = (peak.saturating_sub(baseline)) / 1024;
-    assert!(growth_mib <= 64 + 32, "peak RSS grew by {growth_mib} MiB over 8 calls limited to 64 MiB each");
+    assert!(
+        growth_mib <= 64 + 32,
+        "peak RSS grew by {growth_mib} MiB over 8 calls limited to 64 MiB each"
+    );
 }

@@ -19,6 +19,6 @@ wasmtime::component::bindgen!({
 
 pub use exports::rewind::plugin::rollback;
 pub use rewind::plugin::types::{
-    Action as ActionName, Captured, Change, Outcome, PluginError, PluginInfo, Preview, RestoreOptions, Risk,
-    SnapshotRecord, Target,
+    Action as ActionName, Captured, Change, Outcome, PluginError, PluginInfo, Preview,
+    RestoreOptions, Risk, SnapshotRecord, Target,
 };

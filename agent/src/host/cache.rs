@@ -32,11 +32,17 @@ impl Hasher for Sha256Hasher {
 
 impl CompileCache {
     pub fn new(engine: &Engine, dir: &Path) -> std::io::Result<CompileCache> {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
         let mut hasher = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = hex::encode(&hasher.0.finalize()[..8]);
-        Ok(CompileCache { dir: dir.to_path_buf(), engine_key })
+        Ok(CompileCache {
+            dir: dir.to_path_buf(),
+            engine_key,
+        })
     }
 
     fn path(&self, digest: &str) -> PathBuf {
@@ -45,7 +51,12 @@ impl CompileCache {
 
     /// The compiled component for these bytes: from the cache when present
     /// and loadable, else compiled now and stored.
-    pub fn load(&self, engine: &Engine, digest: &str, bytes: &[u8]) -> wasmtime::Result<(Component, bool)> {
+    pub fn load(
+        &self,
+        engine: &Engine,
+        digest: &str,
+        bytes: &[u8],
+    ) -> wasmtime::Result<(Component, bool)> {
         let path = self.path(digest);
         if path.exists() {
             // SAFETY: the file was written by `store` below from wasmtime's own
@@ -53,7 +64,9 @@ impl CompileCache {
             // that fails wasmtime's checks is recompiled.
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(component) => return Ok((component, true)),
-                Err(e) => tracing::warn!(path = %path.display(), "recompiling a cached plugin that cannot be loaded: {e}"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "recompiling a cached plugin that cannot be loaded: {e}")
+                }
             }
         }
         let compiled = engine.precompile_component(bytes)?;
@@ -62,7 +75,10 @@ impl CompileCache {
             return Ok((unsafe { Component::deserialize(engine, &compiled)? }, false));
         }
         // SAFETY: as above; loading from the file lets the OS share its pages.
-        Ok((unsafe { Component::deserialize_file(engine, &path)? }, false))
+        Ok((
+            unsafe { Component::deserialize_file(engine, &path)? },
+            false,
+        ))
     }
 
     fn store(&self, path: &Path, compiled: &[u8]) -> std::io::Result<()> {

@@ -1,9 +1,9 @@
 //! Errors of loading and calling plugins, each naming the plugin, the target
 //! and the action, and saying what to do next.
 
-use crate::host::{Action, Capability, LoadedPlugin, LogLine};
 use crate::config::TargetConfig;
 use crate::host::bindings::PluginError;
+use crate::host::{Action, Capability, LoadedPlugin, LogLine};
 use crate::signing::SignatureStatus;
 use crate::units::ByteSize;
 use serde::Serialize;
@@ -17,14 +17,29 @@ pub enum LoadError {
     #[error("plugin cache: {0}")]
     Cache(String),
     #[error("plugin {plugin}: cannot read {}: {error}", path.display())]
-    Read { plugin: String, path: PathBuf, error: String },
-    #[error("plugin {plugin}: refused: its SHA-256 is {actual} but the configuration pins {expected}")]
-    PinMismatch { plugin: String, expected: String, actual: String },
+    Read {
+        plugin: String,
+        path: PathBuf,
+        error: String,
+    },
+    #[error(
+        "plugin {plugin}: refused: its SHA-256 is {actual} but the configuration pins {expected}"
+    )]
+    PinMismatch {
+        plugin: String,
+        expected: String,
+        actual: String,
+    },
     #[error("plugin {plugin}: refused: {}: {status}{}", path.display(),
         if matches!(status, SignatureStatus::Unsigned) && !allow_unsigned {
             "; sign it with `rewind-agent plugin sign`, or set allow_unsigned = true for this plugin"
         } else { "" })]
-    Signature { plugin: String, path: PathBuf, status: SignatureStatus, allow_unsigned: bool },
+    Signature {
+        plugin: String,
+        path: PathBuf,
+        status: SignatureStatus,
+        allow_unsigned: bool,
+    },
     #[error("plugin {plugin}: not a valid plugin component: {error}")]
     Compile { plugin: String, error: String },
 }
@@ -51,7 +66,11 @@ impl Context {
 
 impl std::fmt::Display for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "plugin {} on target {}: {}", self.plugin, self.target, self.action)
+        write!(
+            f,
+            "plugin {} on target {}: {}",
+            self.plugin, self.target, self.action
+        )
     }
 }
 
@@ -90,19 +109,43 @@ impl std::fmt::Display for PluginFailure {
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     #[error("{context} failed: {error}")]
-    Plugin { context: Context, error: PluginFailure, logs: Vec<LogLine> },
+    Plugin {
+        context: Context,
+        error: PluginFailure,
+        logs: Vec<LogLine>,
+    },
     #[error("{context} refused before it ran: the plugin imports {interface}, which target {} does not grant (capability `{capability}`); grant it in [targets.{}.grant] or use another plugin", context.target, context.target)]
-    NotGranted { context: Context, interface: String, capability: Capability },
+    NotGranted {
+        context: Context,
+        interface: String,
+        capability: Capability,
+    },
     #[error("{context}: the plugin cannot be instantiated on this agent: {error}")]
     Instantiate { context: Context, error: String },
     #[error("{context} was stopped at its deadline of {} (set `deadline` on the target to change it)", humantime::format_duration(*deadline))]
-    Deadline { context: Context, deadline: Duration, logs: Vec<LogLine> },
+    Deadline {
+        context: Context,
+        deadline: Duration,
+        logs: Vec<LogLine>,
+    },
     #[error("{context} was stopped: it needed {} of memory, over its limit of {limit} (set `memory_limit` on the target to change it)", ByteSize(*wanted))]
-    MemoryLimit { context: Context, limit: ByteSize, wanted: u64, logs: Vec<LogLine> },
+    MemoryLimit {
+        context: Context,
+        limit: ByteSize,
+        wanted: u64,
+        logs: Vec<LogLine>,
+    },
     #[error("{context} was stopped: it ran out of stack (unbounded recursion?)")]
-    StackOverflow { context: Context, logs: Vec<LogLine> },
+    StackOverflow {
+        context: Context,
+        logs: Vec<LogLine>,
+    },
     #[error("{context} crashed: {message}")]
-    Crashed { context: Context, message: String, logs: Vec<LogLine> },
+    Crashed {
+        context: Context,
+        message: String,
+        logs: Vec<LogLine>,
+    },
 }
 
 impl CallError {

@@ -38,18 +38,25 @@ impl std::fmt::Display for Capability {
 pub fn capability_of(import: &str) -> Capability {
     let unversioned = import.split('@').next().unwrap_or(import);
     match unversioned {
-        "rewind:plugin/types" | "rewind:plugin/log" | "rewind:plugin/progress" | "rewind:plugin/files" => {
-            Capability::Base
-        }
+        "rewind:plugin/types"
+        | "rewind:plugin/log"
+        | "rewind:plugin/progress"
+        | "rewind:plugin/files" => Capability::Base,
         "rewind:plugin/process" => Capability::Process,
         "rewind:plugin/docker" => Capability::Docker,
         "rewind:plugin/postgres" => Capability::Postgres,
         "wasi:http/outgoing-handler" | "wasi:http/types" => Capability::Http,
         other if other.starts_with("wasi:sockets/") => Capability::Sockets,
         other
-            if ["wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:cli/", "wasi:filesystem/"]
-                .iter()
-                .any(|p| other.starts_with(p)) =>
+            if [
+                "wasi:io/",
+                "wasi:clocks/",
+                "wasi:random/",
+                "wasi:cli/",
+                "wasi:filesystem/",
+            ]
+            .iter()
+            .any(|p| other.starts_with(p)) =>
         {
             // The filesystem interfaces are linked with no preopened
             // directory: they can reach nothing.
@@ -62,9 +69,11 @@ pub fn capability_of(import: &str) -> Capability {
 fn granted(capability: Capability, target: &TargetConfig) -> bool {
     match capability {
         Capability::Base => true,
-        Capability::Process => !target.grant.process.is_empty(),
-        Capability::Http => !target.grant.http.is_empty(),
-        Capability::Docker | Capability::Postgres | Capability::Sockets | Capability::Unknown => false,
+        Capability::Process => target.grant.process_granted,
+        Capability::Http => target.grant.http_granted,
+        Capability::Docker | Capability::Postgres | Capability::Sockets | Capability::Unknown => {
+            false
+        }
     }
 }
 

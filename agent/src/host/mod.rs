@@ -21,7 +21,10 @@ pub use imports::{Capability, capability_of as imports_capability};
 
 use crate::config::{PluginConfig, TargetConfig};
 use crate::signing::{self, SignatureStatus};
-use bindings::{Captured, Outcome, PluginInfo, Preview, RestoreOptions, RollbackPluginPre, SnapshotRecord, Target};
+use bindings::{
+    Captured, Outcome, PluginInfo, Preview, RestoreOptions, RollbackPluginPre, SnapshotRecord,
+    Target,
+};
 use cache::CompileCache;
 use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
@@ -32,7 +35,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+};
+
+/// How many plugin calls one agent runs at once (the size of the pools).
+pub const MAX_CONCURRENT_CALLS: u32 = 32;
 
 /// How often the engine's epoch advances: the resolution of deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -48,10 +56,19 @@ pub type ProgressSink = Arc<dyn Fn(ProgressReport) + Send + Sync>;
 pub enum Action {
     Describe,
     Snapshot,
-    Plan { to: SnapshotRecord },
-    Restore { to: SnapshotRecord, options: RestoreOptions },
-    Restart { parts: Vec<String> },
-    Verify { to: SnapshotRecord },
+    Plan {
+        to: SnapshotRecord,
+    },
+    Restore {
+        to: SnapshotRecord,
+        options: RestoreOptions,
+    },
+    Restart {
+        parts: Vec<String>,
+    },
+    Verify {
+        to: SnapshotRecord,
+    },
 }
 
 impl Action {
@@ -127,25 +144,71 @@ impl PluginHost {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(512 * 1024);
+        // Instances, memories, tables and fiber stacks come from pools of
+        // reserved slots that are reused: a call then costs no mmap/munmap.
+        // The pools bound how many calls run at once; each call's memory is
+        // still limited by its target (the limiter), the pool's slot size
+        // only caps the largest limit a target may set.
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(MAX_CONCURRENT_CALLS)
+            .total_core_instances(MAX_CONCURRENT_CALLS * 16)
+            .max_core_instances_per_component(16)
+            .total_memories(MAX_CONCURRENT_CALLS * 2)
+            .max_memories_per_component(2)
+            .total_tables(MAX_CONCURRENT_CALLS * 4)
+            .max_tables_per_component(4)
+            .total_stacks(MAX_CONCURRENT_CALLS)
+            .max_memory_size(crate::config::MAX_MEMORY_LIMIT.0 as usize)
+            // Where the kernel can tell which pages a call dirtied (Linux
+            // 6.7+), only those are reset and the first MiBs stay resident,
+            // so the next call takes no page faults on its stack and data.
+            .pagemap_scan(Enabled::Auto)
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
 
         let mut linker: Linker<CallState> = Linker::new(&engine);
         let link = |r: wasmtime::Result<()>| r.map_err(|e| LoadError::Engine(e.to_string()));
         link(wasmtime_wasi::p2::add_to_linker_async(&mut linker))?;
-        link(wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))?;
+        link(wasmtime_wasi_http::p2::add_only_http_to_linker_async(
+            &mut linker,
+        ))?;
         use bindings::rewind::plugin::{files, log, process, progress, types};
-        link(types::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |s| s))?;
-        link(log::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |s| s))?;
-        link(progress::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |s| s))?;
-        link(files::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |s| s))?;
-        link(process::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |s| s))?;
+        link(types::add_to_linker::<_, HasSelf<CallState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        link(log::add_to_linker::<_, HasSelf<CallState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        link(progress::add_to_linker::<_, HasSelf<CallState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        link(files::add_to_linker::<_, HasSelf<CallState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        link(process::add_to_linker::<_, HasSelf<CallState>>(
+            &mut linker,
+            |s| s,
+        ))?;
 
         let cache = CompileCache::new(&engine, cache_dir)
             .map_err(|e| LoadError::Cache(format!("{}: {e}", cache_dir.display())))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone())
             .map_err(|e| LoadError::Engine(format!("cannot start the epoch thread: {e}")))?;
-        Ok(PluginHost { engine, linker, cache, trusted_keys, loaded: Mutex::new(HashMap::new()), ticker_stop })
+        Ok(PluginHost {
+            engine,
+            linker,
+            cache,
+            trusted_keys,
+            loaded: Mutex::new(HashMap::new()),
+            ticker_stop,
+        })
     }
 
     /// Load a configured plugin: check its pinned digest and its signature
@@ -160,10 +223,15 @@ impl PluginHost {
         if let Some(pin) = &plugin.sha256
             && *pin != digest
         {
-            return Err(LoadError::PinMismatch { plugin: plugin.name.clone(), expected: pin.clone(), actual: digest });
+            return Err(LoadError::PinMismatch {
+                plugin: plugin.name.clone(),
+                expected: pin.clone(),
+                actual: digest,
+            });
         }
         let signature = self.signature_of(&plugin.path, &bytes);
-        let accepted = signature.is_valid() || (signature == SignatureStatus::Unsigned && plugin.allow_unsigned);
+        let accepted = signature.is_valid()
+            || (signature == SignatureStatus::Unsigned && plugin.allow_unsigned);
         if !accepted {
             return Err(LoadError::Signature {
                 plugin: plugin.name.clone(),
@@ -173,7 +241,10 @@ impl PluginHost {
             });
         }
         if !signature.is_valid() {
-            tracing::warn!(plugin = plugin.name, "running an unsigned plugin (allow_unsigned = true)");
+            tracing::warn!(
+                plugin = plugin.name,
+                "running an unsigned plugin (allow_unsigned = true)"
+            );
         }
         self.compile(&plugin.name, &plugin.path, bytes, digest, signature)
     }
@@ -187,7 +258,9 @@ impl PluginHost {
         })?;
         let digest = signing::digest(&bytes);
         let signature = self.signature_of(path, &bytes);
-        let name = path.file_stem().map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
+        let name = path
+            .file_stem()
+            .map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
         self.compile(&name, path, bytes, digest, signature)
     }
 
@@ -195,7 +268,9 @@ impl PluginHost {
         match std::fs::read(signing::signature_path(path)) {
             Ok(sig) => signing::verify(bytes, Some(&sig), &self.trusted_keys),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => SignatureStatus::Unsigned,
-            Err(e) => SignatureStatus::Malformed { reason: e.to_string() },
+            Err(e) => SignatureStatus::Malformed {
+                reason: e.to_string(),
+            },
         }
     }
 
@@ -208,13 +283,21 @@ impl PluginHost {
         signature: SignatureStatus,
     ) -> Result<Arc<LoadedPlugin>, LoadError> {
         let key = format!("{name}@{digest}");
-        if let Some(loaded) = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(loaded) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return Ok(loaded.clone());
         }
-        let (component, from_cache) = self
-            .cache
-            .load(&self.engine, &digest, &bytes)
-            .map_err(|e| LoadError::Compile { plugin: name.to_string(), error: format!("{e:#}") })?;
+        let (component, from_cache) =
+            self.cache
+                .load(&self.engine, &digest, &bytes)
+                .map_err(|e| LoadError::Compile {
+                    plugin: name.to_string(),
+                    error: format!("{e:#}"),
+                })?;
         let imports = component
             .component_type()
             .imports(&self.engine)
@@ -237,7 +320,10 @@ impl PluginHost {
             from_cache,
             pre,
         });
-        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(key, loaded.clone());
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, loaded.clone());
         Ok(loaded)
     }
 
@@ -251,14 +337,22 @@ impl PluginHost {
     ) -> Result<CallOutput, CallError> {
         if let Some((interface, capability)) = plugin.ungranted(target).into_iter().next() {
             let context = errors::Context::new(plugin, target, &action);
-            return Err(CallError::NotGranted { context, interface, capability });
+            return Err(CallError::NotGranted {
+                context,
+                interface,
+                capability,
+            });
         }
         self.call_unchecked(plugin, target, action, progress).await
     }
 
     /// A plugin's `describe`, under an empty grant: describe must touch
     /// nothing, and every capability refuses what an empty grant does not allow.
-    pub async fn describe(&self, plugin: &LoadedPlugin, scratch_dir: &Path) -> Result<PluginInfo, CallError> {
+    pub async fn describe(
+        &self,
+        plugin: &LoadedPlugin,
+        scratch_dir: &Path,
+    ) -> Result<PluginInfo, CallError> {
         let probe = Arc::new(TargetConfig {
             name: "describe".into(),
             plugin: plugin.name.clone(),
@@ -268,7 +362,11 @@ impl PluginHost {
             state_dir: scratch_dir.to_path_buf(),
             grant: crate::config::Grant::default(),
         });
-        match self.call_unchecked(plugin, &probe, Action::Describe, None).await?.output {
+        match self
+            .call_unchecked(plugin, &probe, Action::Describe, None)
+            .await?
+            .output
+        {
             ActionOutput::Info(info) => Ok(info),
             other => unreachable!("describe returned {other:?}"),
         }
@@ -282,30 +380,52 @@ impl PluginHost {
         progress: Option<ProgressSink>,
     ) -> Result<CallOutput, CallError> {
         let context = errors::Context::new(plugin, target, &action);
-        let pre = plugin.pre.as_ref().map_err(|e| CallError::Instantiate { context: context.clone(), error: e.clone() })?;
+        let pre = plugin.pre.as_ref().map_err(|e| CallError::Instantiate {
+            context: context.clone(),
+            error: e.clone(),
+        })?;
 
         let started = Instant::now();
         let deadline = started + target.deadline;
-        let mut store = Store::new(&self.engine, CallState::new(&plugin.name, target.clone(), progress, deadline));
+        let mut store = Store::new(
+            &self.engine,
+            CallState::new(&plugin.name, target.clone(), progress, deadline),
+        );
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(ticks(target.deadline));
         store.epoch_deadline_trap();
 
-        let wit_target = Target { name: target.name.clone(), settings: target.settings_json.clone() };
+        let wit_target = Target {
+            name: target.name.clone(),
+            settings: target.settings_json.clone(),
+        };
         let run = async {
             let instance = pre.instantiate_async(&mut store).await?;
             let rollback = instance.rewind_plugin_rollback();
             Ok::<_, wasmtime::Error>(match action {
-                Action::Describe => Ok(ActionOutput::Info(rollback.call_describe(&mut store).await?)),
-                Action::Snapshot => rollback.call_snapshot(&mut store, &wit_target).await?.map(ActionOutput::Captured),
-                Action::Plan { to } => rollback.call_plan(&mut store, &wit_target, &to).await?.map(ActionOutput::Preview),
-                Action::Restore { to, options } => {
-                    rollback.call_restore(&mut store, &wit_target, &to, &options).await?.map(ActionOutput::Outcome)
-                }
-                Action::Restart { parts } => {
-                    rollback.call_restart(&mut store, &wit_target, &parts).await?.map(ActionOutput::Outcome)
-                }
-                Action::Verify { to } => rollback.call_verify(&mut store, &wit_target, &to).await?.map(ActionOutput::Outcome),
+                Action::Describe => Ok(ActionOutput::Info(
+                    rollback.call_describe(&mut store).await?,
+                )),
+                Action::Snapshot => rollback
+                    .call_snapshot(&mut store, &wit_target)
+                    .await?
+                    .map(ActionOutput::Captured),
+                Action::Plan { to } => rollback
+                    .call_plan(&mut store, &wit_target, &to)
+                    .await?
+                    .map(ActionOutput::Preview),
+                Action::Restore { to, options } => rollback
+                    .call_restore(&mut store, &wit_target, &to, &options)
+                    .await?
+                    .map(ActionOutput::Outcome),
+                Action::Restart { parts } => rollback
+                    .call_restart(&mut store, &wit_target, &parts)
+                    .await?
+                    .map(ActionOutput::Outcome),
+                Action::Verify { to } => rollback
+                    .call_verify(&mut store, &wit_target, &to)
+                    .await?
+                    .map(ActionOutput::Outcome),
             })
         };
         let result = tokio::time::timeout(target.deadline + DEADLINE_GRACE, run).await;
@@ -313,10 +433,29 @@ impl PluginHost {
         let state = store.into_data();
         let logs = state.log.lines;
         match result {
-            Ok(Ok(Ok(output))) => Ok(CallOutput { output, logs, elapsed_ms: elapsed.as_millis() as u64 }),
-            Ok(Ok(Err(error))) => Err(CallError::Plugin { context, error: error.into(), logs }),
-            Ok(Err(trap)) => Err(classify(trap, context, target, state.limiter.memory_refused, &state.stderr.contents(), logs)),
-            Err(_) => Err(CallError::Deadline { context, deadline: target.deadline, logs }),
+            Ok(Ok(Ok(output))) => Ok(CallOutput {
+                output,
+                logs,
+                elapsed_ms: elapsed.as_millis() as u64,
+            }),
+            Ok(Ok(Err(error))) => Err(CallError::Plugin {
+                context,
+                error: error.into(),
+                logs,
+            }),
+            Ok(Err(trap)) => Err(classify(
+                trap,
+                context,
+                target,
+                state.limiter.memory_refused,
+                &state.stderr.contents(),
+                logs,
+            )),
+            Err(_) => Err(CallError::Deadline {
+                context,
+                deadline: target.deadline,
+                logs,
+            }),
         }
     }
 }
@@ -331,16 +470,35 @@ fn classify(
     logs: Vec<LogLine>,
 ) -> CallError {
     if let Some(wanted) = memory_refused {
-        return CallError::MemoryLimit { context, limit: target.memory_limit, wanted: wanted as u64, logs };
+        return CallError::MemoryLimit {
+            context,
+            limit: target.memory_limit,
+            wanted: wanted as u64,
+            logs,
+        };
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => CallError::Deadline { context, deadline: target.deadline, logs },
+        Some(Trap::Interrupt) => CallError::Deadline {
+            context,
+            deadline: target.deadline,
+            logs,
+        },
         Some(Trap::StackOverflow) => CallError::StackOverflow { context, logs },
         trap => {
-            let panic = stderr.lines().find(|l| l.contains("panicked at")).map(|line| {
-                let rest: Vec<&str> = stderr.lines().skip_while(|l| *l != line).skip(1).take(3).collect();
-                format!("{} {}", line.trim(), rest.join(" ").trim()).trim().to_string()
-            });
+            let panic = stderr
+                .lines()
+                .find(|l| l.contains("panicked at"))
+                .map(|line| {
+                    let rest: Vec<&str> = stderr
+                        .lines()
+                        .skip_while(|l| *l != line)
+                        .skip(1)
+                        .take(3)
+                        .collect();
+                    format!("{} {}", line.trim(), rest.join(" ").trim())
+                        .trim()
+                        .to_string()
+                });
             let message = match (panic, trap) {
                 (Some(panic), _) => format!("the plugin panicked: {panic}"),
                 (None, Some(Trap::MemoryOutOfBounds)) => {
@@ -349,7 +507,11 @@ fn classify(
                 (None, Some(trap)) => format!("the plugin trapped: {trap}"),
                 (None, None) => format!("{error:#}"),
             };
-            CallError::Crashed { context, message, logs }
+            CallError::Crashed {
+                context,
+                message,
+                logs,
+            }
         }
     }
 }

@@ -3,9 +3,9 @@
 //! logged. A store lives for exactly one call.
 
 use crate::config::TargetConfig;
+use crate::host::ProgressSink;
 use crate::host::caps::http::HttpGate;
 use crate::host::caps::log::CallLog;
-use crate::host::ProgressSink;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -73,13 +73,20 @@ impl CallState {
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for CallState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.http_gate }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_gate,
+        }
     }
 }
 
@@ -93,7 +100,11 @@ pub struct Limiter {
 
 impl Limiter {
     fn new(memory_limit: usize) -> Limiter {
-        Limiter { memory_limit, memory_in_use: 0, memory_refused: None }
+        Limiter {
+            memory_limit,
+            memory_in_use: 0,
+            memory_refused: None,
+        }
     }
 }
 
@@ -165,7 +176,11 @@ impl StdoutStream for TailPipe {
 }
 
 impl tokio::io::AsyncWrite for TailPipe {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, bytes: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
         buffer.extend_from_slice(bytes);
         if buffer.len() > OUTPUT_TAIL {

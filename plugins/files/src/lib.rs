@@ -67,10 +67,21 @@ fn capture(path: &str) -> Result<(FileState, Option<Vec<u8>>), PluginError> {
             if files::stat(&blob)?.is_none() {
                 files::write(&blob, &bytes)?;
             }
-            let state = FileState { path: path.to_string(), sha256: Some(sha), size: bytes.len() as u64 };
+            let state = FileState {
+                path: path.to_string(),
+                sha256: Some(sha),
+                size: bytes.len() as u64,
+            };
             Ok((state, Some(bytes)))
         }
-        None => Ok((FileState { path: path.to_string(), sha256: None, size: 0 }, None)),
+        None => Ok((
+            FileState {
+                path: path.to_string(),
+                sha256: None,
+                size: 0,
+            },
+            None,
+        )),
     }
 }
 
@@ -109,7 +120,9 @@ fn apply(state: &FileState, contents: Option<&[u8]>) -> Result<(), PluginError> 
 }
 
 fn reload(settings: &Settings) -> Result<Option<String>, PluginError> {
-    let Some((program, args)) = settings.reload.split_first() else { return Ok(None) };
+    let Some((program, args)) = settings.reload.split_first() else {
+        return Ok(None);
+    };
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     process::run(program, &args)?;
     Ok(Some(settings.reload.join(" ")))
@@ -122,14 +135,23 @@ impl Plugin for Files {
         info(
             "files",
             "snapshot and restore configuration files atomically, then reload",
-            &[Action::Snapshot, Action::Plan, Action::Restore, Action::Restart, Action::Verify],
+            &[
+                Action::Snapshot,
+                Action::Plan,
+                Action::Restore,
+                Action::Restart,
+                Action::Verify,
+            ],
         )
     }
 
     fn snapshot(target: Target) -> Result<Captured, PluginError> {
         let settings: Settings = settings(&target)?;
         if settings.files.is_empty() {
-            return Err(PluginError::InvalidSettings(format!("target {}: settings.files is empty", target.name)));
+            return Err(PluginError::InvalidSettings(format!(
+                "target {}: settings.files is empty",
+                target.name
+            )));
         }
         let mut states = Vec::new();
         for path in &settings.files {
@@ -140,10 +162,17 @@ impl Plugin for Files {
         let summary = format!(
             "{} files, {bytes} bytes{}",
             states.len(),
-            if missing > 0 { format!(" ({missing} absent)") } else { String::new() }
+            if missing > 0 {
+                format!(" ({missing} absent)")
+            } else {
+                String::new()
+            }
         );
-        let data = serde_json::to_string(&SnapshotData { version: 1, files: states })
-            .map_err(|e| PluginError::Failed(e.to_string()))?;
+        let data = serde_json::to_string(&SnapshotData {
+            version: 1,
+            files: states,
+        })
+        .map_err(|e| PluginError::Failed(e.to_string()))?;
         Ok(Captured { data, summary })
     }
 
@@ -151,7 +180,11 @@ impl Plugin for Files {
         let settings: Settings = settings(&target)?;
         let snapshot: SnapshotData = snapshot_data(&target, &to)?;
         let secrets = secrets::Matcher::new(&settings.secret_keys);
-        let risk = if settings.reload.is_empty() { Risk::None } else { Risk::Restart };
+        let risk = if settings.reload.is_empty() {
+            Risk::None
+        } else {
+            Risk::Restart
+        };
         let mut changes = Vec::new();
         for wanted in &snapshot.files {
             if current_sha(&wanted.path)? == wanted.sha256 {
@@ -162,14 +195,28 @@ impl Plugin for Files {
                 None => None,
             };
             let current = files::read_if_exists(&wanted.path)?;
-            let (summary, detail) = diff::describe(&wanted.path, current.as_deref(), old.as_deref(), &secrets);
-            changes.push(Change { subject: wanted.path.clone(), summary, detail: Some(detail), risk });
+            let (summary, detail) =
+                diff::describe(&wanted.path, current.as_deref(), old.as_deref(), &secrets);
+            changes.push(Change {
+                subject: wanted.path.clone(),
+                summary,
+                detail: Some(detail),
+                risk,
+            });
         }
         let risk = max_risk(changes.iter().map(|c| c.risk));
-        Ok(Preview { changes, risk, data_loss_window_seconds: None })
+        Ok(Preview {
+            changes,
+            risk,
+            data_loss_window_seconds: None,
+        })
     }
 
-    fn restore(target: Target, to: SnapshotRecord, options: RestoreOptions) -> Result<Outcome, PluginError> {
+    fn restore(
+        target: Target,
+        to: SnapshotRecord,
+        options: RestoreOptions,
+    ) -> Result<Outcome, PluginError> {
         let settings: Settings = settings(&target)?;
         let snapshot: SnapshotData = snapshot_data(&target, &to)?;
 
@@ -188,7 +235,10 @@ impl Plugin for Files {
         if pending.is_empty() {
             return Ok(Outcome {
                 changed: false,
-                summary: format!("all {} files already match the snapshot", snapshot.files.len()),
+                summary: format!(
+                    "all {} files already match the snapshot",
+                    snapshot.files.len()
+                ),
                 details: vec![],
             });
         }
@@ -204,17 +254,25 @@ impl Plugin for Files {
             taken_at: now_secs(),
             files: previous.iter().map(|(state, _)| state.clone()).collect(),
         };
-        let record = serde_json::to_vec_pretty(&record).map_err(|e| PluginError::Failed(e.to_string()))?;
+        let record =
+            serde_json::to_vec_pretty(&record).map_err(|e| PluginError::Failed(e.to_string()))?;
         files::write(&emergency, &record)?;
 
         let put_back = |count: usize| -> Vec<String> {
             previous[..count]
                 .iter()
-                .filter_map(|(state, bytes)| apply(state, bytes.as_deref()).err().map(|e| format!("{}: {e:?}", state.path)))
+                .filter_map(|(state, bytes)| {
+                    apply(state, bytes.as_deref())
+                        .err()
+                        .map(|e| format!("{}: {e:?}", state.path))
+                })
                 .collect()
         };
         for (index, (wanted, contents)) in pending.iter().enumerate() {
-            progress(&format!("writing {}", wanted.path), Some((index * 100 / pending.len()) as u8));
+            progress(
+                &format!("writing {}", wanted.path),
+                Some((index * 100 / pending.len()) as u8),
+            );
             if let Err(e) = apply(wanted, contents.as_deref()) {
                 let failures = put_back(index);
                 return Err(PluginError::Failed(format!(
@@ -228,24 +286,37 @@ impl Plugin for Files {
             Ok(reloaded) => reloaded,
             Err(e) => {
                 let failures = put_back(pending.len());
-                let again = if failures.is_empty() { reload(&settings).err() } else { None };
+                let again = if failures.is_empty() {
+                    reload(&settings).err()
+                } else {
+                    None
+                };
                 return Err(PluginError::Failed(format!(
                     "reload `{}` failed after the restore: {e:?}; {}{}",
                     settings.reload.join(" "),
                     rollback_report(pending.len(), &failures, &emergency),
-                    again.map(|e| format!("; reloading the previous files failed too: {e:?}")).unwrap_or_default()
+                    again
+                        .map(|e| format!("; reloading the previous files failed too: {e:?}"))
+                        .unwrap_or_default()
                 )));
             }
         };
-        let mut details: Vec<String> = pending.iter().map(|(w, _)| format!("restored {}", w.path)).collect();
-        details.push(format!("previous contents kept in the state directory: {emergency}"));
+        let mut details: Vec<String> = pending
+            .iter()
+            .map(|(w, _)| format!("restored {}", w.path))
+            .collect();
+        details.push(format!(
+            "previous contents kept in the state directory: {emergency}"
+        ));
         Ok(Outcome {
             changed: true,
             summary: format!(
                 "restored {} of {} files{}",
                 pending.len(),
                 snapshot.files.len(),
-                reloaded.map(|r| format!(", then ran `{r}`")).unwrap_or_default()
+                reloaded
+                    .map(|r| format!(", then ran `{r}`"))
+                    .unwrap_or_default()
             ),
             details,
         })
@@ -254,7 +325,11 @@ impl Plugin for Files {
     fn restart(target: Target, _parts: Vec<String>) -> Result<Outcome, PluginError> {
         let settings: Settings = settings(&target)?;
         match reload(&settings)? {
-            Some(command) => Ok(Outcome { changed: true, summary: format!("ran `{command}`"), details: vec![] }),
+            Some(command) => Ok(Outcome {
+                changed: true,
+                summary: format!("ran `{command}`"),
+                details: vec![],
+            }),
             None => Err(PluginError::Unsupported(format!(
                 "target {}: restart needs settings.reload (e.g. [\"nginx\", \"-s\", \"reload\"])",
                 target.name
@@ -277,7 +352,10 @@ impl Plugin for Files {
                 details: vec![],
             })
         } else {
-            Err(PluginError::VerificationFailed(format!("these files differ from the snapshot: {}", differ.join(", "))))
+            Err(PluginError::VerificationFailed(format!(
+                "these files differ from the snapshot: {}",
+                differ.join(", ")
+            )))
         }
     }
 }
@@ -294,7 +372,15 @@ fn rollback_report(written: usize, failures: &[String], emergency: &str) -> Stri
 }
 
 fn safe_name(text: &str) -> String {
-    text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 export_plugin!(Files);

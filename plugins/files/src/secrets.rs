@@ -2,7 +2,16 @@
 //! as hashes.
 
 /// Key patterns treated as secret unless the settings add more.
-const DEFAULT_PATTERNS: &[&str] = &["*PASSWORD*", "*PASSWD*", "*SECRET*", "*TOKEN*", "*PRIVATE*", "*_KEY", "*APIKEY*", "*CREDENTIAL*"];
+const DEFAULT_PATTERNS: &[&str] = &[
+    "*PASSWORD*",
+    "*PASSWD*",
+    "*SECRET*",
+    "*TOKEN*",
+    "*PRIVATE*",
+    "*_KEY",
+    "*APIKEY*",
+    "*CREDENTIAL*",
+];
 
 pub struct Matcher {
     patterns: Vec<String>,
@@ -21,15 +30,23 @@ impl Matcher {
 
     pub fn is_secret(&self, key: &str) -> bool {
         let key = key.to_ascii_uppercase();
-        self.patterns.iter().any(|p| glob(p.as_bytes(), key.as_bytes()))
+        self.patterns
+            .iter()
+            .any(|p| glob(p.as_bytes(), key.as_bytes()))
     }
 
     /// The line with a secret value replaced by a short hash of it. Handles
     /// `KEY=value`, `export KEY=value` and `key: value` lines.
     pub fn mask_line(&self, line: &str) -> String {
-        let Some(split) = line.find(['=', ':']) else { return line.to_string() };
+        let Some(split) = line.find(['=', ':']) else {
+            return line.to_string();
+        };
         let (left, rest) = line.split_at(split);
-        let key = left.trim().trim_start_matches("export ").trim().trim_matches('"');
+        let key = left
+            .trim()
+            .trim_start_matches("export ")
+            .trim()
+            .trim_matches('"');
         if key.is_empty() || key.contains(' ') || !self.is_secret(key) {
             return line.to_string();
         }
@@ -62,7 +79,10 @@ mod tests {
         assert!(m.is_secret("stripe_live"));
         assert!(!m.is_secret("PORT"));
         let masked = m.mask_line("DATABASE_PASSWORD=hunter2");
-        assert!(masked.starts_with("DATABASE_PASSWORD=<secret sha256:"), "{masked}");
+        assert!(
+            masked.starts_with("DATABASE_PASSWORD=<secret sha256:"),
+            "{masked}"
+        );
         assert!(!masked.contains("hunter2"));
         assert_eq!(m.mask_line("PORT=8080"), "PORT=8080");
         assert!(!m.mask_line("  api_token: abc").contains("abc"));

@@ -1,9 +1,9 @@
 //! Files of the target (its state directory and granted directories), with
 //! errors turned into [`PluginError`]s that name the path.
 
-pub use crate::bindings::rewind::plugin::files::{FileError, FileInfo};
-use crate::bindings::rewind::plugin::files as host;
 use crate::PluginError;
+use crate::bindings::rewind::plugin::files as host;
+pub use crate::bindings::rewind::plugin::files::{FileError, FileInfo};
 
 fn plugin_error(path: &str, e: FileError) -> PluginError {
     match e {

@@ -74,7 +74,9 @@ fn parse_url(url: &str) -> Result<Url<'_>, HttpError> {
     } else if let Some(rest) = url.strip_prefix("https://") {
         (Scheme::Https, rest)
     } else {
-        return Err(HttpError::InvalidUrl(format!("{url}: only http:// and https:// URLs")));
+        return Err(HttpError::InvalidUrl(format!(
+            "{url}: only http:// and https:// URLs"
+        )));
     };
     let (authority, path_and_query) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -83,7 +85,11 @@ fn parse_url(url: &str) -> Result<Url<'_>, HttpError> {
     if authority.is_empty() {
         return Err(HttpError::InvalidUrl(format!("{url}: no host")));
     }
-    Ok(Url { scheme, authority, path_and_query })
+    Ok(Url {
+        scheme,
+        authority,
+        path_and_query,
+    })
 }
 
 fn method(name: &str) -> Method {
@@ -128,17 +134,27 @@ pub fn send(
     }
     let request = OutgoingRequest::new(fields);
     let invalid = |what: &str| HttpError::InvalidUrl(format!("{url}: {what}"));
-    request.set_method(&method(method_name)).map_err(|_| invalid("method"))?;
-    request.set_scheme(Some(&parsed.scheme)).map_err(|_| invalid("scheme"))?;
-    request.set_authority(Some(parsed.authority)).map_err(|_| invalid("authority"))?;
+    request
+        .set_method(&method(method_name))
+        .map_err(|_| invalid("method"))?;
+    request
+        .set_scheme(Some(&parsed.scheme))
+        .map_err(|_| invalid("scheme"))?;
+    request
+        .set_authority(Some(parsed.authority))
+        .map_err(|_| invalid("authority"))?;
     request
         .set_path_with_query(Some(parsed.path_and_query))
         .map_err(|_| invalid("path"))?;
 
-    let outgoing_body = request.body().map_err(|_| failed(url, "request body unavailable"))?;
+    let outgoing_body = request
+        .body()
+        .map_err(|_| failed(url, "request body unavailable"))?;
     let pending = outgoing_handler::handle(request, None).map_err(|e| error_code(url, e))?;
     {
-        let stream = outgoing_body.write().map_err(|_| failed(url, "request body stream"))?;
+        let stream = outgoing_body
+            .write()
+            .map_err(|_| failed(url, "request body stream"))?;
         for chunk in body.chunks(4096) {
             stream
                 .blocking_write_and_flush(chunk)
@@ -155,22 +171,33 @@ pub fn send(
     };
     let status = incoming.status();
     let headers = incoming.headers().entries();
-    let incoming_body = incoming.consume().map_err(|_| failed(url, "response body unavailable"))?;
+    let incoming_body = incoming
+        .consume()
+        .map_err(|_| failed(url, "response body unavailable"))?;
     let mut bytes = Vec::new();
     {
-        let stream = incoming_body.stream().map_err(|_| failed(url, "response body stream"))?;
+        let stream = incoming_body
+            .stream()
+            .map_err(|_| failed(url, "response body stream"))?;
         loop {
             match stream.blocking_read(64 * 1024) {
                 Ok(chunk) => bytes.extend_from_slice(&chunk),
                 Err(StreamError::Closed) => break,
                 Err(StreamError::LastOperationFailed(e)) => {
-                    return Err(failed(url, &format!("reading the response: {}", e.to_debug_string())));
+                    return Err(failed(
+                        url,
+                        &format!("reading the response: {}", e.to_debug_string()),
+                    ));
                 }
             }
         }
     }
     let _trailers = IncomingBody::finish(incoming_body);
-    Ok(Response { status, headers, body: bytes })
+    Ok(Response {
+        status,
+        headers,
+        body: bytes,
+    })
 }
 
 /// `send` with GET and no body.

@@ -140,13 +140,15 @@ pub fn info(name: &str, description: &str, actions: &[Action]) -> PluginInfo {
 
 /// The target's settings, deserialised; a clear `invalid-settings` error otherwise.
 pub fn settings<T: DeserializeOwned>(target: &Target) -> Result<T, PluginError> {
-    serde_json::from_str(&target.settings).map_err(|e| {
-        PluginError::InvalidSettings(format!("target {}: settings: {e}", target.name))
-    })
+    serde_json::from_str(&target.settings)
+        .map_err(|e| PluginError::InvalidSettings(format!("target {}: settings: {e}", target.name)))
 }
 
 /// Parse a snapshot's data as this plugin wrote it.
-pub fn snapshot_data<T: DeserializeOwned>(target: &Target, to: &SnapshotRecord) -> Result<T, PluginError> {
+pub fn snapshot_data<T: DeserializeOwned>(
+    target: &Target,
+    to: &SnapshotRecord,
+) -> Result<T, PluginError> {
     serde_json::from_str(&to.data).map_err(|e| {
         PluginError::InvalidSettings(format!(
             "target {}: the snapshot was not written by this plugin or is damaged: {e}",
@@ -162,7 +164,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The highest of some risks (`none` for none).
 pub fn max_risk(risks: impl IntoIterator<Item = Risk>) -> Risk {
-    risks.into_iter().max_by_key(|r| risk_rank(*r)).unwrap_or(Risk::None)
+    risks
+        .into_iter()
+        .max_by_key(|r| risk_rank(*r))
+        .unwrap_or(Risk::None)
 }
 
 fn risk_rank(risk: Risk) -> u8 {

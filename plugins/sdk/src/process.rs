@@ -1,8 +1,8 @@
 //! Run allow-listed programs on the host, without a shell.
 
-pub use crate::bindings::rewind::plugin::process::{Command, Output, ProcessError};
-use crate::bindings::rewind::plugin::process as host;
 use crate::PluginError;
+use crate::bindings::rewind::plugin::process as host;
+pub use crate::bindings::rewind::plugin::process::{Command, Output, ProcessError};
 
 /// Run a program to completion. A non-zero exit is an error that carries the
 /// program's stderr; use [`run_command`] to inspect the status yourself.

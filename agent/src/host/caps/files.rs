@@ -23,7 +23,12 @@ struct Allowed {
 }
 
 fn denied(target: &TargetConfig, path: &str, why: &str) -> FileError {
-    let granted: Vec<String> = target.grant.files.iter().map(|d| d.display().to_string()).collect();
+    let granted: Vec<String> = target
+        .grant
+        .files
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
     FileError::Denied(format!(
         "target {}: {path}: {why} (allowed: the state directory{}{})",
         target.name,
@@ -37,12 +42,19 @@ fn check(target: &TargetConfig, path: &str) -> Result<Allowed, FileError> {
     if path.is_empty() {
         return Err(denied(target, path, "empty path"));
     }
-    if requested.components().any(|c| matches!(c, Component::ParentDir)) {
+    if requested
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+    {
         return Err(denied(target, path, "`..` is not allowed"));
     }
     let (root, full, in_state_dir) = if requested.is_relative() {
         fs::create_dir_all(&target.state_dir).map_err(|e| io_error(path, e))?;
-        (target.state_dir.clone(), target.state_dir.join(requested), true)
+        (
+            target.state_dir.clone(),
+            target.state_dir.join(requested),
+            true,
+        )
     } else {
         let root = target
             .grant
@@ -66,9 +78,16 @@ fn check(target: &TargetConfig, path: &str) -> Result<Allowed, FileError> {
         }
     };
     if !resolved.starts_with(&root) {
-        return Err(denied(target, path, "a symbolic link leads outside the target's directories"));
+        return Err(denied(
+            target,
+            path,
+            "a symbolic link leads outside the target's directories",
+        ));
     }
-    Ok(Allowed { path: full, in_state_dir })
+    Ok(Allowed {
+        path: full,
+        in_state_dir,
+    })
 }
 
 fn io_error(path: &str, e: io::Error) -> FileError {
@@ -87,7 +106,10 @@ impl CallState {
         op: impl FnOnce(Allowed) -> Result<T, FileError> + Send + 'static,
     ) -> impl Future<Output = Result<T, FileError>> + Send + 'static {
         let checked = check(&self.target, path);
-        let budget = self.deadline.saturating_duration_since(Instant::now()).min(CALL_TIMEOUT);
+        let budget = self
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .min(CALL_TIMEOUT);
         let path = path.to_string();
         async move { run_blocking(checked?, budget, &path, op).await }
     }
@@ -118,7 +140,10 @@ impl Host for CallState {
                 return Err(FileError::TooLarge(size));
             }
             let mut bytes = Vec::with_capacity(size as usize);
-            Read::by_ref(&mut file).take(MAX_READ + 1).read_to_end(&mut bytes).map_err(|e| io_error(&name, e))?;
+            Read::by_ref(&mut file)
+                .take(MAX_READ + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| io_error(&name, e))?;
             if bytes.len() as u64 > MAX_READ {
                 return Err(FileError::TooLarge(bytes.len() as u64));
             }
@@ -129,8 +154,10 @@ impl Host for CallState {
 
     async fn write(&mut self, path: String, contents: Vec<u8>) -> Result<(), FileError> {
         let name = path.clone();
-        self.with_file(&path, move |a| write_atomic(&a, &contents).map_err(|e| io_error(&name, e)))
-            .await
+        self.with_file(&path, move |a| {
+            write_atomic(&a, &contents).map_err(|e| io_error(&name, e))
+        })
+        .await
     }
 
     async fn remove(&mut self, path: String) -> Result<(), FileError> {
@@ -198,20 +225,30 @@ impl Host for CallState {
 /// of the two.
 fn write_atomic(allowed: &Allowed, contents: &[u8]) -> io::Result<()> {
     let path = &allowed.path;
-    let dir = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("no parent directory"))?;
     if allowed.in_state_dir {
         fs::create_dir_all(dir)?;
     }
-    let name = path.file_name().ok_or_else(|| io::Error::other("no file name"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("no file name"))?;
     let existing = fs::metadata(path).ok();
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let temp = dir.join(format!(
         ".{}.rewind-{}-{nanos}.tmp",
         name.to_string_lossy(),
         std::process::id()
     ));
     let result = (|| {
-        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
         file.write_all(contents)?;
         if let Some(meta) = &existing {
             file.set_permissions(meta.permissions())?;

@@ -10,8 +10,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 type ResponseFuture = Box<
-    dyn Future<Output = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), Error>> + Send>), Error>>
-        + Send,
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), Error>> + Send>,
+                ),
+                Error,
+            >,
+        > + Send,
 >;
 
 pub struct HttpGate {
@@ -34,7 +41,13 @@ impl HttpGate {
     fn allows(&self, uri: &http::Uri) -> bool {
         let Some(host) = uri.host() else { return false };
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = uri.port_u16().unwrap_or(if uri.scheme() == Some(&http::uri::Scheme::HTTPS) { 443 } else { 80 });
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+                443
+            } else {
+                80
+            });
         self.allow.iter().any(|entry| entry.allows(host, port))
     }
 }
@@ -62,14 +75,26 @@ impl WasiHttpHooks for HttpGate {
         }
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         let options = RequestOptions {
-            connect_timeout: bounded(options.and_then(|o| o.connect_timeout), CONNECT_TIMEOUT.min(remaining)),
-            first_byte_timeout: bounded(options.and_then(|o| o.first_byte_timeout), READ_TIMEOUT.min(remaining)),
-            between_bytes_timeout: bounded(options.and_then(|o| o.between_bytes_timeout), READ_TIMEOUT.min(remaining)),
+            connect_timeout: bounded(
+                options.and_then(|o| o.connect_timeout),
+                CONNECT_TIMEOUT.min(remaining),
+            ),
+            first_byte_timeout: bounded(
+                options.and_then(|o| o.first_byte_timeout),
+                READ_TIMEOUT.min(remaining),
+            ),
+            between_bytes_timeout: bounded(
+                options.and_then(|o| o.between_bytes_timeout),
+                READ_TIMEOUT.min(remaining),
+            ),
         };
         Box::new(async move {
             use http_body_util::BodyExt;
             let (response, io) = default_send_request(request, Some(options)).await?;
-            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
         })
     }
 }

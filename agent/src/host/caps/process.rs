@@ -18,30 +18,49 @@ impl Host for CallState {
         let program = grant
             .process
             .get(&cmd.program)
-            .or_else(|| grant.process.values().find(|p| p.as_path() == Path::new(&cmd.program)))
+            .or_else(|| {
+                grant
+                    .process
+                    .values()
+                    .find(|p| p.as_path() == Path::new(&cmd.program))
+            })
             .ok_or_else(|| {
                 let allowed: Vec<&str> = grant.process.keys().map(String::as_str).collect();
                 ProcessError::Denied(format!(
                     "target {}: program `{}` is not on the grant.process allow-list ({})",
                     target.name,
                     cmd.program,
-                    if allowed.is_empty() { "empty".to_string() } else { allowed.join(", ") }
+                    if allowed.is_empty() {
+                        "empty".to_string()
+                    } else {
+                        allowed.join(", ")
+                    }
                 ))
             })?
             .clone();
 
-        let requested = cmd.timeout_ms.map_or(grant.process_timeout, |ms| Duration::from_millis(ms.into()));
+        let requested = cmd
+            .timeout_ms
+            .map_or(grant.process_timeout, |ms| Duration::from_millis(ms.into()));
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         let timeout = requested.min(grant.process_timeout).min(remaining);
 
-        std::fs::create_dir_all(&target.state_dir)
-            .map_err(|e| ProcessError::Io(format!("state directory {}: {e}", target.state_dir.display())))?;
+        std::fs::create_dir_all(&target.state_dir).map_err(|e| {
+            ProcessError::Io(format!(
+                "state directory {}: {e}",
+                target.state_dir.display()
+            ))
+        })?;
         let mut child = tokio::process::Command::new(&program)
             .args(&cmd.args)
             .env_clear()
             .envs(&grant.process_env)
             .current_dir(&target.state_dir)
-            .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if cmd.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -74,7 +93,9 @@ impl Host for CallState {
                 unsafe { libc::killpg(pid as libc::pid_t, libc::SIGKILL) };
             }
             tracing::warn!(plugin = self.plugin, target = target.name, program = %program.display(), "killed after {timeout:?}");
-            return Err(ProcessError::TimedOut(timeout.as_millis().min(u32::MAX as u128) as u32));
+            return Err(ProcessError::TimedOut(
+                timeout.as_millis().min(u32::MAX as u128) as u32,
+            ));
         };
         let status = status.map_err(|e| ProcessError::Io(e.to_string()))?;
         let (stdout, out_cut) = out.map_err(|e| ProcessError::Io(format!("stdout: {e}")))?;
@@ -87,14 +108,21 @@ impl Host for CallState {
             "ran in {:?}",
             started.elapsed()
         );
-        Ok(Output { status: status.code(), stdout, stderr, truncated: out_cut || err_cut })
+        Ok(Output {
+            status: status.code(),
+            stdout,
+            stderr,
+            truncated: out_cut || err_cut,
+        })
     }
 }
 
 /// Read a stream to its end, keeping at most MAX_OUTPUT bytes (and draining
 /// the rest, so the program never blocks on a full pipe).
 async fn read_capped(stream: Option<impl AsyncRead + Unpin>) -> std::io::Result<(Vec<u8>, bool)> {
-    let Some(mut stream) = stream else { return Ok((Vec::new(), false)) };
+    let Some(mut stream) = stream else {
+        return Ok((Vec::new(), false));
+    };
     let mut kept = Vec::new();
     let mut truncated = false;
     let mut chunk = vec![0u8; 64 * 1024];

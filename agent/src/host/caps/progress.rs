@@ -33,6 +33,10 @@ impl Host for CallState {
             }
             detail.truncate(cut);
         }
-        sink(ProgressReport { target: self.target.name.clone(), detail, percent: percent.map(|p| p.min(100)) });
+        sink(ProgressReport {
+            target: self.target.name.clone(),
+            detail,
+            percent: percent.map(|p| p.min(100)),
+        });
     }
 }
