@@ -1,0 +1,587 @@
+//! The run engine: a pure state machine. Events (results, ticks, operator
+//! requests) go in with the current time; commands (send this step, run
+//! these health gates, the run finished) and notes for the journal come out.
+//! No I/O, no clock, no network: the async shell in `runner` does those.
+//!
+//! Ordering: a stage starts when every stage in its `after` has succeeded (or
+//! failed under `on_failure = "continue"`). Within a stage, at most
+//! `max_parallel` steps are in flight; with a canary, the first `canary`
+//! steps run alone and must succeed before the others start. A stage
+//! succeeds when all its steps succeeded and its health gates passed.
+//!
+//! Failures: `halt` stops dispatching everywhere, lets in-flight steps
+//! finish, then fails the run and skips what did not start; `continue`
+//! records the failure and goes on; `pause` waits for an operator, whose
+//! approval retries the failed steps as a new attempt.
+//!
+//! Attempts: each dispatch of a step has an attempt number; a result counts
+//! only for the step's current attempt, so a late result of a superseded
+//! attempt is ignored.
+
+use crate::plan::OnFailure;
+
+#[cfg(test)]
+mod tests;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepStatus {
+    Pending,
+    Sent { at_ms: u64 },
+    Succeeded { summary: String },
+    Failed(Failure),
+    Skipped,
+}
+
+impl StepStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Sent { .. } => "sent",
+            StepStatus::Succeeded { .. } => "succeeded",
+            StepStatus::Failed(_) => "failed",
+            StepStatus::Skipped => "skipped",
+        }
+    }
+
+    fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            StepStatus::Succeeded { .. } | StepStatus::Failed(_) | StepStatus::Skipped
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageStatus {
+    Waiting,
+    Running,
+    /// All steps succeeded; health gates are running.
+    Gating,
+    Succeeded,
+    Failed,
+    Paused,
+    Skipped,
+}
+
+impl StageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageStatus::Waiting => "waiting",
+            StageStatus::Running => "running",
+            StageStatus::Gating => "gating",
+            StageStatus::Succeeded => "succeeded",
+            StageStatus::Failed => "failed",
+            StageStatus::Paused => "paused",
+            StageStatus::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(text: &str) -> StageStatus {
+        match text {
+            "running" => StageStatus::Running,
+            "gating" => StageStatus::Gating,
+            "succeeded" => StageStatus::Succeeded,
+            "failed" => StageStatus::Failed,
+            "paused" => StageStatus::Paused,
+            "skipped" => StageStatus::Skipped,
+            _ => StageStatus::Waiting,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Running,
+    Paused,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Paused => "paused",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> RunStatus {
+        match text {
+            "paused" => RunStatus::Paused,
+            "succeeded" => RunStatus::Succeeded,
+            "failed" => RunStatus::Failed,
+            "cancelled" => RunStatus::Cancelled,
+            _ => RunStatus::Running,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled
+        )
+    }
+}
+
+/// What the engine needs to know about a stage.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    pub name: String,
+    /// Indexes of the stages this one runs after.
+    pub after: Vec<usize>,
+    pub max_parallel: usize,
+    pub canary: usize,
+    pub timeout_ms: u64,
+    pub on_failure: OnFailure,
+    pub has_gates: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StepSpec {
+    pub stage: usize,
+    pub agent: String,
+    pub target: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunState {
+    pub stages: Vec<StageSpec>,
+    pub steps: Vec<StepSpec>,
+    pub stage_status: Vec<StageStatus>,
+    pub step_status: Vec<StepStatus>,
+    /// The attempt number of each step's latest dispatch (0: never sent).
+    pub attempts: Vec<u32>,
+    pub status: RunStatus,
+    /// A halt-policy failure happened: dispatch nothing more.
+    pub halting: bool,
+    pub cancelling: bool,
+    /// Steps and stages changed since the shell last journaled them.
+    pub dirty_steps: Vec<usize>,
+    pub dirty_stages: Vec<usize>,
+}
+
+pub enum Event {
+    /// The run starts (or resumes after a coordinator restart).
+    Start,
+    StepDone {
+        step: usize,
+        attempt: u32,
+        outcome: Result<String, Failure>,
+    },
+    GatesDone {
+        stage: usize,
+        outcome: Result<(), String>,
+    },
+    /// Time passed: check step timeouts.
+    Tick,
+    Cancel,
+    Approve,
+}
+
+/// Something worth journaling and showing, e.g. `stage-started`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub kind: &'static str,
+    pub stage: Option<usize>,
+    pub step: Option<usize>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Journal, then send this attempt of the step to its agent.
+    Send {
+        step: usize,
+        attempt: u32,
+    },
+    RunGates {
+        stage: usize,
+    },
+    Note(Note),
+    Finished(RunStatus),
+}
+
+impl RunState {
+    pub fn new(stages: Vec<StageSpec>, steps: Vec<StepSpec>) -> RunState {
+        RunState {
+            stage_status: vec![StageStatus::Waiting; stages.len()],
+            step_status: vec![StepStatus::Pending; steps.len()],
+            attempts: vec![0; steps.len()],
+            stages,
+            steps,
+            status: RunStatus::Running,
+            halting: false,
+            cancelling: false,
+            dirty_steps: Vec::new(),
+            dirty_stages: Vec::new(),
+        }
+    }
+
+    fn set_step(&mut self, step: usize, status: StepStatus) {
+        self.step_status[step] = status;
+        self.dirty_steps.push(step);
+    }
+
+    fn set_stage(&mut self, stage: usize, status: StageStatus) {
+        self.stage_status[stage] = status;
+        self.dirty_stages.push(stage);
+    }
+
+    fn steps_of(&self, stage: usize) -> impl Iterator<Item = usize> + '_ {
+        self.steps
+            .iter()
+            .enumerate()
+            .filter(move |(_, s)| s.stage == stage)
+            .map(|(i, _)| i)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.step_status
+            .iter()
+            .filter(|s| matches!(s, StepStatus::Sent { .. }))
+            .count()
+    }
+}
+
+fn note(kind: &'static str, stage: Option<usize>, step: Option<usize>, message: String) -> Command {
+    Command::Note(Note {
+        kind,
+        stage,
+        step,
+        message,
+    })
+}
+
+/// Apply one event at time `now_ms`; return what the shell must do.
+pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
+    let mut out = Vec::new();
+    if state.status.is_terminal() {
+        return out;
+    }
+    match event {
+        Event::Start => out.push(note("run-started", None, None, String::new())),
+        Event::StepDone {
+            step,
+            attempt,
+            outcome,
+        } => {
+            let current = matches!(state.step_status[step], StepStatus::Sent { .. })
+                && state.attempts[step] == attempt;
+            if !current {
+                // A late or repeated result of an attempt that no longer counts.
+                return out;
+            }
+            let stage = state.steps[step].stage;
+            match outcome {
+                Ok(summary) => {
+                    out.push(note(
+                        "step-succeeded",
+                        Some(stage),
+                        Some(step),
+                        summary.clone(),
+                    ));
+                    state.set_step(step, StepStatus::Succeeded { summary });
+                }
+                Err(failure) => {
+                    out.push(note(
+                        "step-failed",
+                        Some(stage),
+                        Some(step),
+                        format!("{}: {}", failure.kind, failure.message),
+                    ));
+                    state.set_step(step, StepStatus::Failed(failure));
+                }
+            }
+        }
+        Event::GatesDone { stage, outcome } => {
+            if state.stage_status[stage] == StageStatus::Gating {
+                match outcome {
+                    Ok(()) => {
+                        out.push(note("health-passed", Some(stage), None, String::new()));
+                        out.push(note("stage-succeeded", Some(stage), None, String::new()));
+                        state.set_stage(stage, StageStatus::Succeeded);
+                    }
+                    Err(message) => {
+                        out.push(note("health-failed", Some(stage), None, message));
+                        stage_failed(state, stage, &mut out);
+                    }
+                }
+            }
+        }
+        Event::Tick => {
+            for step in 0..state.steps.len() {
+                if let StepStatus::Sent { at_ms } = state.step_status[step] {
+                    let stage = state.steps[step].stage;
+                    let timeout = state.stages[stage].timeout_ms;
+                    if now_ms.saturating_sub(at_ms) > timeout {
+                        let failure = Failure {
+                            kind: "timeout".into(),
+                            message: format!(
+                                "no result from agent {} within {}",
+                                state.steps[step].agent,
+                                humantime::format_duration(std::time::Duration::from_millis(
+                                    timeout
+                                ))
+                            ),
+                        };
+                        out.push(note(
+                            "step-failed",
+                            Some(stage),
+                            Some(step),
+                            format!("timeout: {}", failure.message),
+                        ));
+                        state.set_step(step, StepStatus::Failed(failure));
+                    }
+                }
+            }
+        }
+        Event::Cancel => {
+            if !state.cancelling {
+                state.cancelling = true;
+                out.push(note(
+                    "run-cancelling",
+                    None,
+                    None,
+                    "no new steps start; steps in flight finish".into(),
+                ));
+            }
+        }
+        Event::Approve => {
+            if state.status == RunStatus::Paused {
+                for stage in 0..state.stages.len() {
+                    if state.stage_status[stage] != StageStatus::Paused {
+                        continue;
+                    }
+                    let failed: Vec<usize> = state
+                        .steps_of(stage)
+                        .filter(|&s| matches!(state.step_status[s], StepStatus::Failed(_)))
+                        .collect();
+                    for step in failed {
+                        state.set_step(step, StepStatus::Pending);
+                    }
+                    state.set_stage(stage, StageStatus::Running);
+                }
+                state.status = RunStatus::Running;
+                out.push(note(
+                    "run-resumed",
+                    None,
+                    None,
+                    "retrying the failed steps".into(),
+                ));
+            }
+        }
+    }
+    pump(state, now_ms, &mut out);
+    out
+}
+
+/// Start what can start, dispatch what can run, settle what is done.
+fn pump(state: &mut RunState, now_ms: u64, out: &mut Vec<Command>) {
+    if state.status.is_terminal() {
+        return;
+    }
+    if state.cancelling || (state.halting && state.status == RunStatus::Running) {
+        if state.in_flight() == 0 {
+            let status = if state.cancelling {
+                RunStatus::Cancelled
+            } else {
+                RunStatus::Failed
+            };
+            skip_the_rest(state);
+            finish(state, status, out);
+        }
+        return;
+    }
+    if state.status == RunStatus::Paused {
+        return;
+    }
+    // Start stages whose dependencies are done and run them, until nothing
+    // changes (a stage that settles may let the next one start).
+    loop {
+        let before = state.stage_status.clone();
+        start_ready_stages(state, out);
+        for stage in 0..state.stages.len() {
+            if state.stage_status[stage] == StageStatus::Running {
+                run_stage(state, stage, now_ms, out);
+                if state.status != RunStatus::Running {
+                    return;
+                }
+            }
+        }
+        if state.stage_status == before || state.halting {
+            break;
+        }
+    }
+    if state.halting {
+        // A failure just happened; settle once in-flight steps are done.
+        return pump(state, now_ms, out);
+    }
+    let settled = state.stage_status.iter().all(|s| {
+        matches!(
+            s,
+            StageStatus::Succeeded | StageStatus::Failed | StageStatus::Skipped
+        )
+    });
+    if settled && state.in_flight() == 0 {
+        let failed = state.stage_status.contains(&StageStatus::Failed);
+        skip_the_rest(state);
+        finish(
+            state,
+            if failed {
+                RunStatus::Failed
+            } else {
+                RunStatus::Succeeded
+            },
+            out,
+        );
+    }
+}
+
+fn start_ready_stages(state: &mut RunState, out: &mut Vec<Command>) {
+    for stage in 0..state.stages.len() {
+        if state.stage_status[stage] != StageStatus::Waiting {
+            continue;
+        }
+        let ready = state.stages[stage]
+            .after
+            .iter()
+            .all(|&dep| match state.stage_status[dep] {
+                StageStatus::Succeeded => true,
+                StageStatus::Failed => state.stages[dep].on_failure == OnFailure::Continue,
+                _ => false,
+            });
+        if ready {
+            state.set_stage(stage, StageStatus::Running);
+            out.push(note("stage-started", Some(stage), None, String::new()));
+        }
+    }
+}
+
+fn run_stage(state: &mut RunState, stage: usize, now_ms: u64, out: &mut Vec<Command>) {
+    let steps: Vec<usize> = state.steps_of(stage).collect();
+    let (max_parallel, canary, on_failure) = {
+        let spec = &state.stages[stage];
+        (spec.max_parallel, spec.canary, spec.on_failure)
+    };
+    let failed = steps
+        .iter()
+        .any(|&s| matches!(state.step_status[s], StepStatus::Failed(_)));
+    let blocking_failure = failed && on_failure != OnFailure::Continue;
+    if !blocking_failure {
+        let canaries = &steps[..canary.min(steps.len())];
+        let canaries_done = canaries
+            .iter()
+            .all(|&s| matches!(state.step_status[s], StepStatus::Succeeded { .. }));
+        let eligible: Vec<usize> = if canaries_done {
+            steps.clone()
+        } else {
+            canaries.to_vec()
+        };
+        let mut in_flight = steps
+            .iter()
+            .filter(|&&s| matches!(state.step_status[s], StepStatus::Sent { .. }))
+            .count();
+        for step in eligible {
+            if in_flight >= max_parallel {
+                break;
+            }
+            if state.step_status[step] == StepStatus::Pending {
+                state.attempts[step] += 1;
+                let attempt = state.attempts[step];
+                state.set_step(step, StepStatus::Sent { at_ms: now_ms });
+                out.push(Command::Send { step, attempt });
+                in_flight += 1;
+            }
+        }
+    }
+    let in_flight = steps
+        .iter()
+        .any(|&s| matches!(state.step_status[s], StepStatus::Sent { .. }));
+    if in_flight {
+        return;
+    }
+    let all_done = steps.iter().all(|&s| state.step_status[s].is_terminal());
+    if !(all_done || blocking_failure) {
+        return;
+    }
+    if failed {
+        stage_failed(state, stage, out);
+    } else if state.stages[stage].has_gates {
+        state.set_stage(stage, StageStatus::Gating);
+        out.push(Command::RunGates { stage });
+    } else {
+        state.set_stage(stage, StageStatus::Succeeded);
+        out.push(note("stage-succeeded", Some(stage), None, String::new()));
+    }
+}
+
+fn stage_failed(state: &mut RunState, stage: usize, out: &mut Vec<Command>) {
+    match state.stages[stage].on_failure {
+        OnFailure::Halt => {
+            state.set_stage(stage, StageStatus::Failed);
+            out.push(note(
+                "stage-failed",
+                Some(stage),
+                None,
+                "halting the run".into(),
+            ));
+            state.halting = true;
+        }
+        OnFailure::Continue => {
+            state.set_stage(stage, StageStatus::Failed);
+            out.push(note(
+                "stage-failed",
+                Some(stage),
+                None,
+                "continuing (on_failure = continue)".into(),
+            ));
+        }
+        OnFailure::Pause => {
+            state.set_stage(stage, StageStatus::Paused);
+            state.status = RunStatus::Paused;
+            out.push(note(
+                "run-paused",
+                Some(stage),
+                None,
+                "waiting for `rewind approve` (retry) or `rewind cancel`".into(),
+            ));
+        }
+    }
+}
+
+fn skip_the_rest(state: &mut RunState) {
+    for step in 0..state.steps.len() {
+        if state.step_status[step] == StepStatus::Pending {
+            state.set_step(step, StepStatus::Skipped);
+        }
+    }
+    for stage in 0..state.stages.len() {
+        if matches!(
+            state.stage_status[stage],
+            StageStatus::Waiting | StageStatus::Running | StageStatus::Paused
+        ) {
+            state.set_stage(stage, StageStatus::Skipped);
+        }
+    }
+}
+
+fn finish(state: &mut RunState, status: RunStatus, out: &mut Vec<Command>) {
+    state.status = status;
+    let kind = match status {
+        RunStatus::Succeeded => "run-succeeded",
+        RunStatus::Cancelled => "run-cancelled",
+        _ => "run-failed",
+    };
+    out.push(note(kind, None, None, String::new()));
+    out.push(Command::Finished(status));
+}

@@ -1,0 +1,256 @@
+//! The engine without network or clock: ordering, parallelism, canaries,
+//! failure policies, attempts, timeouts and cancellation.
+
+use super::*;
+
+fn stage(
+    name: &str,
+    after: &[usize],
+    max_parallel: usize,
+    canary: usize,
+    on_failure: OnFailure,
+) -> StageSpec {
+    StageSpec {
+        name: name.into(),
+        after: after.to_vec(),
+        max_parallel,
+        canary,
+        timeout_ms: 1_000,
+        on_failure,
+        has_gates: false,
+    }
+}
+
+fn steps(per_stage: &[usize]) -> Vec<StepSpec> {
+    let mut steps = Vec::new();
+    for (stage, &count) in per_stage.iter().enumerate() {
+        for host in 0..count {
+            steps.push(StepSpec {
+                stage,
+                agent: format!("h{stage}-{host}"),
+                target: "t".into(),
+            });
+        }
+    }
+    steps
+}
+
+fn sent(commands: &[Command]) -> Vec<(usize, u32)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Send { step, attempt } => Some((*step, *attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ok(step: usize, attempt: u32) -> Event {
+    Event::StepDone {
+        step,
+        attempt,
+        outcome: Ok("done".into()),
+    }
+}
+
+fn fail(step: usize, attempt: u32) -> Event {
+    Event::StepDone {
+        step,
+        attempt,
+        outcome: Err(Failure {
+            kind: "failed".into(),
+            message: "boom".into(),
+        }),
+    }
+}
+
+fn finished(commands: &[Command]) -> Option<RunStatus> {
+    commands.iter().find_map(|c| match c {
+        Command::Finished(status) => Some(*status),
+        _ => None,
+    })
+}
+
+#[test]
+fn stages_run_in_after_order_and_parallel_within_a_stage() {
+    let mut run = RunState::new(
+        vec![
+            stage("data", &[], 10, 0, OnFailure::Halt),
+            stage("core", &[0], 10, 0, OnFailure::Halt),
+            stage("ui", &[1], 10, 0, OnFailure::Halt),
+        ],
+        steps(&[1, 2, 1]),
+    );
+    assert_eq!(sent(&next(&mut run, Event::Start, 0)), [(0, 1)]);
+    assert_eq!(sent(&next(&mut run, ok(0, 1), 1)), [(1, 1), (2, 1)]);
+    assert_eq!(sent(&next(&mut run, ok(1, 1), 2)), []);
+    assert_eq!(sent(&next(&mut run, ok(2, 1), 3)), [(3, 1)]);
+    let last = next(&mut run, ok(3, 1), 4);
+    assert_eq!(finished(&last), Some(RunStatus::Succeeded));
+    assert!(
+        run.stage_status
+            .iter()
+            .all(|s| *s == StageStatus::Succeeded)
+    );
+}
+
+#[test]
+fn max_parallel_and_canary_limit_dispatch() {
+    let mut run = RunState::new(vec![stage("web", &[], 2, 1, OnFailure::Halt)], steps(&[5]));
+    assert_eq!(
+        sent(&next(&mut run, Event::Start, 0)),
+        [(0, 1)],
+        "the canary runs alone"
+    );
+    assert_eq!(
+        sent(&next(&mut run, ok(0, 1), 1)),
+        [(1, 1), (2, 1)],
+        "then two at a time"
+    );
+    assert_eq!(sent(&next(&mut run, ok(1, 1), 2)), [(3, 1)]);
+    assert_eq!(sent(&next(&mut run, ok(2, 1), 3)), [(4, 1)]);
+}
+
+#[test]
+fn a_failed_canary_stops_the_stage() {
+    let mut run = RunState::new(
+        vec![
+            stage("web", &[], 2, 1, OnFailure::Halt),
+            stage("ui", &[0], 2, 0, OnFailure::Halt),
+        ],
+        steps(&[3, 1]),
+    );
+    next(&mut run, Event::Start, 0);
+    let out = next(&mut run, fail(0, 1), 1);
+    assert_eq!(sent(&out), []);
+    assert_eq!(finished(&out), Some(RunStatus::Failed));
+    assert_eq!(run.step_status[1], StepStatus::Skipped);
+    assert_eq!(run.stage_status[1], StageStatus::Skipped);
+}
+
+#[test]
+fn halt_lets_in_flight_steps_finish_then_skips_later_stages() {
+    let mut run = RunState::new(
+        vec![
+            stage("core", &[], 10, 0, OnFailure::Halt),
+            stage("gateway", &[0], 10, 0, OnFailure::Halt),
+        ],
+        steps(&[2, 1]),
+    );
+    next(&mut run, Event::Start, 0);
+    let out = next(&mut run, fail(0, 1), 1);
+    assert_eq!(finished(&out), None, "step 1 is still in flight");
+    let out = next(&mut run, ok(1, 1), 2);
+    assert_eq!(finished(&out), Some(RunStatus::Failed));
+    assert_eq!(
+        run.stage_status,
+        [StageStatus::Failed, StageStatus::Skipped]
+    );
+    assert_eq!(run.step_status[2], StepStatus::Skipped);
+    assert_eq!(run.attempts[2], 0, "a skipped step was never sent");
+}
+
+#[test]
+fn continue_runs_dependents_and_fails_the_run_at_the_end() {
+    let mut run = RunState::new(
+        vec![
+            stage("a", &[], 10, 0, OnFailure::Continue),
+            stage("b", &[0], 10, 0, OnFailure::Halt),
+        ],
+        steps(&[1, 1]),
+    );
+    next(&mut run, Event::Start, 0);
+    assert_eq!(sent(&next(&mut run, fail(0, 1), 1)), [(1, 1)]);
+    assert_eq!(
+        finished(&next(&mut run, ok(1, 1), 2)),
+        Some(RunStatus::Failed)
+    );
+}
+
+#[test]
+fn pause_waits_and_approve_retries_as_a_new_attempt() {
+    let mut run = RunState::new(vec![stage("a", &[], 10, 0, OnFailure::Pause)], steps(&[2]));
+    next(&mut run, Event::Start, 0);
+    next(&mut run, ok(1, 1), 1);
+    let out = next(&mut run, fail(0, 1), 2);
+    assert_eq!(run.status, RunStatus::Paused);
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::Note(n) if n.kind == "run-paused"))
+    );
+    assert_eq!(sent(&next(&mut run, Event::Tick, 3)), []);
+    assert_eq!(sent(&next(&mut run, Event::Approve, 4)), [(0, 2)]);
+    // A late result of the first attempt does not count.
+    next(&mut run, ok(0, 1), 5);
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(
+        finished(&next(&mut run, ok(0, 2), 6)),
+        Some(RunStatus::Succeeded)
+    );
+}
+
+#[test]
+fn repeated_results_are_ignored() {
+    let mut run = RunState::new(vec![stage("a", &[], 10, 0, OnFailure::Halt)], steps(&[2]));
+    next(&mut run, Event::Start, 0);
+    next(&mut run, ok(0, 1), 1);
+    assert!(
+        next(&mut run, fail(0, 1), 2).is_empty(),
+        "a second result for a finished step changes nothing"
+    );
+    assert!(matches!(run.step_status[0], StepStatus::Succeeded { .. }));
+}
+
+#[test]
+fn a_step_without_result_times_out() {
+    let mut run = RunState::new(vec![stage("a", &[], 10, 0, OnFailure::Halt)], steps(&[1]));
+    next(&mut run, Event::Start, 0);
+    assert_eq!(finished(&next(&mut run, Event::Tick, 999)), None);
+    let out = next(&mut run, Event::Tick, 1_001);
+    assert_eq!(finished(&out), Some(RunStatus::Failed));
+    let StepStatus::Failed(failure) = &run.step_status[0] else {
+        panic!()
+    };
+    assert_eq!(failure.kind, "timeout");
+    assert!(
+        failure
+            .message
+            .contains("no result from agent h0-0 within 1s"),
+        "{}",
+        failure.message
+    );
+}
+
+#[test]
+fn cancel_stops_dispatch_and_ends_when_in_flight_steps_finish() {
+    let mut run = RunState::new(vec![stage("a", &[], 1, 0, OnFailure::Halt)], steps(&[3]));
+    next(&mut run, Event::Start, 0);
+    assert_eq!(finished(&next(&mut run, Event::Cancel, 1)), None);
+    let out = next(&mut run, ok(0, 1), 2);
+    assert_eq!(sent(&out), []);
+    assert_eq!(finished(&out), Some(RunStatus::Cancelled));
+    assert_eq!(run.step_status[1], StepStatus::Skipped);
+}
+
+#[test]
+fn gates_decide_the_stage() {
+    let mut gated = stage("a", &[], 10, 0, OnFailure::Halt);
+    gated.has_gates = true;
+    let mut run = RunState::new(
+        vec![gated, stage("b", &[0], 10, 0, OnFailure::Halt)],
+        steps(&[1, 1]),
+    );
+    next(&mut run, Event::Start, 0);
+    let out = next(&mut run, ok(0, 1), 1);
+    assert!(out.contains(&Command::RunGates { stage: 0 }));
+    assert_eq!(sent(&out), []);
+    let out = next(
+        &mut run,
+        Event::GatesDone {
+            stage: 0,
+            outcome: Err("GET /health answered 500".into()),
+        },
+        2,
+    );
+    assert_eq!(finished(&out), Some(RunStatus::Failed));
+}

@@ -1,0 +1,12 @@
+//! rewind's coordinator: the fleet registry, plans, the durable run engine,
+//! releases, and the operator CLI that talks to it.
+
+pub mod certs;
+pub mod config;
+pub mod engine;
+pub mod fleet;
+pub mod health;
+pub mod plan;
+pub mod runner;
+pub mod server;
+pub mod store;

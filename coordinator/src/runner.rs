@@ -1,0 +1,496 @@
+//! The thin async shell around the run engine: feeds it results, operator
+//! requests and ticks; journals what changed in one transaction per batch;
+//! only then sends the steps it dispatched; runs health gates; broadcasts
+//! events to watchers. A coordinator restarted mid-run resumes every run
+//! from its journal.
+
+use crate::engine::{
+    self, Command, Event, Failure, RunState, RunStatus, StageSpec, StageStatus, StepSpec,
+    StepStatus,
+};
+use crate::fleet::{Fleet, RunInput};
+use crate::health;
+use crate::plan::{Gate, Plan, StepAction, StepPlan};
+use crate::store::{
+    self, EventRecord, RunRecord, SnapshotRecord, StageRecord, StepRecord, Store, StoreError,
+};
+use rewind_proto::v1::{Action, Snapshot, StepRequest, StepResult, step_result};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+const TICK: Duration = Duration::from_millis(250);
+const MAX_BATCH: usize = 4096;
+
+/// What every part of the coordinator shares.
+pub struct Shared {
+    pub store: Store,
+    pub fleet: Arc<Fleet>,
+    /// Journaled run events (and, with seq 0, progress) for watchers.
+    pub events: broadcast::Sender<EventRecord>,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A run's fixed facts: its plan and what each step sends.
+struct RunContext {
+    run_id: String,
+    plan: Plan,
+    step_ids: Vec<String>,
+    requests: Vec<StepRequest>,
+    index: HashMap<String, usize>,
+}
+
+fn action_of(action: StepAction) -> Action {
+    match action {
+        StepAction::Restore => Action::Restore,
+        StepAction::Restart => Action::Restart,
+        StepAction::Verify => Action::Verify,
+    }
+}
+
+pub fn snapshot_of(record: &SnapshotRecord) -> Snapshot {
+    Snapshot {
+        data: record.data.clone(),
+        summary: record.summary.clone(),
+        taken_at: record.taken_at,
+    }
+}
+
+fn stage_specs(plan: &Plan) -> Vec<StageSpec> {
+    plan.stages
+        .iter()
+        .map(|stage| StageSpec {
+            name: stage.name.clone(),
+            after: stage
+                .after
+                .iter()
+                .filter_map(|a| plan.stages.iter().position(|s| &s.name == a))
+                .collect(),
+            max_parallel: 0,
+            canary: stage.canary,
+            timeout_ms: stage.timeout.as_millis() as u64,
+            on_failure: stage.on_failure,
+            has_gates: !stage.health.is_empty(),
+        })
+        .collect()
+}
+
+/// Build the context and the engine's fresh state for a resolved plan.
+fn build(
+    run: &RunRecord,
+    plan: &Plan,
+    resolved: &[Vec<StepPlan>],
+    snapshots: &[SnapshotRecord],
+) -> Result<(RunContext, RunState), String> {
+    let mut stages = stage_specs(plan);
+    let mut steps = Vec::new();
+    let mut step_ids = Vec::new();
+    let mut requests = Vec::new();
+    for (stage_index, stage_steps) in resolved.iter().enumerate() {
+        let stage = &plan.stages[stage_index];
+        stages[stage_index].max_parallel = stage.max_parallel.of(stage_steps.len());
+        for step in stage_steps {
+            let snapshot = snapshots
+                .iter()
+                .find(|s| s.agent == step.agent && s.target == step.target);
+            if snapshot.is_none() && stage.action != StepAction::Restart {
+                return Err(format!(
+                    "{}:{}: stage {}: release {} has no snapshot of target {} on agent {}",
+                    plan.path, stage.line, stage.name, run.release, step.target, step.agent
+                ));
+            }
+            let id = format!("{}/{}/{}/{}", run.id, stage.name, step.agent, step.target);
+            requests.push(StepRequest {
+                run_id: run.id.clone(),
+                step_id: id.clone(),
+                attempt: 0,
+                target: step.target.clone(),
+                action: action_of(stage.action) as i32,
+                snapshot: snapshot.map(snapshot_of),
+                confirm_data_loss: run.confirm_data_loss,
+                force: run.force,
+                parts: Vec::new(),
+            });
+            step_ids.push(id);
+            steps.push(StepSpec {
+                stage: stage_index,
+                agent: step.agent.clone(),
+                target: step.target.clone(),
+            });
+        }
+    }
+    let index = step_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.clone(), i))
+        .collect();
+    let context = RunContext {
+        run_id: run.id.clone(),
+        plan: plan.clone(),
+        step_ids,
+        requests,
+        index,
+    };
+    Ok((context, RunState::new(stages, steps)))
+}
+
+/// Journal a new run and start driving it.
+pub async fn start(
+    shared: Arc<Shared>,
+    run: RunRecord,
+    plan: Plan,
+    resolved: Vec<Vec<StepPlan>>,
+    snapshots: Vec<SnapshotRecord>,
+) -> Result<(), StartError> {
+    let (context, state) = build(&run, &plan, &resolved, &snapshots).map_err(StartError::Plan)?;
+    let stages: Vec<StageRecord> = plan
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(idx, s)| StageRecord {
+            idx,
+            name: s.name.clone(),
+            status: "waiting".into(),
+            started_ms: None,
+            finished_ms: None,
+        })
+        .collect();
+    let steps: Vec<StepRecord> = state
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(idx, s)| StepRecord {
+            idx,
+            id: context.step_ids[idx].clone(),
+            stage: s.stage,
+            agent: s.agent.clone(),
+            target: s.target.clone(),
+            action: plan.stages[s.stage].action.as_str().into(),
+            status: "pending".into(),
+            attempt: 0,
+            summary: String::new(),
+            error_kind: String::new(),
+            error_message: String::new(),
+            started_ms: None,
+            finished_ms: None,
+        })
+        .collect();
+    shared
+        .store
+        .create_run(&run, &stages, &steps)
+        .await
+        .map_err(StartError::Store)?;
+    spawn_driver(shared, context, state, 0, Event::Start);
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Plan(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// Resume every run that was running or paused when the coordinator stopped.
+pub async fn resume_all(shared: Arc<Shared>) -> Result<usize, StoreError> {
+    let runs = shared.store.unfinished_runs().await?;
+    let count = runs.len();
+    for run in runs {
+        let plan = match crate::plan::parse(&run.plan_toml, &run.plan_path) {
+            Ok(plan) => plan,
+            Err(e) => {
+                tracing::error!(
+                    run = run.id,
+                    "cannot resume: its plan no longer parses: {e}"
+                );
+                continue;
+            }
+        };
+        let step_records = shared.store.steps(&run.id).await?;
+        let stage_records = shared.store.stages(&run.id).await?;
+        let snapshots = shared.store.snapshots(&run.release).await?;
+        let mut resolved = vec![Vec::new(); plan.stages.len()];
+        for step in &step_records {
+            resolved[step.stage].push(StepPlan {
+                agent: step.agent.clone(),
+                target: step.target.clone(),
+            });
+        }
+        let (context, mut state) = match build(&run, &plan, &resolved, &snapshots) {
+            Ok(built) => built,
+            Err(e) => {
+                tracing::error!(run = run.id, "cannot resume: {e}");
+                continue;
+            }
+        };
+        let now = now_ms();
+        for record in &step_records {
+            state.attempts[record.idx] = record.attempt;
+            state.step_status[record.idx] = match record.status.as_str() {
+                // The timeout clock restarts: agents need time to reconnect.
+                "sent" => StepStatus::Sent { at_ms: now },
+                "succeeded" => StepStatus::Succeeded {
+                    summary: record.summary.clone(),
+                },
+                "failed" => StepStatus::Failed(Failure {
+                    kind: record.error_kind.clone(),
+                    message: record.error_message.clone(),
+                }),
+                "skipped" => StepStatus::Skipped,
+                _ => StepStatus::Pending,
+            };
+        }
+        for record in &stage_records {
+            state.stage_status[record.idx] = StageStatus::parse(&record.status);
+        }
+        state.status = RunStatus::parse(&run.status);
+        let seq = shared
+            .store
+            .events_after(&run.id, 0)
+            .await?
+            .last()
+            .map_or(0, |e| e.seq);
+        tracing::info!(run = run.id, "resuming after a coordinator restart");
+        spawn_driver(shared.clone(), context, state, seq, Event::Tick);
+    }
+    Ok(count)
+}
+
+fn spawn_driver(shared: Arc<Shared>, context: RunContext, state: RunState, seq: u64, first: Event) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    shared.fleet.register_run(&context.run_id, tx.clone());
+    tokio::spawn(drive(shared, context, state, seq, first, rx, tx));
+}
+
+fn outcome_of(result: &StepResult) -> Result<String, Failure> {
+    let recovered = if result.recovered {
+        " (recovered after an agent restart)"
+    } else {
+        ""
+    };
+    match &result.outcome {
+        Some(step_result::Outcome::Done(outcome)) => Ok(format!("{}{recovered}", outcome.summary)),
+        Some(step_result::Outcome::Captured(captured)) => Ok(captured.summary.clone()),
+        Some(step_result::Outcome::Preview(preview)) => {
+            Ok(format!("{} changes", preview.changes.len()))
+        }
+        Some(step_result::Outcome::Error(error)) => Err(Failure {
+            kind: error.kind.clone(),
+            message: error.message.clone(),
+        }),
+        None => Err(Failure {
+            kind: "protocol".into(),
+            message: "the agent sent a result without an outcome".into(),
+        }),
+    }
+}
+
+async fn drive(
+    shared: Arc<Shared>,
+    context: RunContext,
+    mut state: RunState,
+    mut seq: u64,
+    first: Event,
+    mut rx: mpsc::UnboundedReceiver<RunInput>,
+    tx: mpsc::UnboundedSender<RunInput>,
+) {
+    let run_id = context.run_id.clone();
+    let mut interval = tokio::time::interval(TICK);
+    let mut events_in = vec![first];
+    let mut buffered: Vec<RunInput> = Vec::new();
+    loop {
+        let now = now_ms();
+        let mut commands = Vec::new();
+        let mut reconnected = Vec::new();
+        let mut progress = Vec::new();
+        for event in events_in.drain(..) {
+            commands.extend(engine::next(&mut state, event, now));
+        }
+        let mut inputs = std::mem::take(&mut buffered);
+        while inputs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(input) => inputs.push(input),
+                Err(_) => break,
+            }
+        }
+        for input in inputs {
+            let event = match input {
+                RunInput::Result(result) => match context.index.get(&result.step_id) {
+                    Some(&step) => Event::StepDone {
+                        step,
+                        attempt: result.attempt,
+                        outcome: outcome_of(&result),
+                    },
+                    None => continue,
+                },
+                RunInput::Progress(p) => {
+                    if let Some(&step) = context.index.get(&p.step_id) {
+                        progress.push(EventRecord {
+                            run_id: run_id.clone(),
+                            seq: 0,
+                            unix_ms: now,
+                            kind: "step-progress".into(),
+                            stage: state.stages[state.steps[step].stage].name.clone(),
+                            agent: state.steps[step].agent.clone(),
+                            target: state.steps[step].target.clone(),
+                            step_id: p.step_id.clone(),
+                            message: match p.percent {
+                                Some(percent) => format!("{} ({percent}%)", p.detail),
+                                None => p.detail.clone(),
+                            },
+                        });
+                    }
+                    continue;
+                }
+                RunInput::AgentConnected(agent) => {
+                    reconnected.push(agent);
+                    continue;
+                }
+                RunInput::Cancel => Event::Cancel,
+                RunInput::Approve => Event::Approve,
+                RunInput::GatesDone { stage, outcome } => Event::GatesDone { stage, outcome },
+            };
+            commands.extend(engine::next(&mut state, event, now));
+        }
+
+        let mut journal = Vec::new();
+        for command in &commands {
+            match command {
+                Command::Note(note) => {
+                    seq += 1;
+                    journal.push(store::event_of(
+                        &run_id,
+                        seq,
+                        now,
+                        note,
+                        &state,
+                        &context.step_ids,
+                    ));
+                }
+                Command::Send { step, attempt } => {
+                    seq += 1;
+                    let spec = &state.steps[*step];
+                    journal.push(EventRecord {
+                        run_id: run_id.clone(),
+                        seq,
+                        unix_ms: now,
+                        kind: "step-sent".into(),
+                        stage: state.stages[spec.stage].name.clone(),
+                        agent: spec.agent.clone(),
+                        target: spec.target.clone(),
+                        step_id: context.step_ids[*step].clone(),
+                        message: format!("attempt {attempt}"),
+                    });
+                }
+                _ => {}
+            }
+        }
+        // Journal before anything leaves: a step is sent only once its
+        // dispatch is durable.
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = shared
+            .store
+            .persist(&run_id, &mut state, &journal, now)
+            .await
+        {
+            tracing::error!(run = run_id, "cannot journal the run, retrying: {e}");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        for event in journal.into_iter().chain(progress) {
+            let _ = shared.events.send(event);
+        }
+        let mut finished = false;
+        for command in commands {
+            match command {
+                Command::Send { step, attempt } => {
+                    let mut request = context.requests[step].clone();
+                    request.attempt = attempt;
+                    shared.fleet.send_step(&state.steps[step].agent, request);
+                }
+                Command::RunGates { stage } => {
+                    let gates = context.plan.stages[stage].health.clone();
+                    let targets: Vec<(String, StepRequest)> = state
+                        .steps
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| s.stage == stage)
+                        .map(|(i, s)| (s.agent.clone(), context.requests[i].clone()))
+                        .collect();
+                    let fleet = shared.fleet.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let outcome = run_gates(&fleet, &gates, targets).await;
+                        let _ = tx.send(RunInput::GatesDone { stage, outcome });
+                    });
+                }
+                Command::Finished(_) => finished = true,
+                Command::Note(_) => {}
+            }
+        }
+        for agent in reconnected {
+            for (step, spec) in state.steps.iter().enumerate() {
+                if spec.agent == agent && matches!(state.step_status[step], StepStatus::Sent { .. })
+                {
+                    let mut request = context.requests[step].clone();
+                    request.attempt = state.attempts[step];
+                    shared.fleet.send_step(&agent, request);
+                }
+            }
+        }
+        if finished {
+            shared.fleet.unregister_run(&run_id);
+            return;
+        }
+        tokio::select! {
+            Some(input) = rx.recv() => buffered.push(input),
+            _ = interval.tick() => events_in.push(Event::Tick),
+        }
+    }
+}
+
+/// Run a stage's health gates in order; the first failure fails them.
+async fn run_gates(
+    fleet: &Fleet,
+    gates: &[Gate],
+    steps: Vec<(String, StepRequest)>,
+) -> Result<(), String> {
+    for gate in gates {
+        match gate {
+            Gate::Http {
+                url,
+                status,
+                body,
+                within,
+            } => health::http_gate(url, *status, body.as_deref(), *within).await?,
+            Gate::Verify => {
+                for (agent, request) in &steps {
+                    let verify = StepRequest {
+                        run_id: String::new(),
+                        step_id: format!("{}/verify/{}", request.step_id, now_ms()),
+                        attempt: 1,
+                        action: Action::Verify as i32,
+                        ..request.clone()
+                    };
+                    let result = fleet
+                        .request(agent, verify, Duration::from_secs(300))
+                        .await?;
+                    if let Err(failure) = outcome_of(&result) {
+                        return Err(format!(
+                            "verify of {} on {agent}: {}: {}",
+                            request.target, failure.kind, failure.message
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,617 @@
+//! The coordinator's journal, through sqlx: SQLite by default (one file,
+//! nothing to install), PostgreSQL for teams that run several coordinators.
+//! Both run the same migrations and the same queries.
+//!
+//! A run's state is written in one transaction per batch of engine events,
+//! before the steps it dispatches are sent.
+
+use crate::engine::{Note, RunState, StageStatus, StepStatus};
+use serde::{Deserialize, Serialize};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {url}: {error}")]
+    Open { url: String, error: String },
+    #[error("database: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database: a stored value cannot be read: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TargetRecord {
+    pub name: String,
+    pub plugin: String,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentRecord {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub targets: Vec<TargetRecord>,
+    pub last_seen_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SnapshotRecord {
+    pub agent: String,
+    pub target: String,
+    pub plugin: String,
+    pub digest: String,
+    pub data: String,
+    pub summary: String,
+    pub taken_at: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReleaseRecord {
+    pub name: String,
+    pub env: String,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub id: String,
+    pub plan_name: String,
+    pub plan_path: String,
+    pub plan_toml: String,
+    pub release: String,
+    pub status: String,
+    pub started_by: String,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub confirm_data_loss: bool,
+    pub force: bool,
+    pub data_loss_window: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    pub idx: usize,
+    pub id: String,
+    pub stage: usize,
+    pub agent: String,
+    pub target: String,
+    pub action: String,
+    pub status: String,
+    pub attempt: u32,
+    pub summary: String,
+    pub error_kind: String,
+    pub error_message: String,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StageRecord {
+    pub idx: usize,
+    pub name: String,
+    pub status: String,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub run_id: String,
+    pub seq: u64,
+    pub unix_ms: u64,
+    pub kind: String,
+    pub stage: String,
+    pub agent: String,
+    pub target: String,
+    pub step_id: String,
+    pub message: String,
+}
+
+/// The columns `run_from` reads, in one place for every runs query.
+macro_rules! run_columns {
+    () => {
+        "id, plan_name, plan_path, plan_toml, release_name, status, started_by, started_ms, finished_ms, \
+         confirm_data_loss, force_apply, data_loss_window"
+    };
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+fn u(row: &AnyRow, column: &str) -> Result<u64, sqlx::Error> {
+    Ok(row.try_get::<i64, _>(column)?.max(0) as u64)
+}
+
+fn opt_u(row: &AnyRow, column: &str) -> Result<Option<u64>, sqlx::Error> {
+    Ok(row
+        .try_get::<Option<i64>, _>(column)?
+        .map(|v| v.max(0) as u64))
+}
+
+fn s(row: &AnyRow, column: &str) -> Result<String, sqlx::Error> {
+    row.try_get::<String, _>(column)
+}
+
+impl Store {
+    /// Open (creating a SQLite file if needed) and migrate.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let open_error = |e: sqlx::Error| StoreError::Open {
+            url: url.to_string(),
+            error: e.to_string(),
+        };
+        let sqlite = url.starts_with("sqlite:");
+        let connect_url = if sqlite && !url.contains('?') {
+            format!("{url}?mode=rwc")
+        } else {
+            url.to_string()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 8 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&connect_url)
+            .await
+            .map_err(open_error)?;
+        if sqlite {
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await
+                .map_err(open_error)?;
+        }
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub async fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        let labels =
+            serde_json::to_string(&agent.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let targets = serde_json::to_string(&agent.targets)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM agents WHERE name = $1")
+            .bind(&agent.name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO agents (name, labels, targets, last_seen_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&agent.name)
+        .bind(labels)
+        .bind(targets)
+        .bind(agent.last_seen_ms as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT name, labels, targets, last_seen_ms FROM agents ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AgentRecord {
+                    name: s(row, "name")?,
+                    labels: serde_json::from_str(&s(row, "labels")?)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    targets: serde_json::from_str(&s(row, "targets")?)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    last_seen_ms: u(row, "last_seen_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Record a release with all its snapshots, or nothing.
+    pub async fn insert_release(
+        &self,
+        release: &ReleaseRecord,
+        created_by: &str,
+        snapshots: &[SnapshotRecord],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("SELECT name FROM releases WHERE name = $1")
+            .bind(&release.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "release {} already exists; choose another name",
+                release.name
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO releases (name, env, created_ms, created_by) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&release.name)
+        .bind(&release.env)
+        .bind(release.created_ms as i64)
+        .bind(created_by)
+        .execute(&mut *tx)
+        .await?;
+        for snap in snapshots {
+            sqlx::query(
+                "INSERT INTO snapshots (release_name, agent, target, plugin, digest, data, summary, taken_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&release.name)
+            .bind(&snap.agent)
+            .bind(&snap.target)
+            .bind(&snap.plugin)
+            .bind(&snap.digest)
+            .bind(&snap.data)
+            .bind(&snap.summary)
+            .bind(snap.taken_at as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn releases(&self) -> Result<Vec<ReleaseRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT name, env, created_ms FROM releases ORDER BY created_ms, name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ReleaseRecord {
+                    name: s(row, "name")?,
+                    env: s(row, "env")?,
+                    created_ms: u(row, "created_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn release(&self, name: &str) -> Result<Option<ReleaseRecord>, StoreError> {
+        Ok(self.releases().await?.into_iter().find(|r| r.name == name))
+    }
+
+    pub async fn snapshots(&self, release: &str) -> Result<Vec<SnapshotRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT agent, target, plugin, digest, data, summary, taken_at FROM snapshots WHERE release_name = $1 ORDER BY agent, target",
+        )
+        .bind(release)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SnapshotRecord {
+                    agent: s(row, "agent")?,
+                    target: s(row, "target")?,
+                    plugin: s(row, "plugin")?,
+                    digest: s(row, "digest")?,
+                    data: s(row, "data")?,
+                    summary: s(row, "summary")?,
+                    taken_at: u(row, "taken_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Record a new run with its stages and steps (all pending).
+    pub async fn create_run(
+        &self,
+        run: &RunRecord,
+        stages: &[StageRecord],
+        steps: &[StepRecord],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO runs (id, plan_name, plan_path, plan_toml, release_name, status, started_by, started_ms, finished_ms, \
+             confirm_data_loss, force_apply, data_loss_window) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $11)",
+        )
+        .bind(&run.id)
+        .bind(&run.plan_name)
+        .bind(&run.plan_path)
+        .bind(&run.plan_toml)
+        .bind(&run.release)
+        .bind(&run.status)
+        .bind(&run.started_by)
+        .bind(run.started_ms as i64)
+        .bind(run.confirm_data_loss as i64)
+        .bind(run.force as i64)
+        .bind(run.data_loss_window.map(|w| w as i64))
+        .execute(&mut *tx)
+        .await?;
+        for stage in stages {
+            sqlx::query("INSERT INTO stages (run_id, idx, name, status, started_ms, finished_ms) VALUES ($1, $2, $3, $4, NULL, NULL)")
+                .bind(&run.id)
+                .bind(stage.idx as i64)
+                .bind(&stage.name)
+                .bind(&stage.status)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for step in steps {
+            sqlx::query(
+                "INSERT INTO steps (run_id, idx, id, stage, agent, target, action, status, attempt, summary, error_kind, \
+                 error_message, started_ms, finished_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, '', '', '', NULL, NULL)",
+            )
+            .bind(&run.id)
+            .bind(step.idx as i64)
+            .bind(&step.id)
+            .bind(step.stage as i64)
+            .bind(&step.agent)
+            .bind(&step.target)
+            .bind(&step.action)
+            .bind(&step.status)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Journal what changed in a run since the last call, and its notes, in
+    /// one transaction; clears the state's dirty lists.
+    pub async fn persist(
+        &self,
+        run_id: &str,
+        state: &mut RunState,
+        events: &[EventRecord],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut steps = std::mem::take(&mut state.dirty_steps);
+        steps.sort_unstable();
+        steps.dedup();
+        for idx in steps {
+            let status = &state.step_status[idx];
+            let (summary, kind, message) = match status {
+                StepStatus::Succeeded { summary } => (summary.as_str(), "", ""),
+                StepStatus::Failed(f) => ("", f.kind.as_str(), f.message.as_str()),
+                _ => ("", "", ""),
+            };
+            let started = matches!(status, StepStatus::Sent { .. });
+            let finished = matches!(status, StepStatus::Succeeded { .. } | StepStatus::Failed(_));
+            sqlx::query(
+                "UPDATE steps SET status = $1, attempt = $2, summary = $3, error_kind = $4, error_message = $5, \
+                 started_ms = CASE WHEN $6 = 1 THEN $7 ELSE started_ms END, \
+                 finished_ms = CASE WHEN $8 = 1 THEN $7 ELSE finished_ms END \
+                 WHERE run_id = $9 AND idx = $10",
+            )
+            .bind(status.as_str())
+            .bind(state.attempts[idx] as i64)
+            .bind(summary)
+            .bind(kind)
+            .bind(message)
+            .bind(started as i64)
+            .bind(now_ms as i64)
+            .bind(finished as i64)
+            .bind(run_id)
+            .bind(idx as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut stages = std::mem::take(&mut state.dirty_stages);
+        stages.sort_unstable();
+        stages.dedup();
+        for idx in stages {
+            let status = state.stage_status[idx];
+            let started = status == StageStatus::Running;
+            let finished = matches!(
+                status,
+                StageStatus::Succeeded | StageStatus::Failed | StageStatus::Skipped
+            );
+            sqlx::query(
+                "UPDATE stages SET status = $1, \
+                 started_ms = CASE WHEN $2 = 1 AND started_ms IS NULL THEN $3 ELSE started_ms END, \
+                 finished_ms = CASE WHEN $4 = 1 THEN $3 ELSE finished_ms END \
+                 WHERE run_id = $5 AND idx = $6",
+            )
+            .bind(status.as_str())
+            .bind(started as i64)
+            .bind(now_ms as i64)
+            .bind(finished as i64)
+            .bind(run_id)
+            .bind(idx as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for event in events {
+            sqlx::query(
+                "INSERT INTO events (run_id, seq, unix_ms, kind, stage, agent, target, step_id, message) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(&event.run_id)
+            .bind(event.seq as i64)
+            .bind(event.unix_ms as i64)
+            .bind(&event.kind)
+            .bind(&event.stage)
+            .bind(&event.agent)
+            .bind(&event.target)
+            .bind(&event.step_id)
+            .bind(&event.message)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let finished = state.status.is_terminal().then_some(now_ms as i64);
+        sqlx::query("UPDATE runs SET status = $1, finished_ms = $2 WHERE id = $3")
+            .bind(state.status.as_str())
+            .bind(finished)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn run_from(row: &AnyRow) -> Result<RunRecord, StoreError> {
+        Ok(RunRecord {
+            id: s(row, "id")?,
+            plan_name: s(row, "plan_name")?,
+            plan_path: s(row, "plan_path")?,
+            plan_toml: s(row, "plan_toml")?,
+            release: s(row, "release_name")?,
+            status: s(row, "status")?,
+            started_by: s(row, "started_by")?,
+            started_ms: u(row, "started_ms")?,
+            finished_ms: opt_u(row, "finished_ms")?,
+            confirm_data_loss: u(row, "confirm_data_loss")? != 0,
+            force: u(row, "force_apply")? != 0,
+            data_loss_window: opt_u(row, "data_loss_window")?,
+        })
+    }
+
+    pub async fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(Self::run_from).transpose()
+    }
+
+    /// The latest runs, newest first.
+    pub async fn runs(&self, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs ORDER BY started_ms DESC, id DESC LIMIT $1"
+        ))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Self::run_from).collect()
+    }
+
+    /// Runs that were running or paused when the coordinator stopped.
+    pub async fn unfinished_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE status IN ('running', 'paused') ORDER BY started_ms"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Self::run_from).collect()
+    }
+
+    pub async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT idx, id, stage, agent, target, action, status, attempt, summary, error_kind, error_message, started_ms, finished_ms \
+             FROM steps WHERE run_id = $1 ORDER BY idx",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StepRecord {
+                    idx: u(row, "idx")? as usize,
+                    id: s(row, "id")?,
+                    stage: u(row, "stage")? as usize,
+                    agent: s(row, "agent")?,
+                    target: s(row, "target")?,
+                    action: s(row, "action")?,
+                    status: s(row, "status")?,
+                    attempt: u(row, "attempt")? as u32,
+                    summary: s(row, "summary")?,
+                    error_kind: s(row, "error_kind")?,
+                    error_message: s(row, "error_message")?,
+                    started_ms: opt_u(row, "started_ms")?,
+                    finished_ms: opt_u(row, "finished_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn stages(&self, run_id: &str) -> Result<Vec<StageRecord>, StoreError> {
+        let rows = sqlx::query("SELECT idx, name, status, started_ms, finished_ms FROM stages WHERE run_id = $1 ORDER BY idx")
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StageRecord {
+                    idx: u(row, "idx")? as usize,
+                    name: s(row, "name")?,
+                    status: s(row, "status")?,
+                    started_ms: opt_u(row, "started_ms")?,
+                    finished_ms: opt_u(row, "finished_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn events_after(
+        &self,
+        run_id: &str,
+        after_seq: u64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT run_id, seq, unix_ms, kind, stage, agent, target, step_id, message FROM events \
+             WHERE run_id = $1 AND seq > $2 ORDER BY seq",
+        )
+        .bind(run_id)
+        .bind(after_seq as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(EventRecord {
+                    run_id: s(row, "run_id")?,
+                    seq: u(row, "seq")?,
+                    unix_ms: u(row, "unix_ms")?,
+                    kind: s(row, "kind")?,
+                    stage: s(row, "stage")?,
+                    agent: s(row, "agent")?,
+                    target: s(row, "target")?,
+                    step_id: s(row, "step_id")?,
+                    message: s(row, "message")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Turn an engine note into a journal event.
+pub fn event_of(
+    run_id: &str,
+    seq: u64,
+    now_ms: u64,
+    note: &Note,
+    state: &RunState,
+    step_ids: &[String],
+) -> EventRecord {
+    let step = note.step.map(|i| &state.steps[i]);
+    EventRecord {
+        run_id: run_id.to_string(),
+        seq,
+        unix_ms: now_ms,
+        kind: note.kind.to_string(),
+        stage: note
+            .stage
+            .map(|i| state.stages[i].name.clone())
+            .unwrap_or_default(),
+        agent: step.map(|s| s.agent.clone()).unwrap_or_default(),
+        target: step.map(|s| s.target.clone()).unwrap_or_default(),
+        step_id: note.step.map(|i| step_ids[i].clone()).unwrap_or_default(),
+        message: note.message.clone(),
+    }
+}

@@ -1,0 +1,175 @@
+//! Identities come from certificates alone: a SPIFFE-style URI SAN,
+//! `spiffe://<trust-domain>/<kind>/<name>`, with kind `agent`, `operator` or
+//! `coordinator`.
+
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Agent,
+    Operator,
+    Coordinator,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Agent => "agent",
+            Kind::Operator => "operator",
+            Kind::Coordinator => "coordinator",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Kind> {
+        match text {
+            "agent" => Some(Kind::Agent),
+            "operator" => Some(Kind::Operator),
+            "coordinator" => Some(Kind::Coordinator),
+            _ => None,
+        }
+    }
+}
+
+/// Who a certificate says its holder is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub trust_domain: String,
+    pub kind: Kind,
+    pub name: String,
+}
+
+impl Identity {
+    pub fn uri(&self) -> String {
+        format!(
+            "spiffe://{}/{}/{}",
+            self.trust_domain,
+            self.kind.as_str(),
+            self.name
+        )
+    }
+
+    /// Parse `spiffe://<trust-domain>/<kind>/<name>`.
+    pub fn parse_uri(uri: &str) -> Result<Identity, IdentityError> {
+        let bad = || IdentityError::BadUri(uri.to_string());
+        let rest = uri.strip_prefix("spiffe://").ok_or_else(bad)?;
+        let mut parts = rest.split('/');
+        let (Some(trust_domain), Some(kind), Some(name), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let kind = Kind::parse(kind).ok_or_else(bad)?;
+        if trust_domain.is_empty() || name.is_empty() {
+            return Err(bad());
+        }
+        Ok(Identity {
+            trust_domain: trust_domain.to_string(),
+            kind,
+            name: name.to_string(),
+        })
+    }
+
+    /// The identity in a DER certificate's URI SAN.
+    pub fn from_certificate(der: &[u8]) -> Result<Identity, IdentityError> {
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| IdentityError::Unreadable(e.to_string()))?;
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|e| IdentityError::Unreadable(e.to_string()))?
+            .ok_or(IdentityError::NoUri)?;
+        let uri = san
+            .value
+            .general_names
+            .iter()
+            .find_map(|name| match name {
+                GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
+                _ => None,
+            })
+            .ok_or(IdentityError::NoUri)?;
+        Identity::parse_uri(uri)
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.uri())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("the certificate cannot be read: {0}")]
+    Unreadable(String),
+    #[error("the certificate has no spiffe:// URI SAN naming its holder")]
+    NoUri,
+    #[error("`{0}` is not spiffe://<trust-domain>/<agent|operator|coordinator>/<name>")]
+    BadUri(String),
+}
+
+/// The identity of a gRPC peer, from its client certificate.
+pub fn of_request<T>(request: &tonic::Request<T>) -> Result<Identity, tonic::Status> {
+    let certs = request
+        .peer_certs()
+        .ok_or_else(|| tonic::Status::unauthenticated("no client certificate was presented"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| tonic::Status::unauthenticated("no client certificate was presented"))?;
+    Identity::from_certificate(leaf)
+        .map_err(|e| tonic::Status::unauthenticated(format!("client certificate: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_round_trip_and_bad_ones_are_refused() {
+        let id = Identity::parse_uri("spiffe://rewind.local/agent/web-1").unwrap();
+        assert_eq!(
+            id,
+            Identity {
+                trust_domain: "rewind.local".into(),
+                kind: Kind::Agent,
+                name: "web-1".into()
+            }
+        );
+        assert_eq!(id.uri(), "spiffe://rewind.local/agent/web-1");
+        for bad in [
+            "https://x/agent/a",
+            "spiffe://td/robot/a",
+            "spiffe://td/agent",
+            "spiffe://td/agent/a/b",
+            "spiffe:///agent/a",
+        ] {
+            assert!(Identity::parse_uri(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+/// The trust domain of a CA certificate: its `spiffe://<trust-domain>` URI SAN.
+pub fn trust_domain_of_ca(der: &[u8]) -> Result<String, IdentityError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdentityError::Unreadable(e.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| IdentityError::Unreadable(e.to_string()))?
+        .ok_or(IdentityError::NoUri)?;
+    san.value
+        .general_names
+        .iter()
+        .find_map(|name| match name {
+            GeneralName::URI(uri) => uri
+                .strip_prefix("spiffe://")
+                .map(|td| td.trim_end_matches('/').to_string()),
+            _ => None,
+        })
+        .filter(|td| !td.is_empty() && !td.contains('/'))
+        .ok_or(IdentityError::NoUri)
+}
+
+/// The trust domain of a CA certificate given as PEM.
+pub fn trust_domain_of_ca_pem(pem: &[u8]) -> Result<String, IdentityError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem)
+        .map_err(|e| IdentityError::Unreadable(e.to_string()))?;
+    trust_domain_of_ca(&pem.contents)
+}

@@ -1,0 +1,11 @@
+//! rewind's wire contract: the `rewind.v1` protobuf types and gRPC services
+//! (generated from `proto/rewind/v1`), and the mutual-TLS setup and
+//! certificate identities that the agent and the coordinator share.
+
+pub mod identity;
+pub mod tls;
+
+/// Generated from `proto/rewind/v1/*.proto`.
+pub mod v1 {
+    tonic::include_proto!("rewind.v1");
+}

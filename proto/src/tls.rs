@@ -1,0 +1,90 @@
+//! Mutual TLS (rustls, through tonic) for both ends: every connection
+//! presents a certificate issued by the fleet's CA and checks the other's.
+
+use std::path::{Path, PathBuf};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity, ServerTlsConfig};
+
+/// The three PEM files of one party: the CA to trust, its certificate, its key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {error}", path.display())]
+pub struct TlsError {
+    pub path: PathBuf,
+    pub error: String,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|e| TlsError {
+        path: path.to_path_buf(),
+        error: e.to_string(),
+    })?;
+    if !bytes.windows(10).any(|w| w == b"-----BEGIN") {
+        return Err(TlsError {
+            path: path.to_path_buf(),
+            error: "not a PEM file".into(),
+        });
+    }
+    Ok(bytes)
+}
+
+impl TlsFiles {
+    fn identity(&self) -> Result<TlsIdentity, TlsError> {
+        Ok(TlsIdentity::from_pem(read(&self.cert)?, read(&self.key)?))
+    }
+
+    fn ca_certificate(&self) -> Result<Certificate, TlsError> {
+        Ok(Certificate::from_pem(read(&self.ca)?))
+    }
+
+    /// A server that requires a client certificate issued by the CA.
+    pub fn server(&self) -> Result<ServerTlsConfig, TlsError> {
+        Ok(ServerTlsConfig::new()
+            .identity(self.identity()?)
+            .client_ca_root(self.ca_certificate()?)
+            .client_auth_optional(false))
+    }
+
+    /// A client that checks the server against the CA (for `domain`) and
+    /// presents its own certificate.
+    pub fn client(&self, domain: &str) -> Result<ClientTlsConfig, TlsError> {
+        Ok(ClientTlsConfig::new()
+            .domain_name(domain)
+            .ca_certificate(self.ca_certificate()?)
+            .identity(self.identity()?))
+    }
+}
+
+/// Explain a connection failure in words an operator can act on: TLS alerts
+/// and transport errors otherwise surface as nested, terse messages.
+pub fn explain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = Vec::new();
+    let mut current = Some(error);
+    while let Some(e) = current {
+        chain.push(e.to_string());
+        current = e.source();
+    }
+    let text = chain.join(": ");
+    let hint = if text.contains("CertificateExpired")
+        || text.contains("certificate expired")
+        || text.contains("Expired")
+    {
+        "a certificate has expired"
+    } else if text.contains("UnknownCA") || text.contains("UnknownIssuer") {
+        "a certificate was not issued by the CA the other side trusts"
+    } else if text.contains("CertificateRequired") {
+        "the coordinator requires a client certificate"
+    } else if text.contains("NotValidForName") {
+        "the coordinator's certificate is not valid for the address used"
+    } else if text.contains("Connection refused") || text.contains("ConnectionRefused") {
+        "nothing is listening at that address"
+    } else {
+        return text;
+    };
+    format!("{hint} ({text})")
+}
