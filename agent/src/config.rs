@@ -48,6 +48,15 @@ pub struct AgentConfig {
     pub trusted_keys: Vec<VerifyingKey>,
     pub plugins: BTreeMap<String, PluginConfig>,
     pub targets: BTreeMap<String, Arc<TargetConfig>>,
+    /// Where and how to reach the coordinator (`rewind-agent run` needs it).
+    pub coordinator: Option<CoordinatorLink>,
+}
+
+/// The coordinator this agent dials, and the agent's mutual-TLS files.
+#[derive(Debug, Clone)]
+pub struct CoordinatorLink {
+    pub url: String,
+    pub tls: rewind_proto::tls::TlsFiles,
 }
 
 /// A plugin the agent may load.
@@ -139,6 +148,16 @@ struct RawAgent {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     trusted_keys: Vec<Spanned<String>>,
+    coordinator: Option<Spanned<RawCoordinator>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCoordinator {
+    url: String,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -319,7 +338,33 @@ pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
         );
     }
 
+    let coordinator = match raw.agent.coordinator {
+        Some(link) => {
+            let span = link.span();
+            let link = link.into_inner();
+            if !link.url.starts_with("https://") {
+                return Err(at(
+                    Some(span),
+                    format!(
+                        "agent.coordinator.url `{}` must be an https:// URL",
+                        link.url
+                    ),
+                ));
+            }
+            Some(CoordinatorLink {
+                url: link.url,
+                tls: rewind_proto::tls::TlsFiles {
+                    ca: resolve(&link.ca),
+                    cert: resolve(&link.cert),
+                    key: resolve(&link.key),
+                },
+            })
+        }
+        None => None,
+    };
+
     Ok(AgentConfig {
+        coordinator,
         path: path.to_path_buf(),
         name,
         state_dir,

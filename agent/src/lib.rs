@@ -2,6 +2,8 @@
 //! host, locally (`rewind-agent plugin run`) or for a coordinator.
 
 pub mod config;
+pub mod daemon;
 pub mod host;
+pub mod ledger;
 pub mod signing;
 pub mod units;

@@ -24,6 +24,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Connect to the coordinator and run the steps it sends, until stopped.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Work with plugin files directly, without a coordinator.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -84,6 +89,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run { config } => run_agent(&config),
         Command::Plugin(command) => plugin_command(command),
     };
     match result {
@@ -93,6 +99,29 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn run_agent(config_path: &Path) -> anyhow::Result<ExitCode> {
+    let config = config::load(config_path)?;
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let host = Arc::new(PluginHost::new(&config.cache_dir, config.trusted_keys.clone())?);
+        let agent = rewind_agent::daemon::Agent::new(config, host)?;
+        let recovered = agent.recover().await?;
+        if recovered > 0 {
+            eprintln!("settled {recovered} step(s) interrupted by the previous stop");
+        }
+        eprintln!("agent {} running", agent.name());
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        };
+        agent.run(shutdown).await;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn plugin_command(command: PluginCommand) -> anyhow::Result<ExitCode> {

@@ -2,10 +2,13 @@
 //! releases, and the operator CLI that talks to it.
 
 pub mod certs;
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod fleet;
 pub mod health;
+pub mod localfleet;
 pub mod plan;
 pub mod runner;
 pub mod server;

@@ -1,0 +1,328 @@
+//! The `rewind` command line: certificates, the coordinator server, and the
+//! operator commands (checkpoint, plan, rollback, status, history, ...).
+
+pub mod client;
+pub mod view;
+
+use crate::certs;
+use anyhow::Context as _;
+use client::{Client, Connection, refused};
+use rewind_proto::identity::Kind;
+use rewind_proto::v1::*;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Subcommand)]
+pub enum CertsCommand {
+    /// Create a CA (ca.pem, ca.key) for a trust domain.
+    Init {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long, default_value = "rewind.local")]
+        trust_domain: String,
+    },
+    /// Issue a certificate: `coordinator <name>`, `agent <host>` or `operator <name>`.
+    Issue {
+        kind: String,
+        name: String,
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Extra DNS names or IP addresses (coordinator certificates).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+}
+
+pub fn certs_command(command: CertsCommand) -> anyhow::Result<()> {
+    match command {
+        CertsCommand::Init { dir, trust_domain } => {
+            let ca = certs::init(&dir, &trust_domain)?;
+            println!(
+                "created {} for trust domain {trust_domain} (keep {} secret)",
+                ca.display(),
+                dir.join("ca.key").display()
+            );
+        }
+        CertsCommand::Issue {
+            kind,
+            name,
+            dir,
+            hosts,
+            days,
+        } => {
+            let kind = Kind::parse(&kind)
+                .with_context(|| format!("`{kind}` is not coordinator, agent or operator"))?;
+            let issued = certs::issue_for_days(&dir, kind, &name, &hosts, days)?;
+            println!(
+                "issued {} ({}) and {}",
+                issued.cert.display(),
+                issued.identity,
+                issued.key.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn read_plan(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading the plan {}", path.display()))
+}
+
+pub async fn checkpoint(
+    connection: &Connection,
+    release: String,
+    env: Option<String>,
+) -> anyhow::Result<()> {
+    let mut client = connection.connect().await?;
+    let reply = client
+        .checkpoint(CheckpointRequest {
+            release,
+            env: env.unwrap_or_default(),
+        })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    let release = reply
+        .release
+        .context("the coordinator answered without a release")?;
+    println!(
+        "release {} recorded: {} snapshot(s)",
+        release.name,
+        release.snapshots.len()
+    );
+    for snap in &release.snapshots {
+        println!(
+            "  {} {}: {} ({})",
+            snap.agent, snap.target, snap.summary, snap.plugin
+        );
+    }
+    Ok(())
+}
+
+pub async fn releases(connection: &Connection) -> anyhow::Result<()> {
+    let mut client = connection.connect().await?;
+    let reply = client
+        .list_releases(ListReleasesRequest {})
+        .await
+        .map_err(refused)?
+        .into_inner();
+    if reply.releases.is_empty() {
+        println!("no releases yet: `rewind checkpoint <release>` records one");
+    }
+    for release in reply.releases {
+        let env = if release.env.is_empty() {
+            String::new()
+        } else {
+            format!(" env={}", release.env)
+        };
+        println!(
+            "{}{env}: {} snapshot(s), created {}",
+            release.name,
+            release.snapshots.len(),
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(release.created_ms)
+            )
+        );
+    }
+    Ok(())
+}
+
+pub async fn plan(connection: &Connection, path: &Path, release: String) -> anyhow::Result<()> {
+    let mut client = connection.connect().await?;
+    let reply = client
+        .preview(PlanRequest {
+            plan_toml: read_plan(path)?,
+            plan_path: path.display().to_string(),
+            release: release.clone(),
+        })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    view::print_preview(&reply, &release, &mut std::io::stdout())?;
+    Ok(())
+}
+
+/// Options of `rewind rollback`.
+pub struct RollbackOptions {
+    pub yes: bool,
+    pub confirm_data_loss: bool,
+    pub force: bool,
+}
+
+/// Preview, confirm, start, watch, report. Returns whether the run succeeded.
+pub async fn rollback(
+    client: &mut Client,
+    path: &Path,
+    release: &str,
+    options: RollbackOptions,
+) -> anyhow::Result<bool> {
+    let plan_toml = read_plan(path)?;
+    let plan_path = path.display().to_string();
+    let preview = client
+        .preview(PlanRequest {
+            plan_toml: plan_toml.clone(),
+            plan_path: plan_path.clone(),
+            release: release.to_string(),
+        })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    let mut stdout = std::io::stdout();
+    view::print_preview(&preview, release, &mut stdout)?;
+    if !options.yes {
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!("not on a terminal: pass --yes to roll back without a question");
+        }
+        print!("roll back to {release}? type yes to proceed: ");
+        stdout.flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            anyhow::bail!("not confirmed; nothing was started");
+        }
+    }
+    let run = client
+        .start_run(RunRequest {
+            plan_toml,
+            plan_path,
+            release: release.to_string(),
+            confirm_data_loss: options.confirm_data_loss,
+            force: options.force,
+        })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    println!("run {} started", run.run_id);
+    watch_run(client, &run.run_id).await
+}
+
+/// Follow a run to its end with the live view, then print its report.
+pub async fn watch_run(client: &mut Client, run_id: &str) -> anyhow::Result<bool> {
+    let mut events = client
+        .watch(WatchRequest {
+            run_id: run_id.to_string(),
+            after_seq: 0,
+        })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    let mut live = view::LiveView::new(std::io::stdout().is_terminal());
+    let mut stdout = std::io::stdout();
+    while let Some(event) = events.message().await.map_err(refused)? {
+        live.event(&event, &mut stdout)?;
+    }
+    let report = client
+        .get_run(RunRef {
+            run_id: run_id.to_string(),
+        })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    view::print_report(&report, &mut stdout)?;
+    Ok(report.status == "succeeded")
+}
+
+pub async fn status(connection: &Connection, run_id: String) -> anyhow::Result<bool> {
+    let mut client = connection.connect().await?;
+    let report = client
+        .get_run(RunRef { run_id })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    view::print_report(&report, &mut std::io::stdout())?;
+    Ok(report.status == "succeeded")
+}
+
+pub async fn history(connection: &Connection, limit: u32) -> anyhow::Result<()> {
+    let mut client = connection.connect().await?;
+    let reply = client
+        .history(HistoryRequest { limit })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    if reply.runs.is_empty() {
+        println!("no runs yet");
+    }
+    for run in reply.runs {
+        let took = if run.finished_ms >= run.started_ms && run.finished_ms > 0 {
+            format!("{:.1}s", (run.finished_ms - run.started_ms) as f64 / 1000.0)
+        } else {
+            "-".into()
+        };
+        println!(
+            "{}  {:<10} {:>7}  plan {} -> {} by {}",
+            run.run_id, run.status, took, run.plan, run.release, run.started_by
+        );
+    }
+    Ok(())
+}
+
+pub async fn cancel(connection: &Connection, run_id: String) -> anyhow::Result<()> {
+    let reply = connection
+        .connect()
+        .await?
+        .cancel(RunRef { run_id })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    println!(
+        "run {}: {} (steps in flight finish; nothing new starts)",
+        reply.run_id, reply.status
+    );
+    Ok(())
+}
+
+pub async fn approve(connection: &Connection, run_id: String) -> anyhow::Result<()> {
+    let reply = connection
+        .connect()
+        .await?
+        .approve(RunRef { run_id })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    println!(
+        "run {}: {} (failed steps are retried)",
+        reply.run_id, reply.status
+    );
+    Ok(())
+}
+
+pub async fn fleet(connection: &Connection) -> anyhow::Result<()> {
+    let reply = connection
+        .connect()
+        .await?
+        .fleet(FleetRequest {})
+        .await
+        .map_err(refused)?
+        .into_inner();
+    if reply.agents.is_empty() {
+        println!("no agent has connected yet");
+    }
+    for agent in reply.agents {
+        let mut labels: Vec<String> = agent
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        labels.sort();
+        let targets: Vec<String> = agent
+            .targets
+            .iter()
+            .map(|t| format!("{} ({})", t.name, t.plugin))
+            .collect();
+        println!(
+            "{:<16} {:<12} {:<30} {}",
+            agent.name,
+            if agent.connected {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            labels.join(","),
+            targets.join(", ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! What the operator sees: the preview before a rollback, the live view
+//! while it runs (a redrawn table on a terminal, plain lines otherwise), and
+//! the report at the end.
+
+use rewind_proto::v1::{PreviewReply, Risk, RunEvent, RunReport};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+pub fn risk_name(risk: i32) -> &'static str {
+    match Risk::try_from(risk).unwrap_or(Risk::None) {
+        Risk::None => "none",
+        Risk::Restart => "restart",
+        Risk::Downtime => "downtime",
+        Risk::DataLoss => "DATA LOSS",
+    }
+}
+
+/// Print a preview; returns how many steps would change something.
+pub fn print_preview(
+    preview: &PreviewReply,
+    release: &str,
+    out: &mut impl Write,
+) -> std::io::Result<usize> {
+    let mut changing = 0;
+    writeln!(
+        out,
+        "preview of the rollback to {release} (overall risk: {})",
+        risk_name(preview.risk)
+    )?;
+    for stage in &preview.stages {
+        let after = if stage.after.is_empty() {
+            String::new()
+        } else {
+            format!(" (after {})", stage.after.join(", "))
+        };
+        writeln!(out, "stage {}{after}", stage.stage)?;
+        for step in &stage.steps {
+            match (&step.preview, &step.error) {
+                (_, Some(error)) => writeln!(
+                    out,
+                    "  {} {}: cannot preview: {}: {}",
+                    step.agent, step.target, error.kind, error.message
+                )?,
+                (Some(preview), None) if preview.changes.is_empty() => writeln!(
+                    out,
+                    "  {} {}: {} (nothing to change)",
+                    step.agent, step.target, step.action
+                )?,
+                (Some(preview), None) => {
+                    changing += 1;
+                    let window = preview
+                        .data_loss_window_seconds
+                        .map(|w| {
+                            format!(
+                                ", loses data written in the last {}",
+                                humantime::format_duration(Duration::from_secs(w))
+                            )
+                        })
+                        .unwrap_or_default();
+                    writeln!(
+                        out,
+                        "  {} {}: {} change(s), risk {}{window}",
+                        step.agent,
+                        step.target,
+                        preview.changes.len(),
+                        risk_name(preview.risk)
+                    )?;
+                    for change in &preview.changes {
+                        writeln!(
+                            out,
+                            "    {}: {} [{}]",
+                            change.subject,
+                            change.summary,
+                            risk_name(change.risk)
+                        )?;
+                    }
+                }
+                (None, None) => writeln!(out, "  {} {}: no preview", step.agent, step.target)?,
+            }
+        }
+    }
+    Ok(changing)
+}
+
+#[derive(Default)]
+struct HostLine {
+    status: String,
+    message: String,
+}
+
+/// The live view of one run, fed with its events.
+pub struct LiveView {
+    terminal: bool,
+    stages: Vec<(String, String)>,
+    hosts: BTreeMap<(String, String), HostLine>,
+    drawn_lines: usize,
+}
+
+impl LiveView {
+    pub fn new(terminal: bool) -> LiveView {
+        LiveView {
+            terminal,
+            stages: Vec::new(),
+            hosts: BTreeMap::new(),
+            drawn_lines: 0,
+        }
+    }
+
+    fn stage_mut(&mut self, name: &str) -> &mut String {
+        if let Some(i) = self.stages.iter().position(|(n, _)| n == name) {
+            return &mut self.stages[i].1;
+        }
+        self.stages.push((name.to_string(), "waiting".into()));
+        &mut self.stages.last_mut().expect("just pushed").1
+    }
+
+    pub fn event(&mut self, event: &RunEvent, out: &mut impl Write) -> std::io::Result<()> {
+        let host_key = (
+            event.stage.clone(),
+            format!("{} {}", event.agent, event.target),
+        );
+        match event.kind.as_str() {
+            "stage-started" => *self.stage_mut(&event.stage) = "running".into(),
+            "stage-succeeded" => *self.stage_mut(&event.stage) = "succeeded".into(),
+            "stage-failed" => *self.stage_mut(&event.stage) = "FAILED".into(),
+            "run-paused" => *self.stage_mut(&event.stage) = "PAUSED".into(),
+            "health-passed" => *self.stage_mut(&event.stage) = "healthy".into(),
+            "step-sent" => {
+                self.stage_mut(&event.stage);
+                self.hosts.insert(
+                    host_key.clone(),
+                    HostLine {
+                        status: "running".into(),
+                        message: String::new(),
+                    },
+                );
+            }
+            "step-progress" => {
+                self.hosts.entry(host_key.clone()).or_default().message = event.message.clone()
+            }
+            "step-succeeded" => {
+                *self.hosts.entry(host_key.clone()).or_default() = HostLine {
+                    status: "done".into(),
+                    message: event.message.clone(),
+                }
+            }
+            "step-failed" => {
+                *self.hosts.entry(host_key.clone()).or_default() = HostLine {
+                    status: "FAILED".into(),
+                    message: event.message.clone(),
+                }
+            }
+            _ => {}
+        }
+        if self.terminal {
+            self.redraw(out)
+        } else {
+            plain_line(event, out)
+        }
+    }
+
+    fn redraw(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        if self.drawn_lines > 0 {
+            write!(out, "\x1b[{}F\x1b[J", self.drawn_lines)?;
+        }
+        let mut lines = 0;
+        for (stage, status) in &self.stages {
+            writeln!(out, "{stage:<12} {status}")?;
+            lines += 1;
+            for ((host_stage, host), line) in &self.hosts {
+                if host_stage == stage {
+                    let message: String = line.message.chars().take(70).collect();
+                    writeln!(out, "  {host:<28} {:<8} {message}", line.status)?;
+                    lines += 1;
+                }
+            }
+        }
+        self.drawn_lines = lines;
+        out.flush()
+    }
+}
+
+fn clock(unix_ms: u64) -> String {
+    let secs = (unix_ms / 1000) % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        unix_ms % 1000
+    )
+}
+
+fn plain_line(event: &RunEvent, out: &mut impl Write) -> std::io::Result<()> {
+    let mut line = format!("{} {}", clock(event.unix_ms), event.kind);
+    if !event.stage.is_empty() {
+        line += &format!(" stage={}", event.stage);
+    }
+    if !event.agent.is_empty() {
+        line += &format!(" host={} target={}", event.agent, event.target);
+    }
+    if !event.message.is_empty() {
+        line += &format!(": {}", event.message);
+    }
+    writeln!(out, "{line}")
+}
+
+fn seconds(from: u64, to: u64) -> String {
+    if from == 0 || to < from {
+        return "-".into();
+    }
+    format!("{:.1}s", (to - from) as f64 / 1000.0)
+}
+
+/// The report at the end of a run.
+pub fn print_report(report: &RunReport, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "run {} {} in {} (plan {}, release {}, started by {})",
+        report.run_id,
+        report.status,
+        seconds(report.started_ms, report.finished_ms),
+        report.plan,
+        report.release,
+        report.started_by
+    )?;
+    for stage in &report.stages {
+        let hosts = report
+            .steps
+            .iter()
+            .filter(|s| s.stage == stage.name)
+            .count();
+        writeln!(
+            out,
+            "  stage {:<12} {:<10} {:>7}  {hosts} host(s)",
+            stage.name,
+            stage.status,
+            seconds(stage.started_ms, stage.finished_ms)
+        )?;
+    }
+    if let Some(window) = report.data_loss_window_seconds {
+        writeln!(
+            out,
+            "  data-loss window: data written in the {} before the release was lost",
+            humantime::format_duration(Duration::from_secs(window))
+        )?;
+    }
+    let failures: Vec<_> = report.steps.iter().filter(|s| s.error.is_some()).collect();
+    if !failures.is_empty() {
+        writeln!(out, "failures:")?;
+        for step in failures {
+            let error = step.error.as_ref().expect("filtered on error");
+            writeln!(
+                out,
+                "  stage {} host {} target {}: {}: {}",
+                step.stage, step.agent, step.target, error.kind, error.message
+            )?;
+        }
+    }
+    let skipped = report
+        .steps
+        .iter()
+        .filter(|s| s.status == "skipped")
+        .count();
+    if skipped > 0 {
+        writeln!(out, "  {skipped} step(s) skipped (not started)")?;
+    }
+    Ok(())
+}
