@@ -51,6 +51,9 @@ pub struct Agent {
     ledger: Ledger,
     running: Mutex<HashSet<String>>,
     slots: Semaphore,
+    /// The stream of the current session, if connected. Results go to the
+    /// session that is current when a step finishes, not the one it came on.
+    outbound: Mutex<Option<mpsc::Sender<AgentMessage>>>,
 }
 
 impl Agent {
@@ -86,6 +89,7 @@ impl Agent {
             ledger,
             running: Mutex::new(HashSet::new()),
             slots: Semaphore::new(crate::host::MAX_CONCURRENT_CALLS as usize),
+            outbound: Mutex::new(None),
         }))
     }
 
@@ -239,6 +243,7 @@ impl Agent {
             .await
             .map_err(|s| s.message().to_string())?
             .into_inner();
+        *self.outbound.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
         let heartbeat = {
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -264,7 +269,7 @@ impl Agent {
             match inbound.message().await {
                 Ok(Some(message)) => match message.body {
                     Some(coordinator_message::Body::Step(step)) => {
-                        tokio::spawn(self.clone().handle(step, tx.clone()));
+                        tokio::spawn(self.clone().handle(step));
                     }
                     // A running plugin call is never cut short: nothing half-done.
                     Some(coordinator_message::Body::Cancel(_))
@@ -276,11 +281,19 @@ impl Agent {
             }
         };
         heartbeat.abort();
+        *self.outbound.lock().unwrap_or_else(|e| e.into_inner()) = None;
         ended
     }
 
+    fn outbound(&self) -> Option<mpsc::Sender<AgentMessage>> {
+        self.outbound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Run a delivered step once, whatever how often it is delivered.
-    async fn handle(self: Arc<Self>, step: StepRequest, tx: mpsc::Sender<AgentMessage>) {
+    async fn handle(self: Arc<Self>, step: StepRequest) {
         let in_process = !self
             .running
             .lock()
@@ -299,10 +312,13 @@ impl Agent {
             Ok(Begin::Running) => None,
             Ok(Begin::Act) => {
                 let progress = {
-                    let tx = tx.clone();
+                    let agent = Arc::downgrade(&self);
                     let (run_id, step_id, attempt) =
                         (step.run_id.clone(), step.step_id.clone(), step.attempt);
                     let sink: ProgressSink = Arc::new(move |report| {
+                        let Some(tx) = agent.upgrade().and_then(|a| a.outbound()) else {
+                            return;
+                        };
                         let progress = StepProgress {
                             run_id: run_id.clone(),
                             step_id: step_id.clone(),
@@ -345,7 +361,7 @@ impl Agent {
                 ))
             }
         };
-        if let Some(result) = result {
+        if let (Some(result), Some(tx)) = (result, self.outbound()) {
             // If the stream is gone, the ledger has it for the next Hello.
             let _ = tx
                 .send(AgentMessage {

@@ -128,7 +128,7 @@ impl Ledger {
                 done.push((modified, path));
             }
         }
-        done.sort_by(|a, b| b.0.cmp(&a.0));
+        done.sort_by_key(|entry| std::cmp::Reverse(entry.0));
         Ok(done
             .into_iter()
             .take(ANNOUNCE)

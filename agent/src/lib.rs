@@ -1,6 +1,7 @@
 //! rewind-agent: runs sandboxed WASM rollback plugins for the targets of one
 //! host, locally (`rewind-agent plugin run`) or for a coordinator.
 
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod host;

@@ -75,9 +75,17 @@ pub fn init(dir: &Path, trust_domain: &str) -> Result<PathBuf, CertError> {
     })?;
     let key = KeyPair::generate().map_err(generate)?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(generate)?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, format!("rewind CA for {trust_domain}"));
+    // A unique name: a certificate of another CA is then reported as from an
+    // unknown CA, not as a bad signature of this one.
+    let created = OffsetDateTime::now_utc();
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!(
+            "rewind CA for {trust_domain} ({}-{:08x})",
+            created.unix_timestamp(),
+            rand::random::<u32>()
+        ),
+    );
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,

@@ -106,43 +106,87 @@ pub enum IdentityError {
     BadUri(String),
 }
 
-/// The identity of a gRPC peer, from its client certificate.
-pub fn of_request<T>(request: &tonic::Request<T>) -> Result<Identity, tonic::Status> {
-    let certs = request
-        .peer_certs()
-        .ok_or_else(|| tonic::Status::unauthenticated("no client certificate was presented"))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| tonic::Status::unauthenticated("no client certificate was presented"))?;
-    Identity::from_certificate(leaf)
-        .map_err(|e| tonic::Status::unauthenticated(format!("client certificate: {e}")))
+/// Verifies the client certificate of each request against the fleet's CA
+/// and trust domain, and says precisely why one is refused.
+pub struct Authenticator {
+    anchor: rustls_pki_types::TrustAnchor<'static>,
+    trust_domain: String,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl Authenticator {
+    /// An authenticator trusting the CA certificate `ca_pem` (whose URI SAN
+    /// names the trust domain).
+    pub fn new(ca_pem: &[u8]) -> Result<Authenticator, IdentityError> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(ca_pem)
+            .map_err(|e| IdentityError::Unreadable(e.to_string()))?;
+        let trust_domain = trust_domain_of_ca(&pem.contents)?;
+        let der = rustls_pki_types::CertificateDer::from(pem.contents);
+        let anchor = webpki::anchor_from_trusted_cert(&der)
+            .map_err(|e| IdentityError::Unreadable(format!("{e:?}")))?
+            .to_owned();
+        Ok(Authenticator {
+            anchor,
+            trust_domain,
+        })
+    }
 
-    #[test]
-    fn uris_round_trip_and_bad_ones_are_refused() {
-        let id = Identity::parse_uri("spiffe://rewind.local/agent/web-1").unwrap();
-        assert_eq!(
-            id,
-            Identity {
-                trust_domain: "rewind.local".into(),
-                kind: Kind::Agent,
-                name: "web-1".into()
-            }
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The identity of a request's peer, from its verified client certificate.
+    pub fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Identity, tonic::Status> {
+        let unauthenticated = |message: String| tonic::Status::unauthenticated(message);
+        let certs = request.peer_certs().unwrap_or_default();
+        let (leaf, intermediates) = certs
+            .split_first()
+            .ok_or_else(|| unauthenticated("no client certificate was presented".into()))?;
+        let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| {
+            unauthenticated(format!("the client certificate cannot be read: {e:?}"))
+        })?;
+        let anchors = [self.anchor.clone()];
+        let verified = cert.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            intermediates,
+            rustls_pki_types::UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
         );
-        assert_eq!(id.uri(), "spiffe://rewind.local/agent/web-1");
-        for bad in [
-            "https://x/agent/a",
-            "spiffe://td/robot/a",
-            "spiffe://td/agent",
-            "spiffe://td/agent/a/b",
-            "spiffe:///agent/a",
-        ] {
-            assert!(Identity::parse_uri(bad).is_err(), "{bad}");
+        if let Err(e) = verified {
+            let why = match e {
+                webpki::Error::CertExpired { not_after, .. } => {
+                    format!(
+                        "the client certificate expired at {} (Unix time)",
+                        not_after.as_secs()
+                    )
+                }
+                webpki::Error::CertNotValidYet { not_before, .. } => {
+                    format!(
+                        "the client certificate is not valid before {} (Unix time)",
+                        not_before.as_secs()
+                    )
+                }
+                webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+                    format!(
+                        "the client certificate was not issued by the CA of trust domain {}",
+                        self.trust_domain
+                    )
+                }
+                other => format!("the client certificate does not verify: {other:?}"),
+            };
+            return Err(unauthenticated(why));
         }
+        let identity = Identity::from_certificate(leaf)
+            .map_err(|e| unauthenticated(format!("client certificate: {e}")))?;
+        if identity.trust_domain != self.trust_domain {
+            return Err(tonic::Status::permission_denied(format!(
+                "certificate {identity} is from trust domain {}, not {}",
+                identity.trust_domain, self.trust_domain
+            )));
+        }
+        Ok(identity)
     }
 }
 
@@ -172,4 +216,32 @@ pub fn trust_domain_of_ca_pem(pem: &[u8]) -> Result<String, IdentityError> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem)
         .map_err(|e| IdentityError::Unreadable(e.to_string()))?;
     trust_domain_of_ca(&pem.contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_round_trip_and_bad_ones_are_refused() {
+        let id = Identity::parse_uri("spiffe://rewind.local/agent/web-1").unwrap();
+        assert_eq!(
+            id,
+            Identity {
+                trust_domain: "rewind.local".into(),
+                kind: Kind::Agent,
+                name: "web-1".into()
+            }
+        );
+        assert_eq!(id.uri(), "spiffe://rewind.local/agent/web-1");
+        for bad in [
+            "https://x/agent/a",
+            "spiffe://td/robot/a",
+            "spiffe://td/agent",
+            "spiffe://td/agent/a/b",
+            "spiffe:///agent/a",
+        ] {
+            assert!(Identity::parse_uri(bad).is_err(), "{bad}");
+        }
+    }
 }

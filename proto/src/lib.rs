@@ -2,6 +2,7 @@
 //! (generated from `proto/rewind/v1`), and the mutual-TLS setup and
 //! certificate identities that the agent and the coordinator share.
 
+pub mod accept;
 pub mod identity;
 pub mod tls;
 

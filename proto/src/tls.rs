@@ -2,7 +2,7 @@
 //! presents a certificate issued by the fleet's CA and checks the other's.
 
 use std::path::{Path, PathBuf};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity};
 
 /// The three PEM files of one party: the CA to trust, its certificate, its key.
 #[derive(Debug, Clone)]
@@ -42,14 +42,6 @@ impl TlsFiles {
         Ok(Certificate::from_pem(read(&self.ca)?))
     }
 
-    /// A server that requires a client certificate issued by the CA.
-    pub fn server(&self) -> Result<ServerTlsConfig, TlsError> {
-        Ok(ServerTlsConfig::new()
-            .identity(self.identity()?)
-            .client_ca_root(self.ca_certificate()?)
-            .client_auth_optional(false))
-    }
-
     /// A client that checks the server against the CA (for `domain`) and
     /// presents its own certificate.
     pub fn client(&self, domain: &str) -> Result<ClientTlsConfig, TlsError> {
@@ -77,6 +69,8 @@ pub fn explain(error: &(dyn std::error::Error + 'static)) -> String {
         "a certificate has expired"
     } else if text.contains("UnknownCA") || text.contains("UnknownIssuer") {
         "a certificate was not issued by the CA the other side trusts"
+    } else if text.contains("DecryptError") || text.contains("BadSignature") {
+        "a certificate's signature does not verify against the trusted CA (issued by another CA?)"
     } else if text.contains("CertificateRequired") {
         "the coordinator requires a client certificate"
     } else if text.contains("NotValidForName") {

@@ -35,26 +35,23 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
-/// A binary of this workspace, built (once per test process) so that it is
-/// never stale: cargo builds only this package's binaries for its tests.
+/// A program of this workspace: `rewind` or `rewind-agent`. The test
+/// package builds them (`src/bin/*-under-test.rs`, the same `main` as the
+/// shipped programs) with every test run, so they are never stale.
 pub fn binary(name: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|b| b == name) {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--bin", name])
-            .current_dir(root())
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building {name} failed");
-        built.push(name.to_string());
-    }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    exe.parent()
+    // target/<profile>/deps/<test> -> target/<profile>/<name>-under-test
+    let path = exe
+        .parent()
         .and_then(Path::parent)
         .expect("target directory")
-        .join(name)
+        .join(format!("{name}-under-test"));
+    assert!(
+        path.exists(),
+        "{} is missing: cargo builds it for this package's tests",
+        path.display()
+    );
+    path
 }
 
 /// An agent configuration in a temporary directory, with a plugin host.
@@ -129,3 +126,5 @@ pub fn peak_rss_kib() -> u64 {
 }
 
 pub use rewind_agent::host;
+
+pub mod fleet;

@@ -1,6 +1,7 @@
 //! The `rewind` command line: certificates, the coordinator server, and the
 //! operator commands (checkpoint, plan, rollback, status, history, ...).
 
+pub mod app;
 pub mod client;
 pub mod view;
 

@@ -4,7 +4,7 @@
 use crate::fleet::ConnectedAgent;
 use crate::runner::{Shared, now_ms};
 use crate::store::{AgentRecord, TargetRecord};
-use rewind_proto::identity::{self, Kind};
+use rewind_proto::identity::{Authenticator, Kind};
 use rewind_proto::v1::agent_service_server::AgentService;
 use rewind_proto::v1::{
     AgentMessage, CoordinatorMessage, Welcome, agent_message, coordinator_message,
@@ -22,7 +22,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct AgentApi {
     pub shared: Arc<Shared>,
-    pub trust_domain: String,
+    pub authenticator: Arc<Authenticator>,
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
@@ -35,13 +35,7 @@ impl AgentService for AgentApi {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Outbound>, Status> {
-        let identity = identity::of_request(&request)?;
-        if identity.trust_domain != self.trust_domain {
-            return Err(Status::permission_denied(format!(
-                "certificate {identity} is from trust domain {}, not {}",
-                identity.trust_domain, self.trust_domain
-            )));
-        }
+        let identity = self.authenticator.authenticate(&request)?;
         if identity.kind != Kind::Agent {
             return Err(Status::permission_denied(format!(
                 "certificate {identity} is an {} identity; the agent service needs an agent certificate",

@@ -8,13 +8,13 @@ use crate::config::CoordinatorConfig;
 use crate::fleet::Fleet;
 use crate::runner::{self, Shared};
 use crate::store::Store;
+use rewind_proto::identity::Authenticator;
 use rewind_proto::v1::agent_service_server::AgentServiceServer;
 use rewind_proto::v1::operator_service_server::OperatorServiceServer;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
-use tokio_stream::wrappers::TcpListenerStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -44,19 +44,34 @@ pub async fn serve(
     if resumed > 0 {
         tracing::info!("resumed {resumed} unfinished run(s)");
     }
+    let ca = std::fs::read(&config.tls.ca).map_err(|e| {
+        ServeError::Tls(rewind_proto::tls::TlsError {
+            path: config.tls.ca.clone(),
+            error: e.to_string(),
+        })
+    })?;
+    let authenticator = Arc::new(Authenticator::new(&ca).map_err(|e| {
+        ServeError::Tls(rewind_proto::tls::TlsError {
+            path: config.tls.ca.clone(),
+            error: e.to_string(),
+        })
+    })?);
+    let acceptor = config.tls.acceptor()?;
     let agents = agents::AgentApi {
         shared: shared.clone(),
-        trust_domain: config.trust_domain.clone(),
+        authenticator: authenticator.clone(),
     };
-    let tls = config.tls.server()?;
-    let operators = operator::OperatorApi { shared, config };
+    let operators = operator::OperatorApi {
+        shared,
+        config,
+        authenticator,
+    };
     tonic::transport::Server::builder()
-        .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(AgentServiceServer::new(agents))
         .add_service(OperatorServiceServer::new(operators))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(rewind_proto::accept::incoming(listener, acceptor), shutdown)
         .await?;
     Ok(())
 }

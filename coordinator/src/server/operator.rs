@@ -7,7 +7,7 @@ use crate::engine::RunStatus;
 use crate::plan::{self, AgentView, Plan, StepAction, StepPlan};
 use crate::runner::{self, Shared, now_ms, snapshot_of};
 use crate::store::{RunRecord, SnapshotRecord, StoreError};
-use rewind_proto::identity::{self, Kind};
+use rewind_proto::identity::{Authenticator, Kind};
 use rewind_proto::v1::operator_service_server::OperatorService;
 use rewind_proto::v1::*;
 use std::pin::Pin;
@@ -22,6 +22,7 @@ const PREVIEW_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 pub struct OperatorApi {
     pub shared: Arc<Shared>,
     pub config: CoordinatorConfig,
+    pub authenticator: Arc<Authenticator>,
 }
 
 fn internal(e: StoreError) -> Status {
@@ -36,13 +37,7 @@ impl OperatorApi {
         needed: Role,
         what: &str,
     ) -> Result<(String, Role), Status> {
-        let identity = identity::of_request(request)?;
-        if identity.trust_domain != self.config.trust_domain {
-            return Err(Status::permission_denied(format!(
-                "certificate {identity} is from trust domain {}, not {}",
-                identity.trust_domain, self.config.trust_domain
-            )));
-        }
+        let identity = self.authenticator.authenticate(request)?;
         if identity.kind != Kind::Operator {
             return Err(Status::permission_denied(format!(
                 "certificate {identity} is an {} identity; the operator API needs an operator certificate",
@@ -265,7 +260,7 @@ impl OperatorApi {
                     status: s.status,
                     attempt: s.attempt,
                     summary: s.summary,
-                    error: (!s.error_kind.is_empty()).then(|| StepError {
+                    error: (!s.error_kind.is_empty()).then_some(StepError {
                         kind: s.error_kind,
                         message: s.error_message,
                     }),

@@ -1,0 +1,173 @@
+//! The `rewind` program: the coordinator server and the operator's commands.
+
+use crate::cli::{self, CertsCommand, RollbackOptions, client::Connection};
+use crate::{config, demo, server};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "rewind",
+    version,
+    about = "Roll a whole platform back to a known-good release, stage by stage"
+)]
+struct Cli {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a development CA and issue certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Run the coordinator server.
+    Coordinator {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Snapshot every target of every agent (of one environment) as a release.
+    Checkpoint {
+        release: String,
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// List the recorded releases.
+    Releases,
+    /// Preview what rolling back to a release with a plan would change.
+    Plan {
+        plan: PathBuf,
+        #[arg(long)]
+        to: String,
+    },
+    /// Roll back to a release with a plan: preview, confirm, run with a live view, report.
+    Rollback {
+        plan: PathBuf,
+        #[arg(long)]
+        to: String,
+        /// Do not ask before starting.
+        #[arg(long)]
+        yes: bool,
+        /// Allow steps that lose data (database restores).
+        #[arg(long)]
+        confirm_data_loss: bool,
+        /// Apply even where targets changed since the preview.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Follow a run with the live view until it ends.
+    Watch { run: String },
+    /// The report of a run.
+    Status { run: String },
+    /// The latest runs.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Stop a run: nothing new starts, steps in flight finish.
+    Cancel { run: String },
+    /// Resume a paused run, retrying its failed steps.
+    Approve { run: String },
+    /// The agents the coordinator knows, and whether they are connected.
+    Fleet,
+    /// The main job, end to end on this machine: a coordinator and a local
+    /// fleet of agents, a release, a bad deploy, and a 4-stage rollback.
+    Demo(demo::DemoArgs),
+}
+
+/// The `rewind` program.
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REWIND_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let connection = cli.connection;
+    let result: anyhow::Result<bool> = runtime.block_on(async move {
+        match cli.command {
+            Command::Certs(command) => cli::certs_command(command).map(|_| true),
+            Command::Coordinator { config } => {
+                let config = config::load(&config)?;
+                let listener = tokio::net::TcpListener::bind(&config.listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+                eprintln!(
+                    "coordinator listening on {} (journal {})",
+                    listener.local_addr()?,
+                    config.database
+                );
+                server::serve(config, listener, shutdown_signal()).await?;
+                Ok(true)
+            }
+            Command::Checkpoint { release, env } => cli::checkpoint(&connection, release, env)
+                .await
+                .map(|_| true),
+            Command::Releases => cli::releases(&connection).await.map(|_| true),
+            Command::Plan { plan, to } => cli::plan(&connection, &plan, to).await.map(|_| true),
+            Command::Rollback {
+                plan,
+                to,
+                yes,
+                confirm_data_loss,
+                force,
+            } => {
+                let mut client = connection.connect().await?;
+                cli::rollback(
+                    &mut client,
+                    &plan,
+                    &to,
+                    RollbackOptions {
+                        yes,
+                        confirm_data_loss,
+                        force,
+                    },
+                )
+                .await
+            }
+            Command::Watch { run } => cli::watch_run(&mut connection.connect().await?, &run).await,
+            Command::Status { run } => cli::status(&connection, run).await,
+            Command::History { limit } => cli::history(&connection, limit).await.map(|_| true),
+            Command::Cancel { run } => cli::cancel(&connection, run).await.map(|_| true),
+            Command::Approve { run } => cli::approve(&connection, run).await.map(|_| true),
+            Command::Fleet => cli::fleet(&connection).await.map(|_| true),
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}

@@ -1,0 +1,5 @@
+//! The `rewind` program, built with the tests so they never run a stale one.
+
+fn main() -> std::process::ExitCode {
+    rewind_coordinator::cli::app::main()
+}

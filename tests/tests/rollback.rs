@@ -1,0 +1,150 @@
+//! Multi-host rollbacks end to end: a real coordinator and 8 real agents as
+//! separate processes on loopback with mutual TLS. Order and repetition are
+//! checked from what the plugins recorded, not from the coordinator's log.
+
+use rewind_tests::fleet::{TestFleet, eight_hosts, four_stage_plan, host};
+
+const STAGES: [&[&str]; 4] = [
+    &["db-1"],
+    &["api-1", "api-2", "api-3"],
+    &["gw-1", "gw-2"],
+    &["ui-1", "ui-2"],
+];
+
+/// Each host restored exactly once, and every stage's restores ended before
+/// the next stage's began.
+fn assert_ran_once_in_stage_order(fleet: &TestFleet) {
+    let mut previous_end = 0u128;
+    for (stage, hosts) in STAGES.iter().enumerate() {
+        let mut stage_end = 0u128;
+        for host in *hosts {
+            let records = fleet.records(host);
+            let starts: Vec<u128> = records
+                .iter()
+                .filter(|(k, _)| k == "start")
+                .map(|(_, t)| *t)
+                .collect();
+            let ends: Vec<u128> = records
+                .iter()
+                .filter(|(k, _)| k == "end")
+                .map(|(_, t)| *t)
+                .collect();
+            assert_eq!(
+                starts.len(),
+                1,
+                "{host} restored {} times: {records:?}",
+                starts.len()
+            );
+            assert_eq!(ends.len(), 1, "{host}: {records:?}");
+            assert!(
+                starts[0] > previous_end,
+                "stage {stage}: {host} started before the previous stage ended"
+            );
+            stage_end = stage_end.max(ends[0]);
+        }
+        previous_end = stage_end;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_four_stage_rollback_runs_in_dependency_order() {
+    let fleet = TestFleet::start(eight_hosts(), None).await;
+    fleet.checkpoint("v1").await;
+    let run = fleet.start_run(&four_stage_plan(""), "v1").await;
+    let report = fleet.finish(&run).await;
+    assert_eq!(report.status, "succeeded", "{report:?}");
+    assert_eq!(report.steps.len(), 8);
+    assert!(
+        report.stages.iter().all(|s| s.status == "succeeded"),
+        "{report:?}"
+    );
+    assert_ran_once_in_stage_order(&fleet);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_in_stage_two_halts_stages_three_and_four() {
+    let mut hosts = eight_hosts();
+    hosts[2] = host("api-2", "core").with("fail = true");
+    let fleet = TestFleet::start(hosts, None).await;
+    fleet.checkpoint("v1").await;
+    let run = fleet.start_run(&four_stage_plan(""), "v1").await;
+    let report = fleet.finish(&run).await;
+    assert_eq!(report.status, "failed");
+    let statuses: Vec<&str> = report.stages.iter().map(|s| s.status.as_str()).collect();
+    assert_eq!(statuses, ["succeeded", "failed", "skipped", "skipped"]);
+    let failed: Vec<_> = report.steps.iter().filter(|s| s.error.is_some()).collect();
+    assert_eq!(failed.len(), 1, "{report:?}");
+    assert_eq!(
+        (failed[0].agent.as_str(), failed[0].target.as_str()),
+        ("api-2", "app")
+    );
+    let error = failed[0].error.as_ref().unwrap();
+    assert_eq!(error.kind, "failed");
+    assert!(
+        error.message.contains("recorder on app fails on purpose"),
+        "{}",
+        error.message
+    );
+    for host in ["gw-1", "gw-2", "ui-1", "ui-2"] {
+        assert!(
+            fleet.records(host).is_empty(),
+            "{host} must not have run after the halt"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_killed_mid_run_resumes_without_repeating_a_step() {
+    let mut hosts = eight_hosts();
+    for h in hosts.iter_mut().filter(|h| h.tier == "core") {
+        h.settings = "delay_ms = 1500".into();
+    }
+    let mut fleet = TestFleet::start(hosts, None).await;
+    fleet.checkpoint("v1").await;
+    let run = fleet.start_run(&four_stage_plan(""), "v1").await;
+    // Kill it while core steps are in flight on the agents.
+    fleet
+        .events_until(&run, |e| e.kind == "step-sent" && e.stage == "core")
+        .await;
+    fleet.fleet.kill_coordinator();
+    fleet
+        .fleet
+        .start_coordinator()
+        .expect("restarted coordinator");
+    fleet.wait_connected(8).await;
+    let report = fleet.finish(&run).await;
+    assert_eq!(report.status, "succeeded", "{report:?}");
+    assert_ran_once_in_stage_order(&fleet);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_mid_step_has_its_outcome_recovered_not_repeated() {
+    let mut hosts = eight_hosts();
+    hosts[1] = host("api-1", "core").with("after_ms = 4000");
+    let mut fleet = TestFleet::start(hosts, None).await;
+    fleet.checkpoint("v1").await;
+    let run = fleet.start_run(&four_stage_plan(""), "v1").await;
+    // api-1 has done its work and sits before returning: kill it then.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !fleet.records("api-1").iter().any(|(k, _)| k == "end") {
+        assert!(std::time::Instant::now() < deadline, "api-1 never restored");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    fleet.fleet.kill_agent("api-1");
+    fleet.fleet.start_agent("api-1").expect("restarted agent");
+    let report = fleet.finish(&run).await;
+    assert_eq!(report.status, "succeeded", "{report:?}");
+    let api1 = report.steps.iter().find(|s| s.agent == "api-1").unwrap();
+    assert!(
+        api1.summary
+            .contains("completed before the agent restarted"),
+        "{}",
+        api1.summary
+    );
+    assert!(
+        api1.summary.contains("recovered after an agent restart"),
+        "{}",
+        api1.summary
+    );
+    assert_ran_once_in_stage_order(&fleet);
+}
