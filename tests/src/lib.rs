@@ -128,3 +128,5 @@ pub fn peak_rss_kib() -> u64 {
 pub use rewind_agent::host;
 
 pub mod fleet;
+pub mod postgres;
+pub mod scenarios;

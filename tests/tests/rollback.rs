@@ -3,62 +3,11 @@
 //! checked from what the plugins recorded, not from the coordinator's log.
 
 use rewind_tests::fleet::{TestFleet, eight_hosts, four_stage_plan, host};
-
-const STAGES: [&[&str]; 4] = [
-    &["db-1"],
-    &["api-1", "api-2", "api-3"],
-    &["gw-1", "gw-2"],
-    &["ui-1", "ui-2"],
-];
-
-/// Each host restored exactly once, and every stage's restores ended before
-/// the next stage's began.
-fn assert_ran_once_in_stage_order(fleet: &TestFleet) {
-    let mut previous_end = 0u128;
-    for (stage, hosts) in STAGES.iter().enumerate() {
-        let mut stage_end = 0u128;
-        for host in *hosts {
-            let records = fleet.records(host);
-            let starts: Vec<u128> = records
-                .iter()
-                .filter(|(k, _)| k == "start")
-                .map(|(_, t)| *t)
-                .collect();
-            let ends: Vec<u128> = records
-                .iter()
-                .filter(|(k, _)| k == "end")
-                .map(|(_, t)| *t)
-                .collect();
-            assert_eq!(
-                starts.len(),
-                1,
-                "{host} restored {} times: {records:?}",
-                starts.len()
-            );
-            assert_eq!(ends.len(), 1, "{host}: {records:?}");
-            assert!(
-                starts[0] > previous_end,
-                "stage {stage}: {host} started before the previous stage ended"
-            );
-            stage_end = stage_end.max(ends[0]);
-        }
-        previous_end = stage_end;
-    }
-}
+use rewind_tests::scenarios::{self, assert_ran_once_in_stage_order};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_four_stage_rollback_runs_in_dependency_order() {
-    let fleet = TestFleet::start(eight_hosts(), None).await;
-    fleet.checkpoint("v1").await;
-    let run = fleet.start_run(&four_stage_plan(""), "v1").await;
-    let report = fleet.finish(&run).await;
-    assert_eq!(report.status, "succeeded", "{report:?}");
-    assert_eq!(report.steps.len(), 8);
-    assert!(
-        report.stages.iter().all(|s| s.status == "succeeded"),
-        "{report:?}"
-    );
-    assert_ran_once_in_stage_order(&fleet);
+    scenarios::four_stage_rollback(None).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -95,26 +44,7 @@ async fn a_failure_in_stage_two_halts_stages_three_and_four() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_coordinator_killed_mid_run_resumes_without_repeating_a_step() {
-    let mut hosts = eight_hosts();
-    for h in hosts.iter_mut().filter(|h| h.tier == "core") {
-        h.settings = "delay_ms = 1500".into();
-    }
-    let mut fleet = TestFleet::start(hosts, None).await;
-    fleet.checkpoint("v1").await;
-    let run = fleet.start_run(&four_stage_plan(""), "v1").await;
-    // Kill it while core steps are in flight on the agents.
-    fleet
-        .events_until(&run, |e| e.kind == "step-sent" && e.stage == "core")
-        .await;
-    fleet.fleet.kill_coordinator();
-    fleet
-        .fleet
-        .start_coordinator()
-        .expect("restarted coordinator");
-    fleet.wait_connected(8).await;
-    let report = fleet.finish(&run).await;
-    assert_eq!(report.status, "succeeded", "{report:?}");
-    assert_ran_once_in_stage_order(&fleet);
+    scenarios::coordinator_killed_mid_run(None).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

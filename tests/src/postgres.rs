@@ -1,0 +1,176 @@
+//! A real PostgreSQL server for the tests, started from Debian's packages in
+//! a temporary directory, reachable only on a Unix socket there. Stopped
+//! (fast shutdown) when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+pub struct PgServer {
+    dir: TempDir,
+    child: Child,
+}
+
+const PORT: u16 = 5432;
+
+/// The newest installed PostgreSQL's binaries.
+fn bin_dir() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("postgres").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions.pop().expect("PostgreSQL is not installed (/usr/lib/postgresql/*/bin/postgres): run scripts/install-deps")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A command run as the `postgres` user when we are root (the server refuses root).
+fn as_server_user(program: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+impl PgServer {
+    pub fn start() -> PgServer {
+        let bin = bin_dir();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let data = dir.path().join("data");
+        if is_root() {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown of the PostgreSQL directory failed");
+        }
+        let init = as_server_user(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "rewind",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ])
+            .stdout(Stdio::null())
+            .output()
+            .expect("running initdb");
+        assert!(
+            init.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log file");
+        let child = as_server_user(&bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-k")
+            .arg(dir.path())
+            .args([
+                "-p",
+                &PORT.to_string(),
+                "-c",
+                "listen_addresses=",
+                "-c",
+                "max_connections=200",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting postgres");
+        let server = PgServer { dir, child };
+        server.wait_ready(&bin);
+        let create = Command::new(bin.join("psql"))
+            .args(["-h"])
+            .arg(server.dir.path())
+            .args([
+                "-p",
+                &PORT.to_string(),
+                "-U",
+                "rewind",
+                "-d",
+                "postgres",
+                "-qc",
+                "CREATE DATABASE rewind",
+            ])
+            .output()
+            .expect("running psql");
+        assert!(
+            create.status.success(),
+            "CREATE DATABASE failed: {}",
+            String::from_utf8_lossy(&create.stderr)
+        );
+        server
+    }
+
+    fn wait_ready(&self, bin: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(bin.join("pg_isready"))
+                .arg("-h")
+                .arg(self.dir.path())
+                .args([
+                    "-p",
+                    &PORT.to_string(),
+                    "-U",
+                    "rewind",
+                    "-d",
+                    "postgres",
+                    "-q",
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
+            let log =
+                std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default();
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not become ready within 30s:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A sqlx URL of the `rewind` database, over the Unix socket.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://rewind@localhost/rewind?host={}&port={PORT}",
+            self.dir.path().display()
+        )
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        // SIGINT to the postmaster (not to `runuser`) is a fast shutdown.
+        let pid_file = self.dir.path().join("data/postmaster.pid");
+        let pid = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<libc::pid_t>().ok());
+        match pid {
+            // SAFETY: signalling the server this test started.
+            Some(pid) => unsafe { libc::kill(pid, libc::SIGINT) },
+            None => unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) },
+        };
+        let _ = self.child.wait();
+    }
+}
