@@ -131,7 +131,11 @@ fn resolution_refuses_selectors_and_targets_the_fleet_lacks() {
 
 #[test]
 fn the_example_plan_parses() {
-    let plan = parse(include_str!("../../../deploy/plan.example.toml"), "deploy/plan.example.toml").unwrap();
+    let plan = parse(
+        include_str!("../../../deploy/plan.example.toml"),
+        "deploy/plan.example.toml",
+    )
+    .unwrap();
     assert_eq!(plan.stages.len(), 4);
     assert_eq!(plan.stages[1].on_failure, OnFailure::Pause);
 }
