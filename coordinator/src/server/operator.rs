@@ -227,6 +227,7 @@ impl OperatorApi {
 
     async fn report(&self, run: &RunRecord, with_steps: bool) -> Result<RunReport, Status> {
         let stages = self.shared.store.stages(&run.id).await.map_err(internal)?;
+        let stage_names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
         let steps = if with_steps {
             self.shared.store.steps(&run.id).await.map_err(internal)?
         } else {
@@ -253,7 +254,7 @@ impl OperatorApi {
                 .into_iter()
                 .map(|s| StepReport {
                     step_id: s.id,
-                    stage: String::new(),
+                    stage: stage_names.get(s.stage).cloned().unwrap_or_default(),
                     agent: s.agent,
                     target: s.target,
                     action: s.action,
@@ -269,19 +270,6 @@ impl OperatorApi {
                 })
                 .collect(),
             data_loss_window_seconds: run.data_loss_window,
-        })
-        .map(|mut report| {
-            // Name each step's stage for the reader.
-            let names: Vec<String> = report.stages.iter().map(|s| s.name.clone()).collect();
-            for step in &mut report.steps {
-                if let Some(stage) = names
-                    .iter()
-                    .find(|n| step.step_id.contains(&format!("/{n}/")))
-                {
-                    step.stage = stage.clone();
-                }
-            }
-            report
         })
     }
 
