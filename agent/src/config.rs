@@ -81,6 +81,8 @@ pub struct TargetConfig {
     pub deadline: Duration,
     /// The target's private directory, the root of the `files` capability.
     pub state_dir: PathBuf,
+    /// A file of the target's secrets (`KEY=VALUE` lines), read at each call.
+    pub secrets: Option<PathBuf>,
     pub grant: Grant,
 }
 
@@ -103,6 +105,12 @@ pub struct Grant {
     pub http_granted: bool,
     /// Hosts (`host` or `host:port`) outgoing HTTP may reach.
     pub http: Vec<HostPort>,
+    /// Whether the `docker` capability is granted (`docker = [...]` present).
+    pub docker_granted: bool,
+    /// The compose projects the `docker` capability may act on.
+    pub docker: Vec<String>,
+    /// The Docker daemon's socket (default /var/run/docker.sock).
+    pub docker_socket: Option<PathBuf>,
 }
 
 /// An entry of an HTTP allow-list.
@@ -180,6 +188,7 @@ struct RawTarget {
     deadline: Option<Duration>,
     #[serde(default)]
     grant: RawGrant,
+    secrets: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -193,6 +202,8 @@ struct RawGrant {
     #[serde(default)]
     process_env: BTreeMap<String, String>,
     http: Option<Vec<Spanned<String>>>,
+    docker: Option<Vec<Spanned<String>>>,
+    docker_socket: Option<Spanned<PathBuf>>,
 }
 
 /// Read and validate an agent configuration file.
@@ -324,6 +335,7 @@ pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
         let settings_json = serde_json::to_string(&target.settings)
             .map_err(|e| here(format!("settings cannot be passed to the plugin: {e}")))?;
         let grant = validate_grant(target.grant, &target_name, &at)?;
+        let secrets = target.secrets.as_deref().map(resolve);
         targets.insert(
             target_name.clone(),
             Arc::new(TargetConfig {
@@ -333,6 +345,7 @@ pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
                 settings_json,
                 memory_limit,
                 deadline: target.deadline.unwrap_or(DEFAULT_DEADLINE),
+                secrets,
                 grant,
             }),
         );
@@ -386,6 +399,7 @@ fn validate_grant(
         process_env: raw.process_env,
         process_granted: raw.process.is_some(),
         http_granted: raw.http.is_some(),
+        docker_granted: raw.docker.is_some(),
         ..Grant::default()
     };
     for dir in raw.files {
@@ -425,6 +439,30 @@ fn validate_grant(
             )
         })?;
         grant.http.push(parsed);
+    }
+    for project in raw.docker.unwrap_or_default() {
+        let name = project.get_ref();
+        if name.is_empty() || !is_valid_name(name) {
+            return Err(at(
+                Some(project.span()),
+                format!(
+                    "target {target}: grant.docker entry `{name}` is not a compose project name"
+                ),
+            ));
+        }
+        grant.docker.push(name.clone());
+    }
+    if let Some(socket) = raw.docker_socket {
+        if !socket.get_ref().is_absolute() {
+            return Err(at(
+                Some(socket.span()),
+                format!(
+                    "target {target}: grant.docker_socket {} must be an absolute path",
+                    socket.get_ref().display()
+                ),
+            ));
+        }
+        grant.docker_socket = Some(socket.into_inner());
     }
     Ok(grant)
 }

@@ -299,7 +299,14 @@ impl Agent {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(step.step_id.clone());
-        let result = match self.ledger.begin(&step, in_process) {
+        // The ledger writes durably (fsync): off the async workers.
+        let begun = {
+            let (ledger, request) = (self.ledger.clone(), step.clone());
+            tokio::task::spawn_blocking(move || ledger.begin(&request, in_process))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
+        let result = match begun {
             Ok(Begin::Done(result)) => {
                 if !in_process {
                     self.running
@@ -336,7 +343,13 @@ impl Agent {
                     let _slot = self.slots.acquire().await;
                     self.execute(&step, Some(progress)).await
                 };
-                if let Err(e) = self.ledger.finish(&result) {
+                let finished = {
+                    let (ledger, result) = (self.ledger.clone(), result.clone());
+                    tokio::task::spawn_blocking(move || ledger.finish(&result))
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                };
+                if let Err(e) = finished {
                     tracing::error!(
                         step = step.step_id,
                         "cannot record the step's result in the ledger: {e}"

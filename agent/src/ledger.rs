@@ -16,6 +16,7 @@ const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 /// At most this many finished results are re-announced to the coordinator.
 const ANNOUNCE: usize = 1000;
 
+#[derive(Clone)]
 pub struct Ledger {
     dir: PathBuf,
 }

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod docker;
 pub mod host;
 pub mod ledger;
 pub mod signing;

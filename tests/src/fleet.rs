@@ -90,8 +90,34 @@ pub struct TestFleet {
 
 impl TestFleet {
     /// Start a coordinator (SQLite journal, or `database`) and the hosts as
-    /// agents, and wait until all are connected.
+    /// agents running the recorder, and wait until all are connected.
     pub async fn start(hosts: Vec<Host>, database: Option<&str>) -> TestFleet {
+        let specs = hosts
+            .iter()
+            .map(|h| {
+                let extra = if h.settings.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", h.settings)
+                };
+                let targets = format!(
+                    "[plugins.recorder]\npath = \"{{plugins}}/fixture_recorder.wasm\"\nallow_unsigned = true\n\n\
+                     [targets.app]\nplugin = \"recorder\"\nsettings = {{ log = \"{{records}}/{name}.log\"{extra} }}\n\
+                     grant = {{ files = [\"{{records}}\"] }}\n",
+                    name = h.name,
+                );
+                (h.name.to_string(), h.tier.to_string(), targets)
+            })
+            .collect();
+        TestFleet::start_agents(specs, database).await
+    }
+
+    /// Start a coordinator and agents given as (name, tier, plugins and
+    /// targets), where `{records}` stands for the fleet's records directory.
+    pub async fn start_agents(
+        agents: Vec<(String, String, String)>,
+        database: Option<&str>,
+    ) -> TestFleet {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut fleet = LocalFleet::create(
             dir.path(),
@@ -106,23 +132,18 @@ impl TestFleet {
         let records = dir.path().join("records");
         std::fs::create_dir_all(&records).unwrap();
         fleet.start_coordinator().expect("coordinator");
-        for h in &hosts {
-            let extra = if h.settings.is_empty() {
-                String::new()
-            } else {
-                format!(", {}", h.settings)
-            };
+        let count = agents.len();
+        for (name, tier, targets) in agents {
             fleet
                 .add_agent(AgentSpec {
-                    name: h.name.into(),
-                    labels: [("tier".to_string(), h.tier.to_string()), ("env".to_string(), "staging".to_string())].into(),
-                    plugins_and_targets: format!(
-                        "[plugins.recorder]\npath = \"{{plugins}}/fixture_recorder.wasm\"\nallow_unsigned = true\n\n\
-                         [targets.app]\nplugin = \"recorder\"\nsettings = {{ log = \"{records}/{name}.log\"{extra} }}\n\
-                         grant = {{ files = [\"{records}\"] }}\n",
-                        records = records.display(),
-                        name = h.name,
-                    ),
+                    name,
+                    labels: [
+                        ("tier".to_string(), tier),
+                        ("env".to_string(), "staging".to_string()),
+                    ]
+                    .into(),
+                    plugins_and_targets: targets
+                        .replace("{records}", &records.display().to_string()),
                 })
                 .expect("agent layout");
         }
@@ -132,7 +153,7 @@ impl TestFleet {
             records,
             _dir: dir,
         };
-        test.wait_connected(hosts.len()).await;
+        test.wait_connected(count).await;
         test
     }
 

@@ -127,6 +127,8 @@ pub fn peak_rss_kib() -> u64 {
 
 pub use rewind_agent::host;
 
+pub mod docker;
+pub mod etcd;
 pub mod fleet;
 pub mod postgres;
 pub mod scenarios;

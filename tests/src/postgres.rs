@@ -15,7 +15,7 @@ pub struct PgServer {
 const PORT: u16 = 5432;
 
 /// The newest installed PostgreSQL's binaries.
-fn bin_dir() -> PathBuf {
+pub fn bin_dir() -> PathBuf {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|entries| {
             entries
@@ -147,6 +147,41 @@ impl PgServer {
                 "PostgreSQL did not become ready within 30s:\n{log}"
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The directory of the server's Unix socket (its `host`).
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Run SQL with psql as the `rewind` superuser; the rows, `|`-separated.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let output = self.try_psql(database, sql);
+        output.unwrap_or_else(|e| panic!("psql on {database}: {e}\n{sql}"))
+    }
+
+    /// Run SQL with psql; the rows, or psql's error.
+    pub fn try_psql(&self, database: &str, sql: &str) -> Result<String, String> {
+        let output = Command::new(bin_dir().join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.dir.path())
+            .args([
+                "-p",
+                &PORT.to_string(),
+                "-U",
+                "rewind",
+                "-d",
+                database,
+                "-c",
+                sql,
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
         }
     }
 

@@ -41,7 +41,8 @@ pub fn capability_of(import: &str) -> Capability {
         "rewind:plugin/types"
         | "rewind:plugin/log"
         | "rewind:plugin/progress"
-        | "rewind:plugin/files" => Capability::Base,
+        | "rewind:plugin/files"
+        | "rewind:plugin/secrets" => Capability::Base,
         "rewind:plugin/process" => Capability::Process,
         "rewind:plugin/docker" => Capability::Docker,
         "rewind:plugin/postgres" => Capability::Postgres,
@@ -71,9 +72,8 @@ fn granted(capability: Capability, target: &TargetConfig) -> bool {
         Capability::Base => true,
         Capability::Process => target.grant.process_granted,
         Capability::Http => target.grant.http_granted,
-        Capability::Docker | Capability::Postgres | Capability::Sockets | Capability::Unknown => {
-            false
-        }
+        Capability::Docker => target.grant.docker_granted,
+        Capability::Postgres | Capability::Sockets | Capability::Unknown => false,
     }
 }
 

@@ -174,7 +174,7 @@ impl PluginHost {
         link(wasmtime_wasi_http::p2::add_only_http_to_linker_async(
             &mut linker,
         ))?;
-        use bindings::rewind::plugin::{files, log, process, progress, types};
+        use bindings::rewind::plugin::{docker, files, log, process, progress, secrets, types};
         link(types::add_to_linker::<_, HasSelf<CallState>>(
             &mut linker,
             |s| s,
@@ -192,6 +192,14 @@ impl PluginHost {
             |s| s,
         ))?;
         link(process::add_to_linker::<_, HasSelf<CallState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        link(secrets::add_to_linker::<_, HasSelf<CallState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        link(docker::add_to_linker::<_, HasSelf<CallState>>(
             &mut linker,
             |s| s,
         ))?;
@@ -360,6 +368,7 @@ impl PluginHost {
             memory_limit: crate::config::DEFAULT_MEMORY_LIMIT,
             deadline: Duration::from_secs(10),
             state_dir: scratch_dir.to_path_buf(),
+            secrets: None,
             grant: crate::config::Grant::default(),
         });
         match self
@@ -431,18 +440,34 @@ impl PluginHost {
         let result = tokio::time::timeout(target.deadline + DEADLINE_GRACE, run).await;
         let elapsed = started.elapsed();
         let state = store.into_data();
-        let logs = state.log.lines;
+        let logs: Vec<LogLine> = if state.revealed.is_empty() {
+            state.log.lines.clone()
+        } else {
+            state
+                .log
+                .lines
+                .iter()
+                .map(|l| LogLine {
+                    level: l.level,
+                    message: state.mask(&l.message),
+                })
+                .collect()
+        };
         match result {
             Ok(Ok(Ok(output))) => Ok(CallOutput {
                 output,
                 logs,
                 elapsed_ms: elapsed.as_millis() as u64,
             }),
-            Ok(Ok(Err(error))) => Err(CallError::Plugin {
-                context,
-                error: error.into(),
-                logs,
-            }),
+            Ok(Ok(Err(error))) => {
+                let mut error = errors::PluginFailure::from(error);
+                error.message = state.mask(&error.message);
+                Err(CallError::Plugin {
+                    context,
+                    error,
+                    logs,
+                })
+            }
             Ok(Err(trap)) => Err(classify(
                 trap,
                 context,

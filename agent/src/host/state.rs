@@ -33,6 +33,9 @@ pub struct CallState {
     /// When the whole call must be over; host calls never wait past it.
     pub(crate) deadline: Instant,
     pub(crate) stderr: TailPipe,
+    /// Secret values handed to the plugin in this call, masked in its
+    /// log lines and errors.
+    pub(crate) revealed: Vec<String>,
 }
 
 impl CallState {
@@ -67,6 +70,7 @@ impl CallState {
             last_progress: None,
             deadline,
             stderr,
+            revealed: Vec::new(),
         }
     }
 }

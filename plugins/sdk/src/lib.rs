@@ -32,6 +32,7 @@ pub mod bindings {
     });
 }
 
+pub mod docker;
 pub mod files;
 pub mod http;
 pub mod process;
@@ -207,4 +208,25 @@ pub mod log {
 /// Tell the live view what the action is doing now.
 pub fn progress(detail: &str, percent: Option<u8>) {
     bindings::rewind::plugin::progress::report(detail, percent)
+}
+
+/// The target's secrets (from the file its `secrets` setting names).
+pub mod secrets {
+    use crate::PluginError;
+
+    /// A secret's value, or none.
+    pub fn get(name: &str) -> Option<String> {
+        crate::bindings::rewind::plugin::secrets::get(name)
+    }
+
+    /// A secret's value; a clear error naming the secret (never its value)
+    /// when the target has none.
+    pub fn require(target: &str, name: &str) -> Result<String, PluginError> {
+        get(name).ok_or_else(|| {
+            PluginError::InvalidSettings(format!(
+                "target {target}: secret `{name}` is not in the target's secrets file \
+                 (set `secrets = \"/path/to/file\"` on the target, with a {name}=... line)"
+            ))
+        })
+    }
 }

@@ -12,6 +12,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<Output, PluginError> {
         args: args.iter().map(|a| a.to_string()).collect(),
         stdin: None,
         timeout_ms: None,
+        env: Vec::new(),
     })?;
     match output.status {
         Some(0) => Ok(output),

@@ -11,6 +11,34 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 const MAX_OUTPUT: usize = 16 << 20;
 
+/// Variables that change how the dynamic loader or libc behave (glibc's
+/// list for set-uid programs): a plugin may not set them, or it could make
+/// an allow-listed program load code of its choosing.
+const UNSAFE_ENV: &[&str] = &[
+    "GCONV_PATH",
+    "GETCONF_DIR",
+    "GLIBC_TUNABLES",
+    "HOSTALIASES",
+    "LOCALDOMAIN",
+    "LOCPATH",
+    "MALLOC_TRACE",
+    "NIS_PATH",
+    "NLSPATH",
+    "RESOLV_HOST_CONF",
+    "RES_OPTIONS",
+    "TMPDIR",
+    "TZDIR",
+    "PATH",
+];
+
+fn unsafe_env(name: &str) -> bool {
+    name.is_empty()
+        || name.contains('=')
+        || name.starts_with("LD_")
+        || name.starts_with("DYLD_")
+        || UNSAFE_ENV.contains(&name)
+}
+
 impl Host for CallState {
     async fn run(&mut self, cmd: Command) -> Result<Output, ProcessError> {
         let target = &self.target;
@@ -39,6 +67,12 @@ impl Host for CallState {
             })?
             .clone();
 
+        if let Some((name, _)) = cmd.env.iter().find(|(name, _)| unsafe_env(name)) {
+            return Err(ProcessError::Denied(format!(
+                "target {}: a plugin may not set the environment variable `{name}`",
+                target.name
+            )));
+        }
         let requested = cmd
             .timeout_ms
             .map_or(grant.process_timeout, |ms| Duration::from_millis(ms.into()));
@@ -55,6 +89,7 @@ impl Host for CallState {
             .args(&cmd.args)
             .env_clear()
             .envs(&grant.process_env)
+            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&target.state_dir)
             .stdin(if cmd.stdin.is_some() {
                 Stdio::piped()

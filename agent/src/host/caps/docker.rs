@@ -1,0 +1,203 @@
+//! `rewind:plugin/docker`: the Docker Engine operations of `crate::docker`,
+//! on the compose projects the target grants, each within its own timeout
+//! and never past the call's deadline.
+
+use crate::docker::{self as engine, Engine};
+use crate::host::bindings::rewind::plugin::docker::{Container, DockerError, Host, Image};
+use crate::host::state::CallState;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How long one operation may take unless it says otherwise.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Recreating pulls nothing but stops a container (up to its stop timeout).
+const RECREATE_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl From<engine::DockerError> for DockerError {
+    fn from(e: engine::DockerError) -> Self {
+        match e {
+            engine::DockerError::Denied(t) => DockerError::Denied(t),
+            engine::DockerError::Unavailable(t) => DockerError::Unavailable(t),
+            engine::DockerError::NotFound(t) => DockerError::NotFound(t),
+            engine::DockerError::Unhealthy(t) => DockerError::Unhealthy(t),
+            engine::DockerError::TimedOut(t) => DockerError::TimedOut(t),
+            engine::DockerError::Failed(t) => DockerError::Failed(t),
+        }
+    }
+}
+
+impl From<engine::Container> for Container {
+    fn from(c: engine::Container) -> Self {
+        Container {
+            id: c.id,
+            name: c.name,
+            service: c.service,
+            image: c.image,
+            image_id: c.image_id,
+            state: c.state,
+            health: c.health,
+            fingerprint: c.fingerprint,
+            depends_on: c.depends_on,
+            compose_labels: c.compose_labels,
+        }
+    }
+}
+
+/// What one Docker operation needs of the call, taken out of the call's
+/// state so that nothing borrowed from it is held across an await.
+struct Call {
+    granted: bool,
+    socket: PathBuf,
+    projects: Vec<String>,
+    deadline: Instant,
+    plugin: String,
+    target: String,
+}
+
+impl CallState {
+    fn docker_call(&self) -> Call {
+        let grant = &self.target.grant;
+        Call {
+            granted: grant.docker_granted,
+            socket: grant
+                .docker_socket
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(engine::DEFAULT_SOCKET)),
+            projects: grant.docker.clone(),
+            deadline: self.deadline,
+            plugin: self.plugin.clone(),
+            target: self.target.name.clone(),
+        }
+    }
+}
+
+impl Call {
+    /// Run one operation on the target's Docker daemon within `timeout`.
+    async fn run<T, F, Fut>(
+        self,
+        what: &str,
+        timeout: Duration,
+        operation: F,
+    ) -> Result<T, DockerError>
+    where
+        F: FnOnce(Engine) -> Fut,
+        Fut: Future<Output = Result<T, engine::DockerError>>,
+    {
+        if !self.granted {
+            return Err(DockerError::Denied(format!(
+                "target {}: the docker capability is not granted",
+                self.target
+            )));
+        }
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let timeout = timeout.min(remaining);
+        let work = async {
+            let engine = Engine::connect(&self.socket, &self.projects).await?;
+            operation(engine).await
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result.map_err(|e| {
+                let e = DockerError::from(e);
+                tracing::warn!(
+                    plugin = self.plugin,
+                    target = self.target,
+                    "docker {what}: {e:?}"
+                );
+                e
+            }),
+            Err(_) => Err(DockerError::TimedOut(format!(
+                "{what} did not finish within {}",
+                humantime::format_duration(timeout)
+            ))),
+        }
+    }
+}
+
+impl Host for CallState {
+    async fn list_containers(&mut self, project: String) -> Result<Vec<Container>, DockerError> {
+        let containers = self
+            .docker_call()
+            .run(
+                &format!("list {project}"),
+                OPERATION_TIMEOUT,
+                |e| async move { e.list_containers(&project).await },
+            )
+            .await?;
+        Ok(containers.into_iter().map(Container::from).collect())
+    }
+
+    async fn inspect_image(&mut self, reference: String) -> Result<Option<Image>, DockerError> {
+        let image = self
+            .docker_call()
+            .run(
+                &format!("inspect {reference}"),
+                OPERATION_TIMEOUT,
+                |e| async move { e.inspect_image(&reference).await },
+            )
+            .await?;
+        Ok(image.map(|i| Image {
+            id: i.id,
+            tags: i.tags,
+            digests: i.digests,
+        }))
+    }
+
+    async fn recreate(
+        &mut self,
+        container: String,
+        image: String,
+        labels: Vec<(String, String)>,
+    ) -> Result<Container, DockerError> {
+        let what = format!("recreate {container} on {image}");
+        tracing::info!(plugin = self.plugin, target = self.target.name, "{what}");
+        let new = self
+            .docker_call()
+            .run(&what, RECREATE_TIMEOUT, |e| async move {
+                e.recreate(&container, &image, &labels).await
+            })
+            .await?;
+        Ok(new.into())
+    }
+
+    async fn restart(&mut self, container: String) -> Result<(), DockerError> {
+        tracing::info!(
+            plugin = self.plugin,
+            target = self.target.name,
+            "restart {container}"
+        );
+        self.docker_call()
+            .run(
+                &format!("restart {container}"),
+                RECREATE_TIMEOUT,
+                |e| async move { e.restart(&container).await },
+            )
+            .await
+    }
+
+    async fn wait_healthy(
+        &mut self,
+        container: String,
+        timeout_ms: u32,
+    ) -> Result<(), DockerError> {
+        let wait = Duration::from_millis(timeout_ms.into());
+        // The wait gets a moment beyond its own timeout to say why it failed.
+        self.docker_call()
+            .run(
+                &format!("wait for {container}"),
+                wait + Duration::from_secs(5),
+                |e| async move { e.wait_healthy(&container, wait).await },
+            )
+            .await
+    }
+
+    async fn logs(&mut self, container: String, tail: u32) -> Result<String, DockerError> {
+        self.docker_call()
+            .run(
+                &format!("logs of {container}"),
+                OPERATION_TIMEOUT,
+                |e| async move { e.logs(&container, tail).await },
+            )
+            .await
+    }
+}

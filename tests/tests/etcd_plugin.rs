@@ -1,0 +1,286 @@
+//! The etcd plugin through the agent, against a real etcd started by the
+//! test: key prefixes restored in guarded transactions, concurrent writers
+//! detected and never overwritten, an emergency snapshot before any write.
+
+use rewind_agent::host::bindings::{RestoreOptions, SnapshotRecord};
+use rewind_agent::host::{Action, ActionOutput, CallError};
+use rewind_tests::etcd::EtcdServer;
+use rewind_tests::{Agent, unsigned_plugin};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+fn agent(etcd: &EtcdServer, extra_settings: &str, extra_target: &str) -> Agent {
+    Agent::new(&format!(
+        r#"{}
+[targets.config]
+plugin = "etcd"
+settings = {{ endpoint = "{endpoint}", prefixes = ["/shop/"], secret_keys = ["*/password"]{extra_settings} }}
+grant = {{ http = ["127.0.0.1:{port}"] }}
+{extra_target}
+"#,
+        unsigned_plugin("etcd", "etcd"),
+        endpoint = etcd.endpoint(),
+        port = etcd.port,
+    ))
+}
+
+async fn snapshot(agent: &Agent) -> SnapshotRecord {
+    let output = agent
+        .call("config", Action::Snapshot)
+        .await
+        .unwrap_or_else(|e| panic!("snapshot: {e}"));
+    let ActionOutput::Captured(captured) = output.output else {
+        panic!("not a snapshot")
+    };
+    SnapshotRecord {
+        data: captured.data,
+        summary: captured.summary,
+        taken_at: 0,
+    }
+}
+
+fn restore(to: &SnapshotRecord, step: &str) -> Action {
+    Action::Restore {
+        to: to.clone(),
+        options: RestoreOptions {
+            confirm_data_loss: false,
+            force: false,
+            step_id: step.into(),
+        },
+    }
+}
+
+fn release(n: usize, version: &str) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("/shop/key-{i:05}"), format!("{version}-value-{i}")))
+        .collect()
+}
+
+/// v1: 1,000 keys and a password. v2: 300 changed, 100 deleted, 200 added,
+/// and the password changed.
+fn move_to_v2(etcd: &EtcdServer) {
+    let mut changed = release(300, "v2");
+    changed.extend((1000..1200).map(|i| (format!("/shop/key-{i:05}"), format!("new-{i}"))));
+    changed.push(("/shop/db/password".into(), "v2-secret".into()));
+    etcd.put_many(&changed);
+    for i in 300..400 {
+        etcd.delete(&format!("/shop/key-{i:05}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_of_a_thousand_keys_with_deletions_and_its_emergency_snapshot() {
+    let etcd = EtcdServer::start();
+    let mut v1 = release(1000, "v1");
+    v1.push(("/shop/db/password".into(), "v1-secret".into()));
+    etcd.put_many(&v1);
+    etcd.put("/other/untouched", "x");
+    let agent = agent(&etcd, "", "");
+    let to = snapshot(&agent).await;
+    assert!(to.summary.starts_with("1001 keys"), "{}", to.summary);
+    let state_v1 = etcd.get_prefix("/shop/");
+
+    move_to_v2(&etcd);
+    etcd.put("/other/untouched", "y");
+    let state_v2 = etcd.get_prefix("/shop/");
+
+    let preview = agent
+        .call("config", Action::Plan { to: to.clone() })
+        .await
+        .unwrap_or_else(|e| panic!("plan: {e}"));
+    let ActionOutput::Preview(preview) = preview.output else {
+        panic!("not a preview")
+    };
+    assert_eq!(preview.changes.len(), 300 + 100 + 200 + 1);
+    let password = preview
+        .changes
+        .iter()
+        .find(|c| c.subject == "/shop/db/password")
+        .unwrap();
+    assert!(password.summary.contains("sha256:"), "{password:?}");
+    assert!(!password.summary.contains("secret"), "{password:?}");
+    assert!(
+        preview
+            .changes
+            .iter()
+            .any(|c| c.subject == "/shop/key-01100" && c.summary.starts_with("delete"))
+    );
+
+    let output = agent
+        .call("config", restore(&to, "step-a"))
+        .await
+        .unwrap_or_else(|e| panic!("restore: {e}"));
+    let ActionOutput::Outcome(outcome) = output.output else {
+        panic!("not an outcome")
+    };
+    assert!(outcome.changed);
+    assert_eq!(etcd.get_prefix("/shop/"), state_v1);
+    assert_eq!(etcd.get("/other/untouched").as_deref(), Some("y"));
+    agent
+        .call("config", Action::Verify { to: to.clone() })
+        .await
+        .unwrap_or_else(|e| panic!("verify: {e}"));
+
+    // Idempotent.
+    let again = agent.call("config", restore(&to, "step-b")).await.unwrap();
+    let ActionOutput::Outcome(again) = again.output else {
+        panic!()
+    };
+    assert!(!again.changed, "{again:?}");
+
+    // The emergency snapshot taken before the first restore puts v2 back.
+    let file = agent
+        .target("config")
+        .state_dir
+        .join("emergency-step-a.json");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("emergency snapshot")).unwrap();
+    let emergency = SnapshotRecord {
+        data: saved["result"]["data"].as_str().unwrap().to_string(),
+        summary: saved["result"]["summary"].as_str().unwrap().to_string(),
+        taken_at: 0,
+    };
+    agent
+        .call("config", restore(&emergency, "step-c"))
+        .await
+        .unwrap_or_else(|e| panic!("restore of the emergency snapshot: {e}"));
+    assert_eq!(etcd.get_prefix("/shop/"), state_v2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_changed_after_the_plan_fails_the_step_and_nothing_is_written() {
+    let etcd = EtcdServer::start();
+    etcd.put_many(&release(1000, "v1"));
+    let agent = agent(&etcd, "", "");
+    let to = snapshot(&agent).await;
+    move_to_v2(&etcd);
+    agent
+        .call("config", Action::Plan { to: to.clone() })
+        .await
+        .unwrap();
+    // Someone changes a key after the preview was shown.
+    etcd.put("/shop/key-00007", "hotfix");
+    let before = etcd.get_prefix("/shop/");
+    let error = agent
+        .call("config", restore(&to, "step-1"))
+        .await
+        .expect_err("a key changed after the plan must fail the step");
+    let text = error.to_string();
+    assert!(matches!(&error, CallError::Plugin { error, .. } if error.kind == "conflict"));
+    assert!(text.contains("/shop/key-00007"), "{text}");
+    assert_eq!(etcd.get_prefix("/shop/"), before, "nothing was written");
+
+    // With force the run overwrites it.
+    let forced = Action::Restore {
+        to: to.clone(),
+        options: RestoreOptions {
+            confirm_data_loss: false,
+            force: true,
+            step_id: "step-2".into(),
+        },
+    };
+    agent.call("config", forced).await.unwrap();
+    assert_eq!(etcd.get("/shop/key-00007").as_deref(), Some("v1-value-7"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_writer_during_the_restore_is_detected_and_keeps_its_value() {
+    let etcd = Arc::new(EtcdServer::start());
+    etcd.put_many(&release(1000, "v1"));
+    // Small transactions, so the restore takes several round trips.
+    let agent = agent(&etcd, ", batch = 16", "");
+    let to = snapshot(&agent).await;
+    move_to_v2(&etcd);
+    let before = etcd.get_prefix("/shop/");
+
+    // A writer keeps updating a key late in the restore's order until it ends.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (etcd, stop) = (etcd.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                etcd.put("/shop/key-00299", &format!("writer-{n}"));
+            }
+            n
+        })
+    };
+    // Let the writer start.
+    while etcd.get("/shop/key-00299").as_deref() == Some("v2-value-299") {
+        std::thread::yield_now();
+    }
+    let result = agent.call("config", restore(&to, "step-1")).await;
+    stop.store(true, Ordering::Relaxed);
+    let last = writer.join().unwrap();
+    let error = result.expect_err("the concurrent writer must be detected");
+    let text = error.to_string();
+    assert!(text.contains("/shop/key-00299"), "{text}");
+    assert!(text.contains("put back"), "{text}");
+    // Nothing the writer wrote is lost, and the batches already applied
+    // were put back: the prefix is as it was, but for the writer's key.
+    assert_eq!(etcd.get("/shop/key-00299"), Some(format!("writer-{last}")));
+    let after = etcd.get_prefix("/shop/");
+    let differing: Vec<_> = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| b != a)
+        .map(|(b, _)| b.0.clone())
+        .collect();
+    assert_eq!(before.len(), after.len());
+    assert_eq!(differing, vec!["/shop/key-00299".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_unreachable_and_authentication_from_the_agents_secrets() {
+    let mut etcd = EtcdServer::start();
+    etcd.put("/shop/a", "1");
+    // Authentication on: a root user whose password only the secrets file holds.
+    etcd.call("auth/role/add", &json!({ "name": "root" }));
+    etcd.call(
+        "auth/user/add",
+        &json!({ "name": "root", "password": "pa55-w0rd-xyz" }),
+    );
+    etcd.call(
+        "auth/user/grant",
+        &json!({ "user": "root", "role": "root" }),
+    );
+    etcd.call("auth/enable", &json!({}));
+
+    let secrets = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secrets.path(), "ETCD_PASSWORD=pa55-w0rd-xyz\n").unwrap();
+    let with_auth = agent(
+        &etcd,
+        ", user = \"root\"",
+        &format!("secrets = \"{}\"", secrets.path().display()),
+    );
+    let to = snapshot(&with_auth).await;
+    assert!(to.summary.starts_with("1 keys"), "{}", to.summary);
+    assert!(!to.data.contains("pa55-w0rd-xyz"));
+
+    let without = agent(&etcd, "", "");
+    let text = without
+        .call("config", Action::Snapshot)
+        .await
+        .expect_err("etcd requires authentication")
+        .to_string();
+    assert!(text.contains("etcd at"), "{text}");
+
+    let missing = agent(&etcd, ", user = \"root\"", "");
+    let text = missing
+        .call("config", Action::Snapshot)
+        .await
+        .expect_err("no secrets file")
+        .to_string();
+    assert!(text.contains("ETCD_PASSWORD"), "{text}");
+
+    etcd.kill();
+    let text = with_auth
+        .call("config", Action::Snapshot)
+        .await
+        .expect_err("etcd is down")
+        .to_string();
+    assert!(text.contains("unavailable"), "{text}");
+    assert!(text.contains(&etcd.endpoint()), "{text}");
+}

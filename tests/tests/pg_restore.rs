@@ -1,0 +1,309 @@
+//! The pg-restore plugin through the agent, against a real PostgreSQL
+//! started by the test: verified backups, a confirmed restore swapped in by
+//! rename after an emergency backup, damaged backups refused, and clients
+//! never seeing a partial database.
+
+use rewind_agent::host::bindings::{RestoreOptions, SnapshotRecord};
+use rewind_agent::host::{Action, ActionOutput, CallError};
+use rewind_tests::postgres::{PgServer, bin_dir};
+use rewind_tests::{Agent, unsigned_plugin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+fn agent(pg: &PgServer) -> Agent {
+    let bin = bin_dir();
+    let program = |name: &str| bin.join(name).display().to_string();
+    Agent::new(&format!(
+        r#"{}
+[targets.db]
+plugin = "pg-restore"
+settings = {{ database = "shop", host = "{host}", user = "rewind", migration_table = "schema_migrations", jobs = 2, pg_dump = "{pg_dump}", pg_restore = "{pg_restore}", psql = "{psql}" }}
+grant = {{ process = ["{pg_dump}", "{pg_restore}", "{psql}"] }}
+"#,
+        unsigned_plugin("pg-restore", "pg_restore"),
+        host = pg.socket_dir().display(),
+        pg_dump = program("pg_dump"),
+        pg_restore = program("pg_restore"),
+        psql = program("psql"),
+    ))
+}
+
+/// shop v1: 1,000 items, 300 orders, migration 20260101.
+fn create_shop(pg: &PgServer) {
+    pg.psql("rewind", "CREATE DATABASE shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE schema_migrations (version text PRIMARY KEY); \
+         INSERT INTO schema_migrations VALUES ('20251201'), ('20260101'); \
+         CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL, price int NOT NULL); \
+         INSERT INTO items (name, price) SELECT 'item ' || i, i * 3 FROM generate_series(1, 1000) i; \
+         CREATE TABLE orders (id serial PRIMARY KEY, item int REFERENCES items, qty int); \
+         INSERT INTO orders (item, qty) SELECT (i % 1000) + 1, i FROM generate_series(1, 300) i; \
+         CREATE INDEX items_name ON items (name);",
+    );
+}
+
+/// A bad deploy: a migration that adds a column and a table, and new data.
+fn deploy_v2(pg: &PgServer) {
+    pg.psql(
+        "shop",
+        "INSERT INTO schema_migrations VALUES ('20260201'); \
+         ALTER TABLE items ADD COLUMN discount int DEFAULT 0; \
+         CREATE TABLE coupons (code text); INSERT INTO coupons VALUES ('X'), ('Y'); \
+         INSERT INTO items (name, price) SELECT 'new ' || i, i FROM generate_series(1, 500) i; \
+         DELETE FROM orders WHERE id <= 100; UPDATE items SET price = 0 WHERE id <= 10;",
+    );
+}
+
+/// What the tests compare: migration, and a digest of every table's rows.
+fn state(pg: &PgServer, database: &str) -> String {
+    pg.psql(
+        database,
+        "SELECT (SELECT max(version) FROM schema_migrations) || ' ' || \
+         (SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM items t) || ' ' || \
+         (SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM orders t) || ' ' || \
+         (SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public')",
+    )
+}
+
+async fn snapshot(agent: &Agent) -> SnapshotRecord {
+    let output = agent
+        .call("db", Action::Snapshot)
+        .await
+        .unwrap_or_else(|e| panic!("snapshot: {e}"));
+    let ActionOutput::Captured(captured) = output.output else {
+        panic!("not a snapshot")
+    };
+    SnapshotRecord {
+        data: captured.data,
+        summary: captured.summary,
+        taken_at: 0,
+    }
+}
+
+fn restore(to: &SnapshotRecord, step: &str, confirm: bool) -> Action {
+    Action::Restore {
+        to: to.clone(),
+        options: RestoreOptions {
+            confirm_data_loss: confirm,
+            force: false,
+            step_id: step.into(),
+        },
+    }
+}
+
+fn oid(pg: &PgServer) -> String {
+    pg.psql(
+        "rewind",
+        "SELECT oid FROM pg_database WHERE datname = 'shop'",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_confirmed_restore_brings_data_and_schema_back_after_an_emergency_backup() {
+    let pg = PgServer::start();
+    create_shop(&pg);
+    let agent = agent(&pg);
+    let v1 = state(&pg, "shop");
+    let to = snapshot(&agent).await;
+    assert!(to.summary.contains("migration 20260101"), "{}", to.summary);
+
+    deploy_v2(&pg);
+    let v2 = state(&pg, "shop");
+    assert_ne!(v1, v2);
+
+    // The preview says what is lost.
+    let preview = agent
+        .call("db", Action::Plan { to: to.clone() })
+        .await
+        .unwrap_or_else(|e| panic!("plan: {e}"));
+    let ActionOutput::Preview(preview) = preview.output else {
+        panic!("not a preview")
+    };
+    assert!(preview.data_loss_window_seconds.is_some());
+    let text = format!("{preview:?}");
+    assert!(text.contains("20260201 -> 20260101"), "{text}");
+    assert!(text.contains("public.items"), "{text}");
+    assert!(text.contains("public.coupons"), "{text}");
+
+    // Without the run's confirmation nothing happens.
+    let refused = agent
+        .call("db", restore(&to, "step-0", false))
+        .await
+        .expect_err("a data-loss restore needs confirmation");
+    assert!(
+        matches!(&refused, CallError::Plugin { error, .. } if error.kind == "needs-confirmation"),
+        "{refused}"
+    );
+    assert_eq!(state(&pg, "shop"), v2);
+
+    let output = agent
+        .call("db", restore(&to, "step-1", true))
+        .await
+        .unwrap_or_else(|e| panic!("restore: {e}"));
+    let ActionOutput::Outcome(outcome) = output.output else {
+        panic!("not an outcome")
+    };
+    assert!(outcome.changed);
+    assert_eq!(
+        state(&pg, "shop"),
+        v1,
+        "data and migration are the snapshot's"
+    );
+    let details = outcome.details.join("\n");
+    assert!(details.contains("data-loss window"), "{details}");
+    assert!(
+        details.contains("public.items: 1500 rows now, 1000 after"),
+        "{details}"
+    );
+
+    // The replaced database is kept, not dropped, and takes no connections.
+    let kept = pg.psql(
+        "rewind",
+        "SELECT datname || ' ' || datallowconn FROM pg_database WHERE datname LIKE 'shop_rewind_old_%'",
+    );
+    assert!(kept.ends_with(" f"), "{kept}");
+
+    // The emergency backup restores to the pre-rollback state.
+    let emergency = agent.target("db").state_dir.join("emergency-step-1.dump");
+    assert!(emergency.exists());
+    pg.psql("rewind", "CREATE DATABASE check_emergency");
+    let restored = std::process::Command::new(bin_dir().join("pg_restore"))
+        .arg("-h")
+        .arg(pg.socket_dir())
+        .args(["-U", "rewind", "-d", "check_emergency"])
+        .arg(&emergency)
+        .output()
+        .unwrap();
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_eq!(state(&pg, "check_emergency"), v2);
+
+    // verify agrees; a second restore leaves the database alone.
+    agent
+        .call("db", Action::Verify { to: to.clone() })
+        .await
+        .unwrap_or_else(|e| panic!("verify: {e}"));
+    let before = oid(&pg);
+    let again = agent
+        .call("db", restore(&to, "step-2", true))
+        .await
+        .unwrap();
+    let ActionOutput::Outcome(again) = again.output else {
+        panic!()
+    };
+    assert!(!again.changed, "{again:?}");
+    assert_eq!(oid(&pg), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn damaged_backups_are_refused_before_anything_is_touched() {
+    let pg = PgServer::start();
+    create_shop(&pg);
+    let agent = agent(&pg);
+    let to = snapshot(&agent).await;
+    deploy_v2(&pg);
+    let v2 = state(&pg, "shop");
+    let live = oid(&pg);
+    let data: serde_json::Value = serde_json::from_str(&to.data).unwrap();
+    let dump = agent
+        .target("db")
+        .state_dir
+        .join(data["file"].as_str().unwrap());
+    let original = std::fs::read(&dump).unwrap();
+
+    // Flipped bytes in the middle.
+    let mut flipped = original.clone();
+    let middle = flipped.len() / 2;
+    for byte in &mut flipped[middle..middle + 16] {
+        *byte ^= 0xff;
+    }
+    std::fs::write(&dump, &flipped).unwrap();
+    let text = agent
+        .call("db", restore(&to, "step-1", true))
+        .await
+        .expect_err("a damaged backup must be refused")
+        .to_string();
+    assert!(text.contains("damaged"), "{text}");
+    assert!(text.contains("nothing was touched"), "{text}");
+    assert_eq!(state(&pg, "shop"), v2);
+    assert_eq!(oid(&pg), live);
+
+    // Truncated.
+    std::fs::write(&dump, &original[..original.len() / 3]).unwrap();
+    let text = agent
+        .call("db", restore(&to, "step-2", true))
+        .await
+        .expect_err("a truncated backup must be refused")
+        .to_string();
+    assert!(text.contains("damaged"), "{text}");
+    assert_eq!(state(&pg, "shop"), v2);
+    assert_eq!(oid(&pg), live);
+    // No emergency backup was even needed.
+    assert!(
+        !agent
+            .target("db")
+            .state_dir
+            .join("emergency-step-2.dump")
+            .exists()
+    );
+    let leftovers = pg.psql(
+        "rewind",
+        "SELECT count(*) FROM pg_database WHERE datname LIKE 'shop_rewind%'",
+    );
+    assert_eq!(leftovers, "0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_during_the_swap_see_the_old_or_the_new_database_never_a_partial_one() {
+    let pg = Arc::new(PgServer::start());
+    create_shop(&pg);
+    let agent = agent(&pg);
+    let to = snapshot(&agent).await;
+    deploy_v2(&pg);
+    let query = "SELECT (SELECT max(version) FROM schema_migrations) || ' ' || \
+                 (SELECT count(*) FROM items) || ' ' || (SELECT count(*) FROM orders)";
+    let old = pg.psql("shop", query);
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (pg, stop) = (pg.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                // Connection errors (refused, terminated) are allowed;
+                // every answer must be a whole database.
+                if let Ok(answer) = pg.try_psql("shop", query) {
+                    seen.push(answer);
+                }
+            }
+            seen
+        })
+    };
+    agent
+        .call("db", restore(&to, "step-1", true))
+        .await
+        .unwrap_or_else(|e| panic!("restore: {e}"));
+    // Keep reading a moment after the swap.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let seen = client.join().unwrap();
+    let new = pg.psql("shop", query);
+    assert_eq!(new, "20260101 1000 300");
+    assert!(
+        seen.iter().any(|s| *s == old),
+        "the client read before the swap"
+    );
+    assert!(
+        seen.iter().any(|s| *s == new),
+        "the client read after the swap"
+    );
+    for answer in &seen {
+        assert!(
+            *answer == old || *answer == new,
+            "a client saw a partial database: {answer}"
+        );
+    }
+}
