@@ -162,7 +162,7 @@ async fn a_confirmed_restore_brings_data_and_schema_back_after_an_emergency_back
         "rewind",
         "SELECT datname || ' ' || datallowconn FROM pg_database WHERE datname LIKE 'shop_rewind_old_%'",
     );
-    assert!(kept.ends_with(" f"), "{kept}");
+    assert!(kept.ends_with(" false"), "{kept}");
 
     // The emergency backup restores to the pre-rollback state.
     let emergency = agent.target("db").state_dir.join("emergency-step-1.dump");
