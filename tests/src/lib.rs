@@ -127,6 +127,7 @@ pub fn peak_rss_kib() -> u64 {
 
 pub use rewind_agent::host;
 
+pub mod cdn;
 pub mod docker;
 pub mod etcd;
 pub mod fleet;

@@ -54,3 +54,13 @@ pub fn list(dir: &str) -> Result<Vec<String>, PluginError> {
 pub fn sha256(path: &str) -> Result<String, PluginError> {
     host::sha256(path).map_err(|e| plugin_error(path, e))
 }
+
+/// Where a symbolic link points.
+pub fn read_link(path: &str) -> Result<String, PluginError> {
+    host::read_link(path).map_err(|e| plugin_error(path, e))
+}
+
+/// Point a symbolic link at `target`, replacing it atomically.
+pub fn set_link(link: &str, target: &str) -> Result<(), PluginError> {
+    host::set_link(link, target).map_err(|e| plugin_error(link, e))
+}

@@ -218,6 +218,62 @@ impl Host for CallState {
         })
         .await
     }
+
+    async fn read_link(&mut self, path: String) -> Result<String, FileError> {
+        let name = path.clone();
+        self.with_file(&path, move |a| {
+            fs::read_link(&a.path)
+                .map(|p| p.display().to_string())
+                .map_err(|e| io_error(&name, e))
+        })
+        .await
+    }
+
+    async fn set_link(&mut self, link: String, target: String) -> Result<(), FileError> {
+        self.check_link_target(&link, &target)?;
+        let name = link.clone();
+        let written = PathBuf::from(&target);
+        self.with_file(&link, move |a| {
+            replace_link(&a.path, &written).map_err(|e| io_error(&name, e))
+        })
+        .await
+    }
+}
+
+impl CallState {
+    /// A link's new target must itself be a path the plugin could use.
+    fn check_link_target(&self, link: &str, target: &str) -> Result<(), FileError> {
+        let allowed = check(&self.target, link)?;
+        let parent = allowed
+            .path
+            .parent()
+            .ok_or_else(|| FileError::Io(format!("{link}: no parent directory")))?;
+        let resolved = if Path::new(target).is_absolute() {
+            PathBuf::from(target)
+        } else {
+            parent.join(target)
+        };
+        check(&self.target, &resolved.display().to_string()).map(|_| ())
+    }
+}
+
+/// Make a link beside `path` pointing at `target`, rename it over `path`,
+/// flush the directory.
+fn replace_link(path: &Path, target: &Path) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("no file name"))?;
+    let temp = path.with_file_name(format!(".{}.rewind-link", name.to_string_lossy()));
+    match fs::remove_file(&temp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::os::unix::fs::symlink(target, &temp)?;
+    if let Err(e) = fs::rename(&temp, path) {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
+    sync_parent(path)
 }
 
 /// Write beside the file, flush, keep mode and owner, rename over, flush the

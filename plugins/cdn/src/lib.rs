@@ -1,0 +1,394 @@
+//! rewind's cdn plugin: puts the UI back on a previous build and purges the
+//! cache in one step, then checks what users are actually served.
+//!
+//! Origin: a directory of versioned builds (`builds/<id>/...`) served
+//! through a `current` symbolic link, switched atomically. Caches: Varnish
+//! (BAN or PURGE over HTTP). Verification: every file of the snapshot's
+//! manifest fetched through the cache must match it byte for byte.
+
+use rewind_plugin_sdk::http;
+use rewind_plugin_sdk::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+struct Cdn;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// The directory holding one subdirectory per build.
+    builds: String,
+    /// The symbolic link the web server serves (points at a build).
+    current: String,
+    #[serde(default)]
+    purge: Vec<Purge>,
+    /// The base URL users are served from (through the cache), for verify.
+    verify_url: Option<String>,
+    /// The file served at `/` (default index.html).
+    #[serde(default = "default_index")]
+    index: String,
+}
+
+fn default_index() -> String {
+    "index.html".into()
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+enum Purge {
+    /// Varnish: `BAN` (one request; the VCL bans `req.url ~ <header value>`)
+    /// or `PURGE` (one request per file of the build).
+    Varnish {
+        url: String,
+        #[serde(default = "default_method")]
+        method: String,
+        #[serde(default = "default_ban_header")]
+        ban_header: String,
+        #[serde(default = "default_ban_pattern")]
+        ban_pattern: String,
+    },
+}
+
+fn default_method() -> String {
+    "BAN".into()
+}
+fn default_ban_header() -> String {
+    "X-Ban-Url".into()
+}
+fn default_ban_pattern() -> String {
+    "^/".into()
+}
+
+/// What a snapshot records: the active build and the hash of each file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Snapshot {
+    build: String,
+    manifest: BTreeMap<String, String>,
+}
+
+fn build_dir(settings: &Settings, build: &str) -> String {
+    format!("{}/{build}", settings.builds.trim_end_matches('/'))
+}
+
+/// The build the `current` link points at.
+fn active_build(settings: &Settings) -> Result<String, PluginError> {
+    let target = files::read_link(&settings.current)?;
+    let build = target
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if build.is_empty() {
+        return Err(PluginError::Failed(format!(
+            "{} points at {target}, which names no build",
+            settings.current
+        )));
+    }
+    Ok(build)
+}
+
+/// Every file of a build, relative path -> SHA-256.
+fn manifest(dir: &str) -> Result<BTreeMap<String, String>, PluginError> {
+    let mut files_seen = BTreeMap::new();
+    let mut pending = vec![String::new()];
+    while let Some(relative) = pending.pop() {
+        let full = if relative.is_empty() {
+            dir.to_string()
+        } else {
+            format!("{dir}/{relative}")
+        };
+        for name in files::list(&full)? {
+            let path = if relative.is_empty() {
+                name.clone()
+            } else {
+                format!("{relative}/{name}")
+            };
+            let info = files::stat(&format!("{dir}/{path}"))?.ok_or_else(|| {
+                PluginError::Failed(format!("{dir}/{path} vanished while listed"))
+            })?;
+            if info.is_dir {
+                pending.push(path);
+            } else {
+                files_seen.insert(path.clone(), files::sha256(&format!("{dir}/{path}"))?);
+            }
+        }
+    }
+    Ok(files_seen)
+}
+
+/// The URL path users fetch a file at.
+fn url_path(settings: &Settings, file: &str) -> String {
+    if file == settings.index {
+        "/".to_string()
+    } else {
+        format!("/{file}")
+    }
+}
+
+fn purge(settings: &Settings, snapshot: &Snapshot) -> Result<Vec<String>, PluginError> {
+    let mut done = Vec::new();
+    for cache in &settings.purge {
+        match cache {
+            Purge::Varnish {
+                url,
+                method,
+                ban_header,
+                ban_pattern,
+            } => {
+                let base = url.trim_end_matches('/');
+                let requests: Vec<(String, Vec<(String, String)>)> =
+                    match method.to_ascii_uppercase().as_str() {
+                        "BAN" => vec![(
+                            format!("{base}/"),
+                            vec![(ban_header.clone(), ban_pattern.clone())],
+                        )],
+                        "PURGE" => {
+                            let mut paths: Vec<String> = snapshot
+                                .manifest
+                                .keys()
+                                .map(|f| url_path(settings, f))
+                                .collect();
+                            paths.push(format!("/{}", settings.index));
+                            paths.sort();
+                            paths.dedup();
+                            paths
+                                .into_iter()
+                                .map(|p| (format!("{base}{p}"), Vec::new()))
+                                .collect()
+                        }
+                        other => {
+                            return Err(PluginError::InvalidSettings(format!(
+                                "purge method {other} for Varnish at {base}: use BAN or PURGE"
+                            )));
+                        }
+                    };
+                for (target, headers) in &requests {
+                    let headers: Vec<(&str, &str)> = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    let response = http::send(method, target, &headers, &[]).map_err(|e| {
+                        PluginError::Unavailable(format!(
+                            "Varnish at {base} cannot be reached for the purge: {e}"
+                        ))
+                    })?;
+                    if !(200..300).contains(&response.status) {
+                        return Err(PluginError::Failed(format!(
+                            "Varnish at {base} refused the {method} of {target}: {} {}; the \
+                             origin already serves build {}, but the cache may still serve the \
+                             other build until it expires",
+                            response.status,
+                            response.text().trim(),
+                            snapshot.build
+                        )));
+                    }
+                }
+                done.push(format!(
+                    "Varnish at {base}: {} {method} request(s) accepted",
+                    requests.len()
+                ));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Fetch every file of the manifest through the cache; the ones that differ.
+fn served_mismatches(settings: &Settings, snapshot: &Snapshot) -> Result<Vec<String>, PluginError> {
+    let Some(base) = &settings.verify_url else {
+        return Ok(Vec::new());
+    };
+    let base = base.trim_end_matches('/');
+    let mut wrong = Vec::new();
+    for (file, digest) in &snapshot.manifest {
+        let path = url_path(settings, file);
+        let response = http::get(&format!("{base}{path}"))?;
+        if response.status != 200 {
+            wrong.push(format!("{path}: status {}", response.status));
+        } else if sha256_hex(&response.body) != *digest {
+            wrong.push(format!(
+                "{path}: not the content of build {}",
+                snapshot.build
+            ));
+        }
+    }
+    Ok(wrong)
+}
+
+impl Plugin for Cdn {
+    fn describe() -> PluginInfo {
+        info(
+            "cdn",
+            "the UI back on a previous build: origin switched atomically, cache purged, pages checked",
+            &[
+                Action::Snapshot,
+                Action::Plan,
+                Action::Restore,
+                Action::Verify,
+            ],
+        )
+    }
+
+    fn snapshot(target: Target) -> Result<Captured, PluginError> {
+        let settings: Settings = settings(&target)?;
+        let build = active_build(&settings)?;
+        let manifest = manifest(&build_dir(&settings, &build))?;
+        let summary = format!("build {build}, {} files", manifest.len());
+        Ok(Captured {
+            data: serde_json::to_string(&Snapshot { build, manifest })
+                .map_err(|e| PluginError::Failed(e.to_string()))?,
+            summary,
+        })
+    }
+
+    fn plan(target: Target, to: SnapshotRecord) -> Result<Preview, PluginError> {
+        let settings: Settings = settings(&target)?;
+        let snapshot: Snapshot = snapshot_data(&target, &to)?;
+        let active = active_build(&settings)?;
+        check_build(&settings, &snapshot)?;
+        let mut changes = Vec::new();
+        if active != snapshot.build {
+            let now = manifest(&build_dir(&settings, &active)).unwrap_or_default();
+            let differing = snapshot
+                .manifest
+                .iter()
+                .filter(|(f, d)| now.get(*f) != Some(*d))
+                .count()
+                + now
+                    .keys()
+                    .filter(|f| !snapshot.manifest.contains_key(*f))
+                    .count();
+            changes.push(Change {
+                subject: settings.current.clone(),
+                summary: format!("switch from build {active} to build {}", snapshot.build),
+                detail: Some(format!(
+                    "{differing} of {} files differ",
+                    snapshot.manifest.len()
+                )),
+                risk: Risk::None,
+            });
+        }
+        for cache in &settings.purge {
+            let Purge::Varnish { url, method, .. } = cache;
+            changes.push(Change {
+                subject: url.clone(),
+                summary: format!("purge the cache ({method})"),
+                detail: None,
+                risk: Risk::None,
+            });
+        }
+        Ok(Preview {
+            changes,
+            risk: Risk::None,
+            data_loss_window_seconds: None,
+        })
+    }
+
+    fn restore(
+        target: Target,
+        to: SnapshotRecord,
+        _options: RestoreOptions,
+    ) -> Result<Outcome, PluginError> {
+        let settings: Settings = settings(&target)?;
+        let snapshot: Snapshot = snapshot_data(&target, &to)?;
+        check_build(&settings, &snapshot)?;
+        let active = active_build(&settings)?;
+        if active == snapshot.build && served_mismatches(&settings, &snapshot)?.is_empty() {
+            return Ok(Outcome {
+                changed: false,
+                summary: format!("build {} is active and served", snapshot.build),
+                details: Vec::new(),
+            });
+        }
+        let mut details = Vec::new();
+        if active != snapshot.build {
+            files::set_link(&settings.current, &build_dir(&settings, &snapshot.build))?;
+            details.push(format!(
+                "{} switched from build {active} to build {}",
+                settings.current, snapshot.build
+            ));
+        }
+        // The origin serves the old build only: purge now, so that the
+        // cache cannot keep serving a mix.
+        details.extend(purge(&settings, &snapshot)?);
+        let wrong = served_mismatches(&settings, &snapshot)?;
+        if !wrong.is_empty() {
+            return Err(PluginError::VerificationFailed(format!(
+                "after the switch and the purge, {} are not build {}",
+                wrong.join(", "),
+                snapshot.build
+            )));
+        }
+        if settings.verify_url.is_some() {
+            details.push(format!(
+                "{} files served through the cache match build {}",
+                snapshot.manifest.len(),
+                snapshot.build
+            ));
+        }
+        Ok(Outcome {
+            changed: true,
+            summary: format!("build {} active, cache purged", snapshot.build),
+            details,
+        })
+    }
+
+    fn verify(target: Target, to: SnapshotRecord) -> Result<Outcome, PluginError> {
+        let settings: Settings = settings(&target)?;
+        let snapshot: Snapshot = snapshot_data(&target, &to)?;
+        let active = active_build(&settings)?;
+        if active != snapshot.build {
+            return Err(PluginError::VerificationFailed(format!(
+                "{} points at build {active}, not {}",
+                settings.current, snapshot.build
+            )));
+        }
+        let wrong = served_mismatches(&settings, &snapshot)?;
+        if !wrong.is_empty() {
+            return Err(PluginError::VerificationFailed(format!(
+                "{} are not build {}",
+                wrong.join(", "),
+                snapshot.build
+            )));
+        }
+        Ok(Outcome {
+            changed: false,
+            summary: format!("build {} is active and served", snapshot.build),
+            details: Vec::new(),
+        })
+    }
+}
+
+/// The snapshot's build must still be there, unchanged.
+fn check_build(settings: &Settings, snapshot: &Snapshot) -> Result<(), PluginError> {
+    let dir = build_dir(settings, &snapshot.build);
+    if files::stat(&dir)?.is_none() {
+        return Err(PluginError::NotFound(format!(
+            "build {} is no longer in {}; nothing was switched",
+            snapshot.build, settings.builds
+        )));
+    }
+    let now = manifest(&dir)?;
+    if now != snapshot.manifest {
+        let changed: Vec<&String> = snapshot
+            .manifest
+            .keys()
+            .chain(now.keys())
+            .filter(|f| now.get(*f) != snapshot.manifest.get(*f))
+            .collect();
+        return Err(PluginError::VerificationFailed(format!(
+            "build {} changed since the snapshot ({}); nothing was switched",
+            snapshot.build,
+            changed
+                .iter()
+                .take(5)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
+}
+
+export_plugin!(Cdn);
