@@ -132,4 +132,5 @@ pub mod docker;
 pub mod etcd;
 pub mod fleet;
 pub mod postgres;
+pub mod providers;
 pub mod scenarios;

@@ -127,6 +127,16 @@ pub fn send(
 ) -> Result<Response, HttpError> {
     let parsed = parse_url(url)?;
     let fields = Fields::new();
+    // A known length rather than a chunked body: some APIs refuse chunked
+    // requests.
+    let has_length = headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("content-length"));
+    if !body.is_empty() && !has_length {
+        fields
+            .append("content-length", body.len().to_string().as_bytes())
+            .map_err(|e| HttpError::InvalidUrl(format!("{url}: content-length: {e:?}")))?;
+    }
     for (name, value) in headers {
         fields
             .append(name, value.as_bytes())

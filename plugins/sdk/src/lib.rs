@@ -36,6 +36,7 @@ pub mod docker;
 pub mod files;
 pub mod http;
 pub mod process;
+pub mod sigv4;
 
 pub use bindings::rewind::plugin::types::{
     Action, Captured, Change, Outcome, PluginError, PluginInfo, Preview, RestoreOptions, Risk,
