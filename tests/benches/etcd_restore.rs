@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 const KEYS: usize = 10_000;
 const BATCH: usize = 64;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 
 fn release(version: &str) -> Vec<(String, String)> {
     (0..KEYS)

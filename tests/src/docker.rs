@@ -122,7 +122,8 @@ pub struct Project {
 
 /// db: a named and an anonymous volume, a restart policy, its own
 /// healthcheck; api: depends on db being healthy, a published port, two
-/// networks with an alias, its own command; web: depends on api.
+/// networks with an alias, its own command; web: depends on api. api and
+/// web run under an init process, so they stop at once on SIGTERM.
 const COMPOSE: &str = r#"version: "2.4"
 services:
   db:
@@ -156,12 +157,14 @@ services:
       front: {}
     command: ["sh", "-c", "echo api up; exec httpd -f -vv -p 8080 -h /www"]
     stop_grace_period: 2s
+    init: true
   web:
     image: rewind-test/app:${TAG}
     depends_on:
       - api
     environment:
       ROLE: web
+    init: true
     networks:
       - front
 networks:
