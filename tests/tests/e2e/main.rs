@@ -1,0 +1,15 @@
+//! rewind's end-to-end tests, in one test binary so that the suite links
+//! once: a module per area. Filter by module, e.g.
+//! `cargo test -p rewind-tests compose::`.
+
+mod cdn_plugin;
+mod cdn_providers;
+mod compose;
+mod etcd_plugin;
+mod files_plugin;
+mod journal_postgres;
+mod pg_restore;
+mod refusals;
+mod rollback;
+mod sandbox;
+mod signatures;
