@@ -133,4 +133,5 @@ pub mod etcd;
 pub mod fleet;
 pub mod postgres;
 pub mod providers;
+pub mod s3;
 pub mod scenarios;

@@ -1,11 +1,18 @@
 //! rewind's cdn plugin: puts the UI back on a previous build and purges the
 //! cache in one step, then checks what users are actually served.
 //!
-//! Origin: a directory of versioned builds (`builds/<id>/...`) served
-//! through a `current` symbolic link, switched atomically. Caches: Varnish
-//! (BAN or PURGE over HTTP). Verification: every file of the snapshot's
-//! manifest fetched through the cache must match it byte for byte.
+//! Origins: a directory of versioned builds (`builds/<id>/...`) served
+//! through a `current` symbolic link, switched atomically ([`dir`]); or an
+//! S3-compatible bucket whose live prefix gets a stored build's files
+//! ([`bucket`]). Caches: Varnish (BAN or PURGE), Cloudflare, Fastly,
+//! CloudFront. Verification: every file of the snapshot's manifest fetched
+//! through the cache must match it byte for byte.
 
+mod bucket;
+mod dir;
+
+use bucket::{BucketOrigin, BucketSettings};
+use dir::DirOrigin;
 use rewind_plugin_sdk::http;
 use rewind_plugin_sdk::*;
 use serde::{Deserialize, Serialize};
@@ -16,10 +23,12 @@ struct Cdn;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
-    /// The directory holding one subdirectory per build.
-    builds: String,
-    /// The symbolic link the web server serves (points at a build).
-    current: String,
+    /// Directory origin: the directory holding one subdirectory per build.
+    builds: Option<String>,
+    /// Directory origin: the symbolic link the web server serves.
+    current: Option<String>,
+    /// Bucket origin: an S3-compatible bucket.
+    s3: Option<BucketSettings>,
     #[serde(default)]
     purge: Vec<Purge>,
     /// The base URL users are served from (through the cache), for verify.
@@ -141,55 +150,104 @@ struct Snapshot {
     manifest: BTreeMap<String, String>,
 }
 
-fn build_dir(settings: &Settings, build: &str) -> String {
-    format!("{}/{build}", settings.builds.trim_end_matches('/'))
+/// Where the builds are and how the live one is switched.
+enum Origin {
+    Dir(DirOrigin),
+    Bucket(Box<BucketOrigin>),
 }
 
-/// The build the `current` link points at.
-fn active_build(settings: &Settings) -> Result<String, PluginError> {
-    let target = files::read_link(&settings.current)?;
-    let build = target
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    if build.is_empty() {
-        return Err(PluginError::Failed(format!(
-            "{} points at {target}, which names no build",
-            settings.current
-        )));
-    }
-    Ok(build)
-}
-
-/// Every file of a build, relative path -> SHA-256.
-fn manifest(dir: &str) -> Result<BTreeMap<String, String>, PluginError> {
-    let mut files_seen = BTreeMap::new();
-    let mut pending = vec![String::new()];
-    while let Some(relative) = pending.pop() {
-        let full = if relative.is_empty() {
-            dir.to_string()
-        } else {
-            format!("{dir}/{relative}")
-        };
-        for name in files::list(&full)? {
-            let path = if relative.is_empty() {
-                name.clone()
-            } else {
-                format!("{relative}/{name}")
-            };
-            let info = files::stat(&format!("{dir}/{path}"))?.ok_or_else(|| {
-                PluginError::Failed(format!("{dir}/{path} vanished while listed"))
-            })?;
-            if info.is_dir {
-                pending.push(path);
-            } else {
-                files_seen.insert(path.clone(), files::sha256(&format!("{dir}/{path}"))?);
-            }
+impl Origin {
+    fn new(settings: &Settings, target: &str) -> Result<Origin, PluginError> {
+        match (&settings.builds, &settings.current, &settings.s3) {
+            (None, None, Some(s3)) => Ok(Origin::Bucket(Box::new(BucketOrigin::new(s3, target)?))),
+            (Some(builds), Some(current), None) => Ok(Origin::Dir(DirOrigin {
+                builds: builds.clone(),
+                current: current.clone(),
+            })),
+            (_, _, Some(_)) => Err(PluginError::InvalidSettings(format!(
+                "target {target}: set either `builds` and `current` (a directory origin) or \
+                 `s3` (a bucket origin), not both"
+            ))),
+            _ => Err(PluginError::InvalidSettings(format!(
+                "target {target}: a directory origin needs both `builds` (the directory of \
+                 builds) and `current` (the link served); a bucket origin needs `s3`"
+            ))),
         }
     }
-    Ok(files_seen)
+
+    fn snapshot(&self) -> Result<Snapshot, PluginError> {
+        match self {
+            Origin::Dir(o) => o.snapshot(),
+            Origin::Bucket(o) => o.snapshot(),
+        }
+    }
+
+    /// Check the snapshot's build is stored unchanged; for a bucket, the
+    /// ETags of the files read.
+    fn check_build(
+        &self,
+        snapshot: &Snapshot,
+    ) -> Result<BTreeMap<String, Option<String>>, PluginError> {
+        match self {
+            Origin::Dir(o) => o.check_build(snapshot).map(|()| BTreeMap::new()),
+            Origin::Bucket(o) => o.check_build(snapshot),
+        }
+    }
+
+    fn not_live(&self, snapshot: &Snapshot) -> Result<Option<String>, PluginError> {
+        match self {
+            Origin::Dir(o) => o.not_live(snapshot),
+            Origin::Bucket(o) => o.not_live(snapshot),
+        }
+    }
+
+    fn planned_change(&self, snapshot: &Snapshot) -> Result<Option<Change>, PluginError> {
+        match self {
+            Origin::Dir(o) => o.planned_change(snapshot),
+            Origin::Bucket(o) => o.planned_change(snapshot),
+        }
+    }
+
+    fn switch(
+        &self,
+        snapshot: &Snapshot,
+        etags: &BTreeMap<String, Option<String>>,
+        step_id: &str,
+    ) -> Result<Vec<String>, PluginError> {
+        match self {
+            Origin::Dir(o) => o.switch(snapshot),
+            Origin::Bucket(o) => o.switch(snapshot, etags, step_id),
+        }
+    }
+}
+
+/// How many files differ between two manifests.
+fn differing(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> usize {
+    a.iter().filter(|(f, d)| b.get(*f) != Some(*d)).count()
+        + b.keys().filter(|f| !a.contains_key(*f)).count()
+}
+
+/// The stored build's manifest must be the snapshot's.
+fn same_or_changed(snapshot: &Snapshot, now: &BTreeMap<String, String>) -> Result<(), PluginError> {
+    if *now == snapshot.manifest {
+        return Ok(());
+    }
+    let changed: Vec<&String> = snapshot
+        .manifest
+        .keys()
+        .chain(now.keys().filter(|f| !snapshot.manifest.contains_key(*f)))
+        .filter(|f| now.get(*f) != snapshot.manifest.get(*f))
+        .collect();
+    Err(PluginError::VerificationFailed(format!(
+        "build {} changed since the snapshot ({}); nothing was switched",
+        snapshot.build,
+        changed
+            .iter()
+            .take(5)
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
 }
 
 /// The URL path users fetch a file at.
@@ -480,11 +538,14 @@ impl Plugin for Cdn {
 
     fn snapshot(target: Target) -> Result<Captured, PluginError> {
         let settings: Settings = settings(&target)?;
-        let build = active_build(&settings)?;
-        let manifest = manifest(&build_dir(&settings, &build))?;
-        let summary = format!("build {build}, {} files", manifest.len());
+        let snapshot = Origin::new(&settings, &target.name)?.snapshot()?;
+        let summary = format!(
+            "build {}, {} files",
+            snapshot.build,
+            snapshot.manifest.len()
+        );
         Ok(Captured {
-            data: serde_json::to_string(&Snapshot { build, manifest })
+            data: serde_json::to_string(&snapshot)
                 .map_err(|e| PluginError::Failed(e.to_string()))?,
             summary,
         })
@@ -493,30 +554,9 @@ impl Plugin for Cdn {
     fn plan(target: Target, to: SnapshotRecord) -> Result<Preview, PluginError> {
         let settings: Settings = settings(&target)?;
         let snapshot: Snapshot = snapshot_data(&target, &to)?;
-        let active = active_build(&settings)?;
-        check_build(&settings, &snapshot)?;
-        let mut changes = Vec::new();
-        if active != snapshot.build {
-            let now = manifest(&build_dir(&settings, &active)).unwrap_or_default();
-            let differing = snapshot
-                .manifest
-                .iter()
-                .filter(|(f, d)| now.get(*f) != Some(*d))
-                .count()
-                + now
-                    .keys()
-                    .filter(|f| !snapshot.manifest.contains_key(*f))
-                    .count();
-            changes.push(Change {
-                subject: settings.current.clone(),
-                summary: format!("switch from build {active} to build {}", snapshot.build),
-                detail: Some(format!(
-                    "{differing} of {} files differ",
-                    snapshot.manifest.len()
-                )),
-                risk: Risk::None,
-            });
-        }
+        let origin = Origin::new(&settings, &target.name)?;
+        origin.check_build(&snapshot)?;
+        let mut changes: Vec<Change> = origin.planned_change(&snapshot)?.into_iter().collect();
         for cache in &settings.purge {
             changes.push(Change {
                 subject: cache.describe(),
@@ -539,23 +579,18 @@ impl Plugin for Cdn {
     ) -> Result<Outcome, PluginError> {
         let settings: Settings = settings(&target)?;
         let snapshot: Snapshot = snapshot_data(&target, &to)?;
-        check_build(&settings, &snapshot)?;
-        let active = active_build(&settings)?;
-        if active == snapshot.build && served_mismatches(&settings, &snapshot)?.is_empty() {
+        let origin = Origin::new(&settings, &target.name)?;
+        let etags = origin.check_build(&snapshot)?;
+        if origin.not_live(&snapshot)?.is_none()
+            && served_mismatches(&settings, &snapshot)?.is_empty()
+        {
             return Ok(Outcome {
                 changed: false,
                 summary: format!("build {} is active and served", snapshot.build),
                 details: Vec::new(),
             });
         }
-        let mut details = Vec::new();
-        if active != snapshot.build {
-            files::set_link(&settings.current, &build_dir(&settings, &snapshot.build))?;
-            details.push(format!(
-                "{} switched from build {active} to build {}",
-                settings.current, snapshot.build
-            ));
-        }
+        let mut details = origin.switch(&snapshot, &etags, &options.step_id)?;
         // The origin serves the old build only: purge now, so that the
         // cache cannot keep serving a mix.
         details.extend(purge(&settings, &snapshot, &options.step_id, &target.name)?);
@@ -584,12 +619,9 @@ impl Plugin for Cdn {
     fn verify(target: Target, to: SnapshotRecord) -> Result<Outcome, PluginError> {
         let settings: Settings = settings(&target)?;
         let snapshot: Snapshot = snapshot_data(&target, &to)?;
-        let active = active_build(&settings)?;
-        if active != snapshot.build {
-            return Err(PluginError::VerificationFailed(format!(
-                "{} points at build {active}, not {}",
-                settings.current, snapshot.build
-            )));
+        let origin = Origin::new(&settings, &target.name)?;
+        if let Some(why) = origin.not_live(&snapshot)? {
+            return Err(PluginError::VerificationFailed(why));
         }
         let wrong = served_mismatches(&settings, &snapshot)?;
         if !wrong.is_empty() {
@@ -605,37 +637,6 @@ impl Plugin for Cdn {
             details: Vec::new(),
         })
     }
-}
-
-/// The snapshot's build must still be there, unchanged.
-fn check_build(settings: &Settings, snapshot: &Snapshot) -> Result<(), PluginError> {
-    let dir = build_dir(settings, &snapshot.build);
-    if files::stat(&dir)?.is_none() {
-        return Err(PluginError::NotFound(format!(
-            "build {} is no longer in {}; nothing was switched",
-            snapshot.build, settings.builds
-        )));
-    }
-    let now = manifest(&dir)?;
-    if now != snapshot.manifest {
-        let changed: Vec<&String> = snapshot
-            .manifest
-            .keys()
-            .chain(now.keys())
-            .filter(|f| now.get(*f) != snapshot.manifest.get(*f))
-            .collect();
-        return Err(PluginError::VerificationFailed(format!(
-            "build {} changed since the snapshot ({}); nothing was switched",
-            snapshot.build,
-            changed
-                .iter()
-                .take(5)
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    Ok(())
 }
 
 fn xml_escape(text: &str) -> String {

@@ -36,6 +36,7 @@ pub mod docker;
 pub mod files;
 pub mod http;
 pub mod process;
+pub mod s3;
 pub mod sigv4;
 
 pub use bindings::rewind::plugin::types::{
@@ -157,6 +158,38 @@ pub fn snapshot_data<T: DeserializeOwned>(
             target.name
         ))
     })
+}
+
+impl PluginError {
+    /// The error's text, whatever its kind.
+    pub fn text(&self) -> &str {
+        match self {
+            PluginError::InvalidSettings(t)
+            | PluginError::Unsupported(t)
+            | PluginError::Unavailable(t)
+            | PluginError::Denied(t)
+            | PluginError::NotFound(t)
+            | PluginError::Conflict(t)
+            | PluginError::NeedsConfirmation(t)
+            | PluginError::VerificationFailed(t)
+            | PluginError::Failed(t) => t,
+        }
+    }
+
+    /// The same kind of error with another text (to say what it left).
+    pub fn with_text(&self, text: String) -> PluginError {
+        match self {
+            PluginError::InvalidSettings(_) => PluginError::InvalidSettings(text),
+            PluginError::Unsupported(_) => PluginError::Unsupported(text),
+            PluginError::Unavailable(_) => PluginError::Unavailable(text),
+            PluginError::Denied(_) => PluginError::Denied(text),
+            PluginError::NotFound(_) => PluginError::NotFound(text),
+            PluginError::Conflict(_) => PluginError::Conflict(text),
+            PluginError::NeedsConfirmation(_) => PluginError::NeedsConfirmation(text),
+            PluginError::VerificationFailed(_) => PluginError::VerificationFailed(text),
+            PluginError::Failed(_) => PluginError::Failed(text),
+        }
+    }
 }
 
 /// Lowercase hex SHA-256 of some bytes.

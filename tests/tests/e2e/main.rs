@@ -2,6 +2,7 @@
 //! once: a module per area. Filter by module, e.g.
 //! `cargo test -p rewind-tests compose::`.
 
+mod cdn_bucket;
 mod cdn_plugin;
 mod cdn_providers;
 mod compose;
