@@ -340,6 +340,9 @@ impl BucketOrigin {
         if let Err(error) = result {
             let undo = self.put_back(&previous, &live_manifest, &done);
             let how = match undo {
+                Ok(()) if done.is_empty() => {
+                    format!("nothing had been changed yet in {}", self.live_url())
+                }
                 Ok(()) => format!(
                     "the {} file(s) already changed were put back from build {previous}, so \
                      {} is as it was",

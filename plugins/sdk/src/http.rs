@@ -132,7 +132,13 @@ pub fn send(
     let has_length = headers
         .iter()
         .any(|(name, _)| name.eq_ignore_ascii_case("content-length"));
-    if !body.is_empty() && !has_length {
+    // PUT, POST and PATCH say their length even when the body is empty
+    // (S3 refuses a copy without `content-length: 0`).
+    let sends_body = matches!(
+        method_name.to_ascii_uppercase().as_str(),
+        "PUT" | "POST" | "PATCH"
+    );
+    if (sends_body || !body.is_empty()) && !has_length {
         fields
             .append("content-length", body.len().to_string().as_bytes())
             .map_err(|e| HttpError::InvalidUrl(format!("{url}: content-length: {e:?}")))?;

@@ -272,7 +272,8 @@ impl Client {
 
     /// Delete an object (deleting one that is not there is not an error).
     pub fn delete(&self, bucket: &str, key: &str) -> Result<(), PluginError> {
-        let response = self.request("DELETE", bucket, key, &[], &[], &[])?;
+        // Some stores want a length on every request that may have a body.
+        let response = self.request("DELETE", bucket, key, &[], &[("content-length", "0")], &[])?;
         if !matches!(response.status, 200 | 204 | 404) {
             return Err(Self::refused(
                 &format!("deleting {}", display(bucket, key)),
