@@ -151,6 +151,8 @@ impl Drop for Varnish {
 }
 
 /// GET a path on a loopback port: (status, body), or None when nothing answers.
+/// The Host header is the one the plugin's `verify_url` sends, so that both
+/// see the same cached objects (Varnish's cache key is Host and URL).
 pub fn get(port: u16, path: &str) -> Option<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
@@ -158,7 +160,7 @@ pub fn get(port: u16, path: &str) -> Option<(u16, Vec<u8>)> {
         .ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = Vec::new();

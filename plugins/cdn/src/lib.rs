@@ -55,6 +55,13 @@ enum Purge {
         ban_header: String,
         #[serde(default = "default_ban_pattern")]
         ban_pattern: String,
+        /// Purge by surrogate key instead: one request per key, the key in
+        /// `key_header` (for a VCL banning `obj.http.Surrogate-Key`, or
+        /// vmod-xkey's `xkey-purge`).
+        #[serde(default)]
+        surrogate_keys: Vec<String>,
+        #[serde(default = "default_key_header")]
+        key_header: String,
     },
     /// Cloudflare's purge_cache: everything, or the build's URLs under
     /// `site_url` when `by_url` is set. Token: secret `CLOUDFLARE_API_TOKEN`.
@@ -141,6 +148,9 @@ fn default_ban_header() -> String {
 }
 fn default_ban_pattern() -> String {
     "^/".into()
+}
+fn default_key_header() -> String {
+    "Surrogate-Key".into()
 }
 
 /// What a snapshot records: the active build and the hash of each file.
@@ -441,34 +451,18 @@ fn purge(
                 method,
                 ban_header,
                 ban_pattern,
+                surrogate_keys,
+                key_header,
             } => {
                 let base = url.trim_end_matches('/');
-                let requests: Vec<(String, Vec<(String, String)>)> =
-                    match method.to_ascii_uppercase().as_str() {
-                        "BAN" => vec![(
-                            format!("{base}/"),
-                            vec![(ban_header.clone(), ban_pattern.clone())],
-                        )],
-                        "PURGE" => {
-                            let mut paths: Vec<String> = snapshot
-                                .manifest
-                                .keys()
-                                .map(|f| url_path(settings, f))
-                                .collect();
-                            paths.push(format!("/{}", settings.index));
-                            paths.sort();
-                            paths.dedup();
-                            paths
-                                .into_iter()
-                                .map(|p| (format!("{base}{p}"), Vec::new()))
-                                .collect()
-                        }
-                        other => {
-                            return Err(PluginError::InvalidSettings(format!(
-                                "purge method {other} for Varnish at {base}: use BAN or PURGE"
-                            )));
-                        }
-                    };
+                let requests = varnish_requests(
+                    settings,
+                    snapshot,
+                    base,
+                    method,
+                    (ban_header, ban_pattern),
+                    (surrogate_keys, key_header),
+                )?;
                 for (target, headers) in &requests {
                     let headers: Vec<(&str, &str)> = headers
                         .iter()
@@ -500,6 +494,51 @@ fn purge(
     Ok(done)
 }
 
+/// A purge request to send: URL and headers.
+type PurgeRequest = (String, Vec<(String, String)>);
+
+/// The requests that purge a Varnish: one per surrogate
+/// key when keys are set, else one BAN, or one PURGE per file.
+fn varnish_requests(
+    settings: &Settings,
+    snapshot: &Snapshot,
+    base: &str,
+    method: &str,
+    (ban_header, ban_pattern): (&String, &String),
+    (surrogate_keys, key_header): (&[String], &String),
+) -> Result<Vec<PurgeRequest>, PluginError> {
+    let method = method.to_ascii_uppercase();
+    if method != "BAN" && method != "PURGE" {
+        return Err(PluginError::InvalidSettings(format!(
+            "purge method {method} for Varnish at {base}: use BAN or PURGE"
+        )));
+    }
+    if !surrogate_keys.is_empty() {
+        return Ok(surrogate_keys
+            .iter()
+            .map(|key| (format!("{base}/"), vec![(key_header.clone(), key.clone())]))
+            .collect());
+    }
+    if method == "BAN" {
+        return Ok(vec![(
+            format!("{base}/"),
+            vec![(ban_header.clone(), ban_pattern.clone())],
+        )]);
+    }
+    let mut paths: Vec<String> = snapshot
+        .manifest
+        .keys()
+        .map(|f| url_path(settings, f))
+        .collect();
+    paths.push(format!("/{}", settings.index));
+    paths.sort();
+    paths.dedup();
+    Ok(paths
+        .into_iter()
+        .map(|p| (format!("{base}{p}"), Vec::new()))
+        .collect())
+}
+
 /// Fetch every file of the manifest through the cache; the ones that differ.
 fn served_mismatches(settings: &Settings, snapshot: &Snapshot) -> Result<Vec<String>, PluginError> {
     let Some(base) = &settings.verify_url else {
@@ -526,7 +565,7 @@ impl Plugin for Cdn {
     fn describe() -> PluginInfo {
         info(
             "cdn",
-            "the UI back on a previous build: origin switched atomically, cache purged, pages checked",
+            "the UI back on a previous build: origin switched, cache purged, pages checked",
             &[
                 Action::Snapshot,
                 Action::Plan,

@@ -64,6 +64,11 @@ struct Site {
 }
 
 fn site(vcl: &str) -> Site {
+    site_with(vcl, "")
+}
+
+/// A site whose Varnish purge entry has `purge_extra` added (`, key = ...`).
+fn site_with(vcl: &str, purge_extra: &str) -> Site {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("ui");
     write_build(&root, "2026.11.01");
@@ -75,7 +80,7 @@ fn site(vcl: &str) -> Site {
         r#"{}
 [targets.ui]
 plugin = "cdn"
-settings = {{ builds = "{root}/builds", current = "{root}/current", verify_url = "{url}", purge = [{{ kind = "varnish", url = "{url}" }}] }}
+settings = {{ builds = "{root}/builds", current = "{root}/current", verify_url = "{url}", purge = [{{ kind = "varnish", url = "{url}"{purge_extra} }}] }}
 grant = {{ files = ["{root}"], http = ["127.0.0.1:{port}"] }}
 "#,
         unsigned_plugin("cdn", "cdn"),
@@ -201,5 +206,81 @@ async fn a_build_changed_or_removed_since_the_snapshot_is_refused() {
         std::fs::read_link(site.root.join("current")).unwrap(),
         site.root.join("builds/2026.11.20"),
         "nothing was switched"
+    );
+}
+
+/// Tags every answer with `Surrogate-Key: ui`; a BAN carrying a
+/// Surrogate-Key header bans the objects tagged with it.
+const VCL_SURROGATE_KEYS: &str = r#"
+sub vcl_recv {
+    if (req.method == "BAN" && req.http.Surrogate-Key) {
+        ban("obj.http.Surrogate-Key ~ " + req.http.Surrogate-Key);
+        return (synth(200, "Banned"));
+    }
+    if (req.method == "BAN") {
+        return (synth(400, "Surrogate-Key needed"));
+    }
+}
+sub vcl_backend_response {
+    set beresp.http.Surrogate-Key = "ui";
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn varnish_purged_by_surrogate_key_serves_the_old_build() {
+    // The right key: everything tagged with it is purged.
+    let site = site_with(VCL_SURROGATE_KEYS, r#", surrogate_keys = ["ui"]"#);
+    let old = build_files(&site.root, "2026.11.01");
+    assert_eq!(served(&site.varnish), old);
+    let to = snapshot(&site.agent).await;
+    point_current(&site.root, "2026.11.20");
+    let ActionOutput::Outcome(outcome) = site
+        .agent
+        .call("ui", restore(&to))
+        .await
+        .unwrap_or_else(|e| panic!("restore: {e}"))
+        .output
+    else {
+        panic!("not an outcome")
+    };
+    assert!(
+        outcome.details.iter().any(|d| d.contains("1 BAN request")),
+        "{outcome:?}"
+    );
+    assert_eq!(served(&site.varnish), old);
+
+    // A key that tags nothing purges nothing: the cache keeps serving the
+    // new build, and the step fails on what users get.
+    let site = site_with(VCL_SURROGATE_KEYS, r#", surrogate_keys = ["other"]"#);
+    let to = snapshot(&site.agent).await;
+    point_current(&site.root, "2026.11.20");
+    ban_key(&site.varnish, "ui");
+    let new = build_files(&site.root, "2026.11.20");
+    assert_eq!(served(&site.varnish), new, "the cache holds the new build");
+    let error = site
+        .agent
+        .call("ui", restore(&to))
+        .await
+        .expect_err("a purge that purged nothing must fail the step");
+    let text = error.to_string();
+    assert!(text.contains("are not build 2026.11.01"), "{text}");
+    assert!(text.contains("/app.js"), "{text}");
+}
+
+/// BAN everything tagged with a surrogate key.
+fn ban_key(varnish: &Varnish, key: &str) {
+    use std::io::{Read, Write};
+    let mut ban = std::net::TcpStream::connect(("127.0.0.1", varnish.port)).unwrap();
+    write!(
+        ban,
+        "BAN / HTTP/1.1\r\nHost: x\r\nSurrogate-Key: {key}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = ban.read_to_end(&mut answer);
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "BAN refused: {}",
+        String::from_utf8_lossy(&answer)
     );
 }
