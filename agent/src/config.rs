@@ -533,6 +533,31 @@ fn line_of(text: &str, offset: usize) -> usize {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_example_configuration_is_valid() {
+        // The programs it grants are the production host's (nginx,
+        // PostgreSQL's); here any program found on this machine stands in.
+        let text: String = include_str!("../../deploy/agent.example.toml")
+            .lines()
+            .map(|line| {
+                if line.starts_with("process = [") {
+                    "process = [\"sh\"]".to_string()
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = parse(&text, Path::new("/etc/rewind/agent.toml"))
+            .unwrap_or_else(|e| panic!("deploy/agent.example.toml: {e}"));
+        for plugin in ["files", "compose", "pg-restore", "etcd", "cdn"] {
+            assert!(
+                config.targets.values().any(|t| t.plugin == plugin),
+                "the example has a {plugin} target"
+            );
+        }
+    }
+
     fn parse_str(text: &str) -> Result<AgentConfig, ConfigError> {
         parse(text, Path::new("/etc/rewind/agent.toml"))
     }
