@@ -111,6 +111,8 @@ pub struct Grant {
     pub docker: Vec<String>,
     /// The Docker daemon's socket (default /var/run/docker.sock).
     pub docker_socket: Option<PathBuf>,
+    /// TLS for particular HTTPS hosts: a private CA, a client certificate.
+    pub tls: Vec<crate::host::tls::HostTls>,
 }
 
 /// An entry of an HTTP allow-list.
@@ -204,6 +206,22 @@ struct RawGrant {
     http: Option<Vec<Spanned<String>>>,
     docker: Option<Vec<Spanned<String>>>,
     docker_socket: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    tls: Vec<Spanned<RawTls>>,
+}
+
+/// TLS to one HTTPS host of the allow-list.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    /// `host:port`, as in `http`.
+    host: String,
+    /// PEM CA certificate(s) the server's certificate must chain to (else
+    /// the public web roots).
+    ca: Option<PathBuf>,
+    /// PEM client certificate (chain) and its key, for servers that ask.
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 /// Read and validate an agent configuration file.
@@ -334,7 +352,7 @@ pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
         };
         let settings_json = serde_json::to_string(&target.settings)
             .map_err(|e| here(format!("settings cannot be passed to the plugin: {e}")))?;
-        let grant = validate_grant(target.grant, &target_name, &at)?;
+        let grant = validate_grant(target.grant, &target_name, &at, &resolve)?;
         let secrets = target.secrets.as_deref().map(resolve);
         targets.insert(
             target_name.clone(),
@@ -393,6 +411,7 @@ fn validate_grant(
     raw: RawGrant,
     target: &str,
     at: &impl Fn(Option<std::ops::Range<usize>>, String) -> ConfigError,
+    resolve: &impl Fn(&Path) -> PathBuf,
 ) -> Result<Grant, ConfigError> {
     let mut grant = Grant {
         process_timeout: raw.process_timeout.unwrap_or(DEFAULT_PROCESS_TIMEOUT),
@@ -463,6 +482,39 @@ fn validate_grant(
             ));
         }
         grant.docker_socket = Some(socket.into_inner());
+    }
+    for entry in raw.tls {
+        let span = entry.span();
+        let tls = entry.into_inner();
+        let here = |message: String| {
+            at(
+                Some(span.clone()),
+                format!("target {target}: grant.tls: {message}"),
+            )
+        };
+        let host = parse_host_port(&tls.host).map_err(&here)?;
+        if host.port.is_none() {
+            return Err(here(format!(
+                "host {} needs its port (e.g. {}:443)",
+                tls.host, tls.host
+            )));
+        }
+        let port = host.port.unwrap_or(443);
+        if !grant.http.iter().any(|h| h.allows(&host.host, port)) {
+            return Err(here(format!(
+                "{} is not in grant.http; TLS settings are for hosts the target may reach",
+                tls.host
+            )));
+        }
+        let resolved = |p: &Option<PathBuf>| p.as_deref().map(resolve);
+        let config = crate::host::tls::HostTls::load(
+            host,
+            resolved(&tls.ca).as_deref(),
+            resolved(&tls.cert).as_deref(),
+            resolved(&tls.key).as_deref(),
+        )
+        .map_err(&here)?;
+        grant.tls.push(config);
     }
     Ok(grant)
 }
@@ -604,6 +656,53 @@ http = ["127.0.0.1:8080", "api.example.com"]
             config.plugins["files"].path,
             Path::new("/etc/rewind/plugins/files.wasm")
         );
+    }
+
+    #[test]
+    fn tls_settings_are_checked_when_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("not-a-cert.pem");
+        std::fs::write(&pem, "hello\n").unwrap();
+        let with_tls = |http: &str, tls: &str| {
+            parse_str(&format!(
+                "{BASE}\n[targets.t]\nplugin = \"files\"\n[targets.t.grant]\nhttp = [{http}]\ntls = [{tls}]\n"
+            ))
+        };
+        let err = with_tls("", r#"{ host = "etcd:2379", ca = "/etc/ssl/ca.pem" }"#).unwrap_err();
+        assert_eq!(err.line, Some(14), "{err}");
+        assert!(
+            err.message.contains("etcd:2379 is not in grant.http"),
+            "{err}"
+        );
+
+        let err = with_tls(r#""etcd""#, r#"{ host = "etcd" }"#).unwrap_err();
+        assert!(err.message.contains("needs its port"), "{err}");
+
+        let err = with_tls(
+            r#""etcd:2379""#,
+            &format!(r#"{{ host = "etcd:2379", ca = "{}" }}"#, pem.display()),
+        )
+        .unwrap_err();
+        assert!(err.message.contains("no PEM certificate"), "{err}");
+        assert!(err.message.contains("not-a-cert.pem"), "{err}");
+
+        let err = with_tls(
+            r#""etcd:2379""#,
+            &format!(r#"{{ host = "etcd:2379", cert = "{}" }}"#, pem.display()),
+        )
+        .unwrap_err();
+        assert!(err.message.contains("cert and key go together"), "{err}");
+
+        let err = with_tls(
+            r#""etcd:2379""#,
+            r#"{ host = "etcd:2379", ca = "/no/such/ca.pem" }"#,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("/no/such/ca.pem"), "{err}");
+
+        // No CA: the public web roots; no client certificate.
+        let config = with_tls(r#""etcd:2379""#, r#"{ host = "etcd:2379" }"#).unwrap();
+        assert!(config.targets["t"].grant.tls[0].applies_to("etcd", 2379));
     }
 
     #[test]

@@ -12,8 +12,23 @@ use tempfile::TempDir;
 
 pub struct EtcdServer {
     child: Child,
+    /// The plain-HTTP client port (the tests' own client uses it).
     pub port: u16,
+    /// With TLS: the HTTPS client port, which requires a client
+    /// certificate signed by the CA in `tls_dir`.
+    pub tls_port: Option<u16>,
     _dir: TempDir,
+}
+
+/// Certificates for an etcd with TLS: `ca.pem`, the server's
+/// `coordinator-etcd.{pem,key}` (SANs localhost and 127.0.0.1), and a client's
+/// `agent-rewind.{pem,key}`.
+pub fn tls_certificates(dir: &std::path::Path) {
+    use rewind_coordinator::certs;
+    use rewind_proto::identity::Kind;
+    certs::init(dir, "etcd.test").unwrap();
+    certs::issue_for_days(dir, Kind::Coordinator, "etcd", &[], 30).unwrap();
+    certs::issue_for_days(dir, Kind::Agent, "rewind", &[], 30).unwrap();
 }
 
 fn free_port() -> u16 {
@@ -27,9 +42,34 @@ fn free_port() -> u16 {
 impl EtcdServer {
     /// Start etcd; fails loudly when it is not installed.
     pub fn start() -> EtcdServer {
+        EtcdServer::start_with(None)
+    }
+
+    /// Start etcd with a second, HTTPS client port using the certificates
+    /// [`tls_certificates`] wrote to `tls_dir`, client certificates required.
+    pub fn start_tls(tls_dir: &std::path::Path) -> EtcdServer {
+        EtcdServer::start_with(Some(tls_dir))
+    }
+
+    fn start_with(tls_dir: Option<&std::path::Path>) -> EtcdServer {
         let dir = TempDir::new().unwrap();
         let (port, peer) = (free_port(), free_port());
-        let client = format!("http://127.0.0.1:{port}");
+        let tls_port = tls_dir.map(|_| free_port());
+        let mut client = format!("http://127.0.0.1:{port}");
+        let mut tls_args: Vec<String> = Vec::new();
+        if let (Some(tls_dir), Some(tls_port)) = (tls_dir, tls_port) {
+            client.push_str(&format!(",https://127.0.0.1:{tls_port}"));
+            let file = |name: &str| tls_dir.join(name).display().to_string();
+            tls_args = vec![
+                "--cert-file".into(),
+                file("coordinator-etcd.pem"),
+                "--key-file".into(),
+                file("coordinator-etcd.key"),
+                "--trusted-ca-file".into(),
+                file("ca.pem"),
+                "--client-cert-auth".into(),
+            ];
+        }
         let peer_url = format!("http://127.0.0.1:{peer}");
         let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
         let child = Command::new("etcd")
@@ -51,6 +91,7 @@ impl EtcdServer {
                 "--max-txn-ops",
                 "128",
             ])
+            .args(&tls_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -58,6 +99,7 @@ impl EtcdServer {
         let server = EtcdServer {
             child,
             port,
+            tls_port,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -13,6 +13,7 @@ pub mod caps;
 mod errors;
 mod imports;
 pub mod state;
+pub mod tls;
 
 pub use caps::log::LogLine;
 pub use caps::progress::ProgressReport;

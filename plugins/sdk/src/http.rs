@@ -114,6 +114,33 @@ fn error_code(url: &str, code: ErrorCode) -> HttpError {
         ErrorCode::HttpRequestDenied => HttpError::Denied(format!(
             "{url}: the agent refused the request (host not on the target's http allow-list)"
         )),
+        ErrorCode::TlsCertificateError => HttpError::Failed(format!(
+            "{url}: the server's TLS certificate is not trusted (unknown CA, another host name, \
+             or expired); a private CA goes in the target's grant.tls"
+        )),
+        ErrorCode::TlsAlertReceived(alert) => {
+            let message = alert
+                .alert_message
+                .unwrap_or_else(|| "no reason given".into());
+            let hint = if message.contains("Certificate") {
+                "; a client certificate goes in the target's grant.tls (cert, key)"
+            } else {
+                ""
+            };
+            HttpError::Failed(format!("{url}: the server ended TLS: {message}{hint}"))
+        }
+        ErrorCode::TlsProtocolError => {
+            HttpError::Failed(format!("{url}: TLS failed (is the server speaking TLS?)"))
+        }
+        ErrorCode::ConnectionRefused => HttpError::Failed(format!("{url}: connection refused")),
+        ErrorCode::ConnectionTimeout => HttpError::Failed(format!("{url}: connection timed out")),
+        ErrorCode::ConnectionReadTimeout => HttpError::Failed(format!(
+            "{url}: the server stopped answering (read timed out)"
+        )),
+        ErrorCode::DnsError(dns) => HttpError::Failed(format!(
+            "{url}: the host name cannot be resolved ({})",
+            dns.rcode.unwrap_or_default()
+        )),
         other => HttpError::Failed(format!("{url}: {other:?}")),
     }
 }

@@ -284,3 +284,78 @@ async fn etcd_unreachable_and_authentication_from_the_agents_secrets() {
     assert!(text.contains("unavailable"), "{text}");
     assert!(text.contains(&etcd.endpoint()), "{text}");
 }
+
+/// An etcd target over TLS with a private CA and a client certificate
+/// (`--client-cert-auth`), all from the target's `grant.tls`.
+fn tls_agent(etcd: &EtcdServer, tls_entry: &str) -> Agent {
+    let port = etcd.tls_port.expect("etcd started with TLS");
+    Agent::new(&format!(
+        r#"{}
+[targets.config]
+plugin = "etcd"
+settings = {{ endpoint = "https://127.0.0.1:{port}", prefixes = ["/shop/"] }}
+
+[targets.config.grant]
+http = ["127.0.0.1:{port}"]
+{tls_entry}
+"#,
+        unsigned_plugin("etcd", "etcd"),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_over_tls_with_a_private_ca_and_a_client_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    rewind_tests::etcd::tls_certificates(certs.path());
+    let etcd = EtcdServer::start_tls(certs.path());
+    let port = etcd.tls_port.unwrap();
+    etcd.put_many(&release(50, "v1"));
+    let dir = certs.path().display();
+
+    let agent = tls_agent(
+        &etcd,
+        &format!(
+            r#"tls = [{{ host = "127.0.0.1:{port}", ca = "{dir}/ca.pem", cert = "{dir}/agent-rewind.pem", key = "{dir}/agent-rewind.key" }}]"#
+        ),
+    );
+    let to = snapshot(&agent).await;
+    assert!(
+        to.summary.starts_with("50 keys under /shop/ at revision"),
+        "{}",
+        to.summary
+    );
+    etcd.put_many(&release(50, "v2"));
+    agent
+        .call("config", restore(&to, "tls-1"))
+        .await
+        .unwrap_or_else(|e| panic!("restore over TLS: {e}"));
+    assert_eq!(etcd.get_prefix("/shop/"), {
+        let mut v1 = release(50, "v1");
+        v1.sort();
+        v1
+    });
+
+    // The CA but no client certificate: etcd refuses the connection.
+    let no_client_cert = tls_agent(
+        &etcd,
+        &format!(r#"tls = [{{ host = "127.0.0.1:{port}", ca = "{dir}/ca.pem" }}]"#),
+    );
+    let error = no_client_cert
+        .call("config", Action::Snapshot)
+        .await
+        .expect_err("etcd requires a client certificate");
+    let text = error.to_string();
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(text.contains("the server ended TLS"), "{text}");
+    assert!(text.contains("grant.tls (cert, key)"), "{text}");
+
+    // No TLS settings: the public web roots do not know the private CA.
+    let public_roots = tls_agent(&etcd, "");
+    let error = public_roots
+        .call("config", Action::Snapshot)
+        .await
+        .expect_err("a private CA is not trusted by default");
+    let text = error.to_string();
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(text.contains("TLS certificate is not trusted"), "{text}");
+}
