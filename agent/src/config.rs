@@ -113,7 +113,30 @@ pub struct Grant {
     pub docker_socket: Option<PathBuf>,
     /// TLS for particular HTTPS hosts: a private CA, a client certificate.
     pub tls: Vec<crate::host::tls::HostTls>,
+    /// The PostgreSQL server the `postgres` capability reaches, if granted.
+    pub postgres: Option<PostgresGrant>,
 }
+
+/// `grant.postgres`: one server, the databases a plugin may use, and the
+/// credentials the agent logs in with (the plugin never sees them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresGrant {
+    /// A host name, or a socket directory (starting with `/`).
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub databases: Vec<String>,
+    /// Whether the `postgres` database may be used (create, rename and
+    /// drop databases, end sessions).
+    pub admin: bool,
+    /// The secret (in the target's secrets file) holding the password.
+    pub password_secret: Option<String>,
+    /// The longest one statement may run.
+    pub timeout: Duration,
+}
+
+/// How long a statement may run unless `grant.postgres.timeout` says.
+pub const DEFAULT_SQL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An entry of an HTTP allow-list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +231,27 @@ struct RawGrant {
     docker_socket: Option<Spanned<PathBuf>>,
     #[serde(default)]
     tls: Vec<Spanned<RawTls>>,
+    postgres: Option<Spanned<RawPostgres>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    host: String,
+    #[serde(default = "default_pg_port")]
+    port: u16,
+    user: String,
+    #[serde(default)]
+    databases: Vec<String>,
+    #[serde(default)]
+    admin: bool,
+    password_secret: Option<String>,
+    #[serde(default, deserialize_with = "units::opt_duration")]
+    timeout: Option<Duration>,
+}
+
+fn default_pg_port() -> u16 {
+    5432
 }
 
 /// TLS to one HTTPS host of the allow-list.
@@ -515,6 +559,36 @@ fn validate_grant(
         )
         .map_err(&here)?;
         grant.tls.push(config);
+    }
+    if let Some(pg) = raw.postgres {
+        let span = pg.span();
+        let pg = pg.into_inner();
+        let here = |message: String| {
+            at(
+                Some(span.clone()),
+                format!("target {target}: grant.postgres: {message}"),
+            )
+        };
+        if pg.host.is_empty() || pg.user.is_empty() {
+            return Err(here("host and user must not be empty".into()));
+        }
+        if pg.databases.is_empty() && !pg.admin {
+            return Err(here(
+                "databases is empty: list the databases the plugin may use".into(),
+            ));
+        }
+        if let Some(bad) = pg.databases.iter().find(|d| d.is_empty()) {
+            return Err(here(format!("database name `{bad}` is empty")));
+        }
+        grant.postgres = Some(PostgresGrant {
+            host: pg.host,
+            port: pg.port,
+            user: pg.user,
+            databases: pg.databases,
+            admin: pg.admin,
+            password_secret: pg.password_secret,
+            timeout: pg.timeout.unwrap_or(DEFAULT_SQL_TIMEOUT),
+        });
     }
     Ok(grant)
 }

@@ -73,7 +73,8 @@ fn granted(capability: Capability, target: &TargetConfig) -> bool {
         Capability::Process => target.grant.process_granted,
         Capability::Http => target.grant.http_granted,
         Capability::Docker => target.grant.docker_granted,
-        Capability::Postgres | Capability::Sockets | Capability::Unknown => false,
+        Capability::Postgres => target.grant.postgres.is_some(),
+        Capability::Sockets | Capability::Unknown => false,
     }
 }
 

@@ -175,7 +175,9 @@ impl PluginHost {
         link(wasmtime_wasi_http::p2::add_only_http_to_linker_async(
             &mut linker,
         ))?;
-        use bindings::rewind::plugin::{docker, files, log, process, progress, secrets, types};
+        use bindings::rewind::plugin::{
+            docker, files, log, postgres, process, progress, secrets, types,
+        };
         link(types::add_to_linker::<_, HasSelf<CallState>>(
             &mut linker,
             |s| s,
@@ -201,6 +203,10 @@ impl PluginHost {
             |s| s,
         ))?;
         link(docker::add_to_linker::<_, HasSelf<CallState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        link(postgres::add_to_linker::<_, HasSelf<CallState>>(
             &mut linker,
             |s| s,
         ))?;

@@ -36,6 +36,8 @@ pub struct CallState {
     /// Secret values handed to the plugin in this call, masked in its
     /// log lines and errors.
     pub(crate) revealed: Vec<String>,
+    /// This call's PostgreSQL connections, by database.
+    pub(crate) pg: std::collections::BTreeMap<String, sqlx::postgres::PgConnection>,
 }
 
 impl CallState {
@@ -71,6 +73,7 @@ impl CallState {
             deadline,
             stderr,
             revealed: Vec::new(),
+            pg: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod docker;
 pub mod files;
 pub mod http;
 pub mod log;
+pub mod postgres;
 pub mod process;
 pub mod progress;
 pub mod secrets;

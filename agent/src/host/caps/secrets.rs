@@ -29,7 +29,7 @@ pub fn parse(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn read(path: &Path) -> BTreeMap<String, String> {
+pub(super) fn read(path: &Path) -> BTreeMap<String, String> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse(&text),
         Err(e) => {

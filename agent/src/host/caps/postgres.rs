@@ -1,0 +1,369 @@
+//! `rewind:plugin/postgres`: SQL on the PostgreSQL server that the target's
+//! `grant.postgres` names, logged in with credentials the plugin never sees,
+//! on the granted databases only (and `postgres` with `admin`).
+//!
+//! Statements run with PostgreSQL's simple query protocol, so every value
+//! comes back in PostgreSQL's text format whatever its type. Parameters
+//! (`$1`, `$2`, ...) are sent as quoted literals of unknown type, which the
+//! server types from their use, as it would a bound parameter; they are
+//! never read as SQL.
+
+use crate::config::PostgresGrant;
+use crate::host::bindings::rewind::plugin::postgres::{Host, PgError, Rows};
+use crate::host::state::CallState;
+use futures_util::TryStreamExt;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{AssertSqlSafe, Column, Connection, Row, ValueRef};
+use std::time::{Duration, Instant};
+
+/// The most rows one query may return.
+const MAX_ROWS: usize = 100_000;
+
+/// `'text'`, or `E'text'` when it holds backslashes; NUL cannot be sent.
+fn literal(value: &str) -> Result<String, String> {
+    if value.contains('\0') {
+        return Err("a parameter holds a NUL character, which PostgreSQL text cannot".into());
+    }
+    let quoted = value.replace('\'', "''");
+    Ok(if value.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    })
+}
+
+/// Put the parameters in place of `$1`, `$2`, ... outside strings, quoted
+/// identifiers, comments and dollar-quoted bodies.
+pub fn bind(sql: &str, params: &[Option<String>]) -> Result<String, String> {
+    let chars: Vec<char> = sql.chars().collect();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    let copy_until = |out: &mut String, i: &mut usize, end: &dyn Fn(usize) -> Option<usize>| {
+        let stop = end(*i).unwrap_or(chars.len());
+        out.extend(&chars[*i..stop]);
+        *i = stop;
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        match c {
+            '\'' => {
+                // A string; E'...' strings also escape with backslashes.
+                let escapes = i > 0 && matches!(chars[i - 1], 'e' | 'E');
+                copy_until(&mut out, &mut i, &|start| {
+                    let mut j = start + 1;
+                    while j < chars.len() {
+                        match chars[j] {
+                            '\\' if escapes => j += 2,
+                            '\'' if chars.get(j + 1) == Some(&'\'') => j += 2,
+                            '\'' => return Some(j + 1),
+                            _ => j += 1,
+                        }
+                    }
+                    None
+                });
+            }
+            '"' => copy_until(&mut out, &mut i, &|start| {
+                (start + 1..chars.len())
+                    .find(|&j| chars[j] == '"')
+                    .map(|j| j + 1)
+            }),
+            '-' if next == Some('-') => copy_until(&mut out, &mut i, &|start| {
+                (start..chars.len())
+                    .find(|&j| chars[j] == '\n')
+                    .map(|j| j + 1)
+            }),
+            '/' if next == Some('*') => copy_until(&mut out, &mut i, &|start| {
+                let mut depth = 0;
+                let mut j = start;
+                while j + 1 < chars.len() {
+                    if chars[j] == '/' && chars[j + 1] == '*' {
+                        depth += 1;
+                        j += 2;
+                    } else if chars[j] == '*' && chars[j + 1] == '/' {
+                        depth -= 1;
+                        j += 2;
+                        if depth == 0 {
+                            return Some(j);
+                        }
+                    } else {
+                        j += 1;
+                    }
+                }
+                None
+            }),
+            '$' if next.is_some_and(|d| d.is_ascii_digit())
+                && !(i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_')) =>
+            {
+                let digits: String = chars[i + 1..]
+                    .iter()
+                    .take_while(|d| d.is_ascii_digit())
+                    .collect();
+                let n: usize = digits
+                    .parse()
+                    .map_err(|_| format!("${digits}: not a parameter number"))?;
+                let value = n
+                    .checked_sub(1)
+                    .and_then(|k| params.get(k))
+                    .ok_or_else(|| format!("${n} has no parameter ({} given)", params.len()))?;
+                match value {
+                    None => out.push_str("NULL"),
+                    Some(v) => out.push_str(&literal(v)?),
+                }
+                i += 1 + digits.len();
+            }
+            '$' if !(i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_')) => {
+                // A dollar-quoted body: $tag$ ... $tag$.
+                let tag_end = chars[i + 1..]
+                    .iter()
+                    .position(|c| !(c.is_alphanumeric() || *c == '_'))
+                    .map(|p| i + 1 + p);
+                match tag_end {
+                    Some(end) if chars[end] == '$' => {
+                        let tag: String = chars[i..=end].iter().collect();
+                        let tag_chars: Vec<char> = tag.chars().collect();
+                        copy_until(&mut out, &mut i, &|start| {
+                            let from = start + tag_chars.len();
+                            (from..chars.len())
+                                .find(|&j| chars[j..].starts_with(&tag_chars))
+                                .map(|j| j + tag_chars.len())
+                        });
+                    }
+                    _ => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn database_error(error: sqlx::Error, timeout: Duration) -> PgError {
+    match error {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => {
+            PgError::TimedOut(timeout.as_millis().min(u128::from(u32::MAX)) as u32)
+        }
+        sqlx::Error::Database(db) => PgError::QueryFailed(match db.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_string(),
+        }),
+        sqlx::Error::Io(e) => PgError::Unavailable(format!("the connection failed: {e}")),
+        other => PgError::QueryFailed(other.to_string()),
+    }
+}
+
+impl CallState {
+    /// The granted server, or why not; the database must be granted.
+    fn pg_grant(&self, database: &str) -> Result<PostgresGrant, PgError> {
+        let grant = self.target.grant.postgres.clone().ok_or_else(|| {
+            PgError::Denied(format!("target {} has no grant.postgres", self.target.name))
+        })?;
+        let allowed = grant.databases.iter().any(|d| d == database)
+            || (database == "postgres" && grant.admin);
+        if !allowed {
+            return Err(PgError::Denied(format!(
+                "database {database} is not granted to target {} (grant.postgres.databases = [{}]{})",
+                self.target.name,
+                grant.databases.join(", "),
+                if database == "postgres" {
+                    "; the postgres database needs admin = true"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(grant)
+    }
+
+    /// This call's connection to `database`, opened on first use.
+    async fn pg_connection(
+        &mut self,
+        database: &str,
+        grant: &PostgresGrant,
+    ) -> Result<&mut PgConnection, PgError> {
+        if !self.pg.contains_key(database) {
+            let mut options = PgConnectOptions::new_without_pgpass()
+                .port(grant.port)
+                .username(&grant.user)
+                .database(database)
+                .application_name(&format!("rewind-agent {}", self.plugin));
+            options = if grant.host.starts_with('/') {
+                options.socket(&grant.host)
+            } else {
+                options.host(&grant.host)
+            };
+            if let Some(name) = &grant.password_secret {
+                let password = self
+                    .target
+                    .secrets
+                    .as_deref()
+                    .and_then(|path| super::secrets::read(path).remove(name))
+                    .ok_or_else(|| {
+                        PgError::Unavailable(format!(
+                            "the password secret `{name}` is not in target {}'s secrets file",
+                            self.target.name
+                        ))
+                    })?;
+                options = options.password(&password);
+            }
+            let remaining = self.deadline.saturating_duration_since(Instant::now());
+            let wait = remaining.min(Duration::from_secs(30));
+            let server = format!("{}:{} as {}", grant.host, grant.port, grant.user);
+            let mut connection = tokio::time::timeout(wait, PgConnection::connect_with(&options))
+                .await
+                .map_err(|_| {
+                    PgError::Unavailable(format!(
+                        "PostgreSQL at {server} did not answer within {} s",
+                        wait.as_secs()
+                    ))
+                })?
+                .map_err(|e| {
+                    PgError::Unavailable(format!(
+                        "cannot log in to database {database} on PostgreSQL at {server}: {e}"
+                    ))
+                })?;
+            let set_timeout = format!(
+                "SET statement_timeout = {}",
+                grant.timeout.as_millis().max(1)
+            );
+            sqlx::raw_sql(AssertSqlSafe(set_timeout))
+                .execute(&mut connection)
+                .await
+                .map_err(|e| database_error(e, grant.timeout))?;
+            self.pg.insert(database.to_string(), connection);
+        }
+        Ok(self.pg.get_mut(database).expect("inserted above"))
+    }
+
+    async fn pg_query(
+        &mut self,
+        database: &str,
+        sql: &str,
+        params: &[Option<String>],
+    ) -> Result<Rows, PgError> {
+        let grant = self.pg_grant(database)?;
+        let sql = bind(sql, params).map_err(PgError::QueryFailed)?;
+        let limit = self.deadline.saturating_duration_since(Instant::now());
+        let connection = self.pg_connection(database, &grant).await?;
+        let work = async {
+            let mut stream = sqlx::raw_sql(AssertSqlSafe(sql)).fetch(&mut *connection);
+            let mut columns = Vec::new();
+            let mut rows = Vec::new();
+            while let Some(row) = stream.try_next().await? {
+                if rows.len() == MAX_ROWS {
+                    return Ok(Err(PgError::QueryFailed(format!(
+                        "the query returns more than {MAX_ROWS} rows; page it (LIMIT/OFFSET or a key range)"
+                    ))));
+                }
+                if columns.is_empty() {
+                    columns = row.columns().iter().map(|c| c.name().to_string()).collect();
+                }
+                let mut values = Vec::with_capacity(row.len());
+                for i in 0..row.len() {
+                    let value = row.try_get_raw(i)?;
+                    values.push(if value.is_null() {
+                        None
+                    } else {
+                        Some(value.as_str().map_err(sqlx::Error::Decode)?.to_string())
+                    });
+                }
+                rows.push(values);
+            }
+            Ok::<_, sqlx::Error>(Ok(Rows { columns, rows }))
+        };
+        match tokio::time::timeout(limit + Duration::from_secs(1), work).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(database_error(e, grant.timeout)),
+            Err(_) => {
+                self.pg.remove(database);
+                Err(PgError::TimedOut(
+                    limit.as_millis().min(u128::from(u32::MAX)) as u32,
+                ))
+            }
+        }
+    }
+
+    async fn pg_execute(
+        &mut self,
+        database: &str,
+        sql: &str,
+        params: &[Option<String>],
+    ) -> Result<u64, PgError> {
+        let grant = self.pg_grant(database)?;
+        let sql = bind(sql, params).map_err(PgError::QueryFailed)?;
+        let limit = self.deadline.saturating_duration_since(Instant::now());
+        let connection = self.pg_connection(database, &grant).await?;
+        let work = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *connection);
+        match tokio::time::timeout(limit + Duration::from_secs(1), work).await {
+            Ok(Ok(done)) => Ok(done.rows_affected()),
+            Ok(Err(e)) => Err(database_error(e, grant.timeout)),
+            Err(_) => {
+                self.pg.remove(database);
+                Err(PgError::TimedOut(
+                    limit.as_millis().min(u128::from(u32::MAX)) as u32,
+                ))
+            }
+        }
+    }
+}
+
+impl Host for CallState {
+    async fn query(
+        &mut self,
+        database: String,
+        sql: String,
+        params: Vec<Option<String>>,
+    ) -> Result<Rows, PgError> {
+        self.pg_query(&database, &sql, &params).await
+    }
+
+    async fn execute(
+        &mut self,
+        database: String,
+        sql: String,
+        params: Vec<Option<String>>,
+    ) -> Result<u64, PgError> {
+        self.pg_execute(&database, &sql, &params).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind;
+
+    fn p(values: &[Option<&str>]) -> Vec<Option<String>> {
+        values.iter().map(|v| v.map(str::to_string)).collect()
+    }
+
+    #[test]
+    fn parameters_become_quoted_literals_outside_strings_and_comments() {
+        assert_eq!(
+            bind("SELECT $1, $2 WHERE x = $1", &p(&[Some("it's"), None])).unwrap(),
+            "SELECT 'it''s', NULL WHERE x = 'it''s'"
+        );
+        assert_eq!(
+            bind(r"SELECT $1", &p(&[Some(r"a\b")])).unwrap(),
+            r"SELECT E'a\\b'"
+        );
+        // Not parameters: in strings, identifiers, comments, dollar quotes.
+        let untouched =
+            "SELECT '$1', E'\\'$1', \"$1\", $tag$ $1 $tag$, $$ $2 $$ -- $1\n/* $1 /* $1 */ */ x$1";
+        assert_eq!(bind(untouched, &[]).unwrap(), untouched);
+        assert_eq!(
+            bind("SELECT $3", &p(&[Some("a")])).unwrap_err(),
+            "$3 has no parameter (1 given)"
+        );
+        assert!(bind("SELECT $1", &p(&[Some("a\0b")])).is_err());
+        // An injection attempt stays data.
+        assert_eq!(
+            bind("SELECT $1::text", &p(&[Some("'; DROP TABLE t; --")])).unwrap(),
+            "SELECT '''; DROP TABLE t; --'::text"
+        );
+    }
+}
