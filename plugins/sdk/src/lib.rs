@@ -35,6 +35,7 @@ pub mod bindings {
 pub mod docker;
 pub mod files;
 pub mod http;
+pub mod postgres;
 pub mod process;
 pub mod s3;
 pub mod sigv4;

@@ -10,6 +10,7 @@ mod etcd_plugin;
 mod files_plugin;
 mod journal_postgres;
 mod pg_restore;
+mod postgres_capability;
 mod refusals;
 mod rollback;
 mod sandbox;
