@@ -65,6 +65,7 @@ async fn sql_on_granted_databases_with_text_values_and_parameters_as_data() {
         { "sql": "SELECT id, name, price, tags, at FROM items WHERE id > $1 AND name <> $2 ORDER BY id", "params": ["0", "cake"] },
         { "sql": "UPDATE items SET name = $1 WHERE id = $2", "params": ["'; DROP TABLE items; --", "3"], "execute": true },
         { "sql": "SELECT name, $1::text AS quoted, $2::int IS NULL AS missing FROM items WHERE id = 3", "params": ["a\\b 'q'", ""], "nulls": [2] },
+        { "sql": "SELECT id, name FROM items WHERE id = $1", "params": ["99"] },
     ]);
     let details = run(&agent(&pg, "shop", statements, r#"databases = ["shop"]"#))
         .await
@@ -82,6 +83,12 @@ async fn sql_on_granted_databases_with_text_values_and_parameters_as_data() {
         ])
     );
     assert_eq!(details[1], "1");
+    let empty: Value = serde_json::from_str(&details[3]).unwrap();
+    assert_eq!(
+        empty,
+        json!({ "columns": ["id", "name"], "rows": [] }),
+        "no rows, still the columns"
+    );
     let third: Value = serde_json::from_str(&details[2]).unwrap();
     assert_eq!(
         third["rows"],

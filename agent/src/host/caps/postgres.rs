@@ -13,7 +13,7 @@ use crate::host::bindings::rewind::plugin::postgres::{Host, PgError, Rows};
 use crate::host::state::CallState;
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{AssertSqlSafe, Column, Connection, Row, ValueRef};
+use sqlx::{AssertSqlSafe, Column, Connection, Executor, Row, SqlSafeStr, ValueRef};
 use std::time::{Duration, Instant};
 
 /// The most rows one query may return.
@@ -252,7 +252,7 @@ impl CallState {
         let limit = self.deadline.saturating_duration_since(Instant::now());
         let connection = self.pg_connection(database, &grant).await?;
         let work = async {
-            let mut stream = sqlx::raw_sql(AssertSqlSafe(sql)).fetch(&mut *connection);
+            let mut stream = sqlx::raw_sql(AssertSqlSafe(sql.clone())).fetch(&mut *connection);
             let mut columns = Vec::new();
             let mut rows = Vec::new();
             while let Some(row) = stream.try_next().await? {
@@ -274,6 +274,18 @@ impl CallState {
                     });
                 }
                 rows.push(values);
+            }
+            drop(stream);
+            if rows.is_empty() {
+                // No row carries the column names: ask the server to
+                // describe the statement (one statement only; else none).
+                if let Ok(described) = connection.describe(AssertSqlSafe(sql).into_sql_str()).await {
+                    columns = described
+                        .columns()
+                        .iter()
+                        .map(|c| c.name().to_string())
+                        .collect();
+                }
             }
             Ok::<_, sqlx::Error>(Ok(Rows { columns, rows }))
         };
