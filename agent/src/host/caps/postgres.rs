@@ -279,7 +279,8 @@ impl CallState {
             if rows.is_empty() {
                 // No row carries the column names: ask the server to
                 // describe the statement (one statement only; else none).
-                if let Ok(described) = connection.describe(AssertSqlSafe(sql).into_sql_str()).await {
+                if let Ok(described) = connection.describe(AssertSqlSafe(sql).into_sql_str()).await
+                {
                     columns = described
                         .columns()
                         .iter()
