@@ -368,7 +368,7 @@ impl Plugin for Compose {
                     PluginError::Failed(format!(
                         "service {name}: {} was recreated on {reference} but is not healthy: {}",
                         new.name,
-                        error_text(&e)
+                        e.text()
                     ))
                 })?;
                 details.push(format!(
@@ -423,7 +423,7 @@ impl Plugin for Compose {
                     PluginError::Failed(format!(
                         "service {name}: {} restarted but is not healthy: {}",
                         container.name,
-                        error_text(&e)
+                        e.text()
                     ))
                 })?;
                 details.push(format!("{name}: {} restarted, healthy", container.name));
@@ -475,20 +475,6 @@ impl Plugin for Compose {
             ),
             details: Vec::new(),
         })
-    }
-}
-
-fn error_text(e: &PluginError) -> String {
-    match e {
-        PluginError::InvalidSettings(t)
-        | PluginError::Unsupported(t)
-        | PluginError::Unavailable(t)
-        | PluginError::Denied(t)
-        | PluginError::NotFound(t)
-        | PluginError::Conflict(t)
-        | PluginError::NeedsConfirmation(t)
-        | PluginError::VerificationFailed(t)
-        | PluginError::Failed(t) => t.clone(),
     }
 }
 

@@ -565,7 +565,7 @@ impl Plugin for PgRestore {
             PluginError::Failed(format!(
                 "the emergency backup of {database} could not be verified ({}); nothing was \
                  touched",
-                error_text(&e)
+                e.text()
             ))
         })?;
         let emergency_ms = now_millis() - emergency_started;
@@ -628,7 +628,7 @@ impl Plugin for PgRestore {
             drop_staged(&pg);
             return Err(PluginError::Failed(format!(
                 "{}; the live database was not touched",
-                error_text(&fail("pg_restore", &output))
+                fail("pg_restore", &output).text()
             )));
         }
         let restore_ms = now_millis() - restore_started;
@@ -689,7 +689,7 @@ impl Plugin for PgRestore {
             return Err(PluginError::Failed(format!(
                 "the databases could not be swapped ({}); {database} is unchanged and accepts \
                  connections again",
-                error_text(&e)
+                e.text()
             )));
         }
         if let Some(oid) = pg.oid(&database)? {
@@ -804,20 +804,6 @@ fn humanize(seconds: u64) -> String {
         s if s < 7200 => format!("{} min", s / 60),
         s if s < 172_800 => format!("{} h", s / 3600),
         s => format!("{} days", s / 86_400),
-    }
-}
-
-fn error_text(e: &PluginError) -> String {
-    match e {
-        PluginError::InvalidSettings(t)
-        | PluginError::Unsupported(t)
-        | PluginError::Unavailable(t)
-        | PluginError::Denied(t)
-        | PluginError::NotFound(t)
-        | PluginError::Conflict(t)
-        | PluginError::NeedsConfirmation(t)
-        | PluginError::VerificationFailed(t)
-        | PluginError::Failed(t) => t.clone(),
     }
 }
 
