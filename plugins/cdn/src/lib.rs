@@ -242,16 +242,15 @@ impl Plugin for Cdn {
         let snapshot: Snapshot = snapshot_data(&target, &to)?;
         let origin = Origin::new(&settings, &target.name)?;
         let etags = origin.check_build(&snapshot)?;
-        if origin.not_live(&snapshot)?.is_none()
-            && served_mismatches(&settings, &snapshot)?.is_empty()
-        {
+        // Switching does nothing (and says nothing) when the build is live.
+        let mut details = origin.switch(&snapshot, &etags, &options.step_id)?;
+        if details.is_empty() && served_mismatches(&settings, &snapshot)?.is_empty() {
             return Ok(Outcome {
                 changed: false,
                 summary: format!("build {} is active and served", snapshot.build),
                 details: Vec::new(),
             });
         }
-        let mut details = origin.switch(&snapshot, &etags, &options.step_id)?;
         // The origin serves the old build only: purge now, so that the
         // cache cannot keep serving a mix.
         details.extend(purge(&settings, &snapshot, &options.step_id, &target.name)?);
