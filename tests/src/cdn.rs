@@ -141,6 +141,24 @@ impl Varnish {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// Send `BAN /` with one header (as a deploy's purge would); panics
+    /// unless Varnish accepts it.
+    pub fn ban(&self, header: &str, value: &str) {
+        let mut ban = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            ban,
+            "BAN / HTTP/1.1\r\nHost: x\r\n{header}: {value}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = ban.read_to_end(&mut answer);
+        assert!(
+            String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+            "BAN refused: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
 }
 
 impl Drop for Varnish {

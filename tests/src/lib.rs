@@ -2,7 +2,8 @@
 //! writing agent configurations into temporary directories.
 
 use rewind_agent::config::{self, AgentConfig, TargetConfig};
-use rewind_agent::host::{Action, CallError, CallOutput, LoadedPlugin, PluginHost};
+use rewind_agent::host::bindings::SnapshotRecord;
+use rewind_agent::host::{Action, ActionOutput, CallError, CallOutput, LoadedPlugin, PluginHost};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use tempfile::TempDir;
@@ -107,6 +108,22 @@ impl Agent {
         self.host
             .call(&plugin, &self.target(target), action, None)
             .await
+    }
+
+    /// Snapshot a target, as the record a restore takes; panics on failure.
+    pub async fn snapshot(&self, target: &str) -> SnapshotRecord {
+        let output = self
+            .call(target, Action::Snapshot)
+            .await
+            .unwrap_or_else(|e| panic!("snapshot of {target}: {e}"));
+        let ActionOutput::Captured(captured) = output.output else {
+            panic!("not a snapshot: {:?}", output.output)
+        };
+        SnapshotRecord {
+            data: captured.data,
+            summary: captured.summary,
+            taken_at: 0,
+        }
     }
 }
 

@@ -73,17 +73,6 @@ fn served(varnish: &Varnish, files: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8
         .collect()
 }
 
-fn ban_all(varnish: &Varnish) {
-    use std::io::{Read, Write};
-    let mut ban = std::net::TcpStream::connect(("127.0.0.1", varnish.port)).unwrap();
-    write!(
-        ban,
-        "BAN / HTTP/1.1\r\nHost: x\r\nX-Ban-Url: .\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let _ = ban.read_to_end(&mut Vec::new());
-}
-
 struct Site {
     agent: Agent,
     varnish: Varnish,
@@ -119,22 +108,6 @@ grant = {{ http = ["127.0.0.1:{varnish_port}", "127.0.0.1:{s3_port}"] }}
     Site { agent, varnish, s3 }
 }
 
-async fn snapshot(agent: &Agent) -> SnapshotRecord {
-    let ActionOutput::Captured(captured) = agent
-        .call("ui", Action::Snapshot)
-        .await
-        .unwrap_or_else(|e| panic!("snapshot: {e}"))
-        .output
-    else {
-        panic!("not a snapshot")
-    };
-    SnapshotRecord {
-        data: captured.data,
-        summary: captured.summary,
-        taken_at: 0,
-    }
-}
-
 fn restore(to: &SnapshotRecord) -> Action {
     Action::Restore {
         to: to.clone(),
@@ -149,7 +122,7 @@ fn restore(to: &SnapshotRecord) -> Action {
 /// The deploy of the new build: live/ gets its files, the cache is banned.
 fn deploy(site: &Site, files: &[(String, Vec<u8>)]) {
     write(&site.s3, "live", files);
-    ban_all(&site.varnish);
+    site.varnish.ban("X-Ban-Url", ".");
     assert_eq!(served(&site.varnish, files), files);
 }
 
@@ -158,7 +131,7 @@ async fn a_bucket_rollback_copies_the_old_build_over_the_live_files() {
     let site = site(SECRET_KEY);
     let old = build(OLD);
     assert_eq!(served(&site.varnish, &old), old);
-    let to = snapshot(&site.agent).await;
+    let to = site.agent.snapshot("ui").await;
     assert_eq!(to.summary, format!("build {OLD}, 4 files"));
 
     deploy(&site, &build(NEW));
@@ -218,7 +191,7 @@ async fn a_bucket_rollback_copies_the_old_build_over_the_live_files() {
 #[tokio::test(flavor = "multi_thread")]
 async fn live_files_that_are_no_stored_build_are_saved_before_the_switch() {
     let site = site(SECRET_KEY);
-    let to = snapshot(&site.agent).await;
+    let to = site.agent.snapshot("ui").await;
     // A hotfix edited in place: live/ is no stored build.
     let mut hotfix = build(NEW);
     hotfix[0].1 = b"hotfixed app.js\n".to_vec();
@@ -253,7 +226,7 @@ async fn live_files_that_are_no_stored_build_are_saved_before_the_switch() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_switch_refused_halfway_puts_the_live_files_back() {
     let site = site(SECRET_KEY);
-    let to = snapshot(&site.agent).await;
+    let to = site.agent.snapshot("ui").await;
     let new = build(NEW);
     deploy(&site, &new);
     // The index is copied last; refusing it fails the switch after the
@@ -287,7 +260,7 @@ async fn a_switch_refused_halfway_puts_the_live_files_back() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_build_and_wrong_credentials_are_refused_with_nothing_copied() {
     let site = site(SECRET_KEY);
-    let to = snapshot(&site.agent).await;
+    let to = site.agent.snapshot("ui").await;
     let new = build(NEW);
     deploy(&site, &new);
     std::fs::write(

@@ -96,21 +96,6 @@ grant = {{ files = ["{root}"], http = ["127.0.0.1:{port}"] }}
     }
 }
 
-async fn snapshot(agent: &Agent) -> SnapshotRecord {
-    let output = agent
-        .call("ui", Action::Snapshot)
-        .await
-        .unwrap_or_else(|e| panic!("snapshot: {e}"));
-    let ActionOutput::Captured(captured) = output.output else {
-        panic!("not a snapshot")
-    };
-    SnapshotRecord {
-        data: captured.data,
-        summary: captured.summary,
-        taken_at: 0,
-    }
-}
-
 fn restore(to: &SnapshotRecord) -> Action {
     Action::Restore {
         to: to.clone(),
@@ -128,21 +113,13 @@ async fn after_a_rollback_varnish_serves_the_old_build_byte_for_byte() {
     let old = build_files(&site.root, "2026.11.01");
     let new = build_files(&site.root, "2026.11.20");
     assert_eq!(served(&site.varnish), old);
-    let to = snapshot(&site.agent).await;
+    let to = site.agent.snapshot("ui").await;
     assert_eq!(to.summary, "build 2026.11.01, 3 files");
 
     // The deploy: the origin switches to the new build.
     point_current(&site.root, "2026.11.20");
     // The cache still holds the old build: purged by hand, as a deploy would.
-    let mut ban = std::net::TcpStream::connect(("127.0.0.1", site.varnish.port)).unwrap();
-    use std::io::{Read, Write};
-    write!(
-        ban,
-        "BAN / HTTP/1.1\r\nHost: x\r\nX-Ban-Url: .\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut sink = Vec::new();
-    let _ = ban.read_to_end(&mut sink);
+    site.varnish.ban("X-Ban-Url", ".");
     assert_eq!(served(&site.varnish), new);
 
     let output = site
@@ -175,7 +152,7 @@ async fn after_a_rollback_varnish_serves_the_old_build_byte_for_byte() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_varnish_that_refuses_the_purge_fails_the_step_clearly() {
     let site = site(VCL_PURGE_REFUSED);
-    let to = snapshot(&site.agent).await;
+    let to = site.agent.snapshot("ui").await;
     point_current(&site.root, "2026.11.20");
     let error = site
         .agent
@@ -191,7 +168,7 @@ async fn a_varnish_that_refuses_the_purge_fails_the_step_clearly() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_build_changed_or_removed_since_the_snapshot_is_refused() {
     let site = site(VCL_PURGE_ALLOWED);
-    let to = snapshot(&site.agent).await;
+    let to = site.agent.snapshot("ui").await;
     point_current(&site.root, "2026.11.20");
     std::fs::write(site.root.join("builds/2026.11.01/app.js"), "tampered\n").unwrap();
     let text = site
@@ -232,7 +209,7 @@ async fn varnish_purged_by_surrogate_key_serves_the_old_build() {
     let site = site_with(VCL_SURROGATE_KEYS, r#", surrogate_keys = ["ui"]"#);
     let old = build_files(&site.root, "2026.11.01");
     assert_eq!(served(&site.varnish), old);
-    let to = snapshot(&site.agent).await;
+    let to = site.agent.snapshot("ui").await;
     point_current(&site.root, "2026.11.20");
     let ActionOutput::Outcome(outcome) = site
         .agent
@@ -252,9 +229,9 @@ async fn varnish_purged_by_surrogate_key_serves_the_old_build() {
     // A key that tags nothing purges nothing: the cache keeps serving the
     // new build, and the step fails on what users get.
     let site = site_with(VCL_SURROGATE_KEYS, r#", surrogate_keys = ["other"]"#);
-    let to = snapshot(&site.agent).await;
+    let to = site.agent.snapshot("ui").await;
     point_current(&site.root, "2026.11.20");
-    ban_key(&site.varnish, "ui");
+    site.varnish.ban("Surrogate-Key", "ui");
     let new = build_files(&site.root, "2026.11.20");
     assert_eq!(served(&site.varnish), new, "the cache holds the new build");
     let error = site
@@ -265,22 +242,4 @@ async fn varnish_purged_by_surrogate_key_serves_the_old_build() {
     let text = error.to_string();
     assert!(text.contains("are not build 2026.11.01"), "{text}");
     assert!(text.contains("/app.js"), "{text}");
-}
-
-/// BAN everything tagged with a surrogate key.
-fn ban_key(varnish: &Varnish, key: &str) {
-    use std::io::{Read, Write};
-    let mut ban = std::net::TcpStream::connect(("127.0.0.1", varnish.port)).unwrap();
-    write!(
-        ban,
-        "BAN / HTTP/1.1\r\nHost: x\r\nSurrogate-Key: {key}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = Vec::new();
-    let _ = ban.read_to_end(&mut answer);
-    assert!(
-        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
-        "BAN refused: {}",
-        String::from_utf8_lossy(&answer)
-    );
 }

@@ -21,21 +21,6 @@ grant = {{ docker = ["{name}"]{extra_grant} }}
     ))
 }
 
-async fn snapshot(agent: &Agent) -> SnapshotRecord {
-    let output = agent
-        .call("shop", Action::Snapshot)
-        .await
-        .unwrap_or_else(|e| panic!("snapshot: {e}"));
-    let ActionOutput::Captured(captured) = output.output else {
-        panic!("not a snapshot: {:?}", output.output)
-    };
-    SnapshotRecord {
-        data: captured.data,
-        summary: captured.summary,
-        taken_at: 0,
-    }
-}
-
 fn restore(to: &SnapshotRecord) -> Action {
     Action::Restore {
         to: to.clone(),
@@ -78,7 +63,7 @@ async fn rollback_puts_every_service_back_on_v1_with_its_configuration_in_order(
         ],
     );
     let agent = agent(&project, "");
-    let v1_snapshot = snapshot(&agent).await;
+    let v1_snapshot = agent.snapshot("shop").await;
     assert!(v1_snapshot.summary.contains("rewind-test/app:v1"));
 
     project.up("v2");
@@ -209,7 +194,7 @@ async fn a_missing_image_is_refused_before_anything_is_stopped() {
     let project = Project::new("missing");
     project.up(&tag);
     let agent = agent(&project, "");
-    let snapshot = snapshot(&agent).await;
+    let snapshot = agent.snapshot("shop").await;
     project.up("v2");
     run("docker", &["rmi", &format!("{}:{tag}", docker::REPO)]);
     let before: Vec<_> = SERVICES
@@ -245,7 +230,7 @@ async fn an_unhealthy_replacement_fails_the_step_with_its_last_log_lines() {
     let project = Project::new("unhealthy");
     project.up("v1");
     let agent = agent(&project, "");
-    let good = snapshot(&agent).await;
+    let good = agent.snapshot("shop").await;
     // A snapshot whose images do not pass their healthcheck: edit the
     // recorded image of `web` to the broken build (as if it had been taken
     // while that build ran).

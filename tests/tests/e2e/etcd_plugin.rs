@@ -25,21 +25,6 @@ grant = {{ http = ["127.0.0.1:{port}"] }}
     ))
 }
 
-async fn snapshot(agent: &Agent) -> SnapshotRecord {
-    let output = agent
-        .call("config", Action::Snapshot)
-        .await
-        .unwrap_or_else(|e| panic!("snapshot: {e}"));
-    let ActionOutput::Captured(captured) = output.output else {
-        panic!("not a snapshot")
-    };
-    SnapshotRecord {
-        data: captured.data,
-        summary: captured.summary,
-        taken_at: 0,
-    }
-}
-
 fn restore(to: &SnapshotRecord, step: &str) -> Action {
     Action::Restore {
         to: to.clone(),
@@ -77,7 +62,7 @@ async fn a_restore_of_a_thousand_keys_with_deletions_and_its_emergency_snapshot(
     etcd.put_many(&v1);
     etcd.put("/other/untouched", "x");
     let agent = agent(&etcd, "", "");
-    let to = snapshot(&agent).await;
+    let to = agent.snapshot("config").await;
     assert!(to.summary.starts_with("1001 keys"), "{}", to.summary);
     let state_v1 = etcd.get_prefix("/shop/");
 
@@ -153,7 +138,7 @@ async fn a_key_changed_after_the_plan_fails_the_step_and_nothing_is_written() {
     let etcd = EtcdServer::start();
     etcd.put_many(&release(1000, "v1"));
     let agent = agent(&etcd, "", "");
-    let to = snapshot(&agent).await;
+    let to = agent.snapshot("config").await;
     move_to_v2(&etcd);
     agent
         .call("config", Action::Plan { to: to.clone() })
@@ -190,7 +175,7 @@ async fn a_writer_during_the_restore_is_detected_and_keeps_its_value() {
     etcd.put_many(&release(1000, "v1"));
     // Small transactions, so the restore takes several round trips.
     let agent = agent(&etcd, ", batch = 16", "");
-    let to = snapshot(&agent).await;
+    let to = agent.snapshot("config").await;
     move_to_v2(&etcd);
     let before = etcd.get_prefix("/shop/");
 
@@ -255,7 +240,7 @@ async fn etcd_unreachable_and_authentication_from_the_agents_secrets() {
         ", user = \"root\"",
         &format!("secrets = \"{}\"", secrets.path().display()),
     );
-    let to = snapshot(&with_auth).await;
+    let to = with_auth.snapshot("config").await;
     assert!(to.summary.starts_with("1 keys"), "{}", to.summary);
     assert!(!to.data.contains("pa55-w0rd-xyz"));
 
@@ -318,7 +303,7 @@ async fn etcd_over_tls_with_a_private_ca_and_a_client_certificate() {
             r#"tls = [{{ host = "127.0.0.1:{port}", ca = "{dir}/ca.pem", cert = "{dir}/agent-rewind.pem", key = "{dir}/agent-rewind.key" }}]"#
         ),
     );
-    let to = snapshot(&agent).await;
+    let to = agent.snapshot("config").await;
     assert!(
         to.summary.starts_with("50 keys under /shop/ at revision"),
         "{}",

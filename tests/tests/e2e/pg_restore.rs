@@ -66,21 +66,6 @@ fn state(pg: &PgServer, database: &str) -> String {
     )
 }
 
-async fn snapshot(agent: &Agent) -> SnapshotRecord {
-    let output = agent
-        .call("db", Action::Snapshot)
-        .await
-        .unwrap_or_else(|e| panic!("snapshot: {e}"));
-    let ActionOutput::Captured(captured) = output.output else {
-        panic!("not a snapshot")
-    };
-    SnapshotRecord {
-        data: captured.data,
-        summary: captured.summary,
-        taken_at: 0,
-    }
-}
-
 fn restore(to: &SnapshotRecord, step: &str, confirm: bool) -> Action {
     Action::Restore {
         to: to.clone(),
@@ -105,7 +90,7 @@ async fn a_confirmed_restore_brings_data_and_schema_back_after_an_emergency_back
     create_shop(&pg);
     let agent = agent(&pg);
     let v1 = state(&pg, "shop");
-    let to = snapshot(&agent).await;
+    let to = agent.snapshot("db").await;
     assert!(to.summary.contains("migration 20260101"), "{}", to.summary);
 
     deploy_v2(&pg);
@@ -204,7 +189,7 @@ async fn damaged_backups_are_refused_before_anything_is_touched() {
     let pg = PgServer::start();
     create_shop(&pg);
     let agent = agent(&pg);
-    let to = snapshot(&agent).await;
+    let to = agent.snapshot("db").await;
     deploy_v2(&pg);
     let v2 = state(&pg, "shop");
     let live = oid(&pg);
@@ -262,7 +247,7 @@ async fn clients_during_the_swap_see_the_old_or_the_new_database_never_a_partial
     let pg = Arc::new(PgServer::start());
     create_shop(&pg);
     let agent = agent(&pg);
-    let to = snapshot(&agent).await;
+    let to = agent.snapshot("db").await;
     deploy_v2(&pg);
     let query = "SELECT (SELECT max(version) FROM schema_migrations) || ' ' || \
                  (SELECT count(*) FROM items) || ' ' || (SELECT count(*) FROM orders)";
