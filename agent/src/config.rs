@@ -57,6 +57,9 @@ pub struct AgentConfig {
 pub struct CoordinatorLink {
     pub url: String,
     pub tls: rewind_proto::tls::TlsFiles,
+    /// A PEM revocation list of the fleet CA, checked against the
+    /// coordinator's certificate and re-read when it changes.
+    pub crl: Option<PathBuf>,
 }
 
 /// A plugin the agent may load.
@@ -191,6 +194,7 @@ struct RawCoordinator {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    crl: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -433,6 +437,7 @@ pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
                     cert: resolve(&link.cert),
                     key: resolve(&link.key),
                 },
+                crl: link.crl.as_deref().map(resolve),
             })
         }
         None => None,

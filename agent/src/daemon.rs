@@ -3,25 +3,37 @@
 //! ledger so that no step acts twice. Reconnects with backoff; a step that
 //! was running when the agent died is settled at start by the plugin's
 //! verify, not run again.
+//!
+//! One action per target at a time: steps for a target wait their turn, and
+//! a step still waiting when the coordinator cancels it (it timed out, or
+//! its run was cancelled) is dropped and reported `cancelled`. A step that
+//! is delivered again while it runs (a retry, a redelivery after a
+//! reconnect) waits for it and returns its result.
 
 use crate::config::{AgentConfig, CoordinatorLink, TargetConfig};
 use crate::host::bindings::{self, RestoreOptions, SnapshotRecord};
 use crate::host::{Action, ActionOutput, CallError, LoadedPlugin, PluginHost, ProgressSink};
 use crate::ledger::{Begin, Ledger};
+use crate::limits;
+use rewind_proto::connect::Dialer;
+use rewind_proto::crl::CrlFile;
 use rewind_proto::v1::agent_service_client::AgentServiceClient;
 use rewind_proto::v1::{
     self as wire, AgentMessage, Heartbeat, Hello, StepProgress, StepRequest, StepResult,
     TargetInfo, agent_message, coordinator_message, step_result,
 };
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const HEARTBEAT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Messages queued for the coordinator before progress reports are dropped
+/// (results wait for room instead).
+const OUTBOUND_QUEUE: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -38,18 +50,29 @@ pub enum DaemonError {
     },
     #[error("TLS: {0}")]
     Tls(#[from] rewind_proto::tls::TlsError),
-    #[error("coordinator URL {url}: {error}")]
-    Url { url: String, error: String },
+    #[error("{0}")]
+    Link(String),
+}
+
+/// A step this process is handling: its attempt, whether it acts yet, how
+/// to cancel it while it waits, and its result once known.
+struct InFlight {
+    attempt: u32,
+    acting: bool,
+    cancel: Arc<Notify>,
+    result: watch::Receiver<Option<StepResult>>,
 }
 
 /// One agent: its configuration, loaded plugins, ledger and running steps.
 pub struct Agent {
     config: AgentConfig,
-    link: CoordinatorLink,
+    dialer: Dialer,
     host: Arc<PluginHost>,
     plugins: BTreeMap<String, Arc<LoadedPlugin>>,
     ledger: Ledger,
-    running: Mutex<HashSet<String>>,
+    in_flight: Mutex<HashMap<String, InFlight>>,
+    /// One action per target at a time.
+    targets: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
     slots: Semaphore,
     /// The stream of the current session, if connected. Results go to the
     /// session that is current when a step finishes, not the one it came on.
@@ -60,10 +83,21 @@ impl Agent {
     /// Load and check every target's plugin; refuse to start on any problem,
     /// naming the plugin, the interface and the target.
     pub fn new(config: AgentConfig, host: Arc<PluginHost>) -> Result<Arc<Agent>, DaemonError> {
-        let link = config
+        let link: CoordinatorLink = config
             .coordinator
             .clone()
             .ok_or_else(|| DaemonError::NoCoordinator(config.path.clone()))?;
+        let crl = match &link.crl {
+            Some(path) => Some(Arc::new(CrlFile::open(path).map_err(|e| {
+                DaemonError::Link(format!(
+                    "{}: agent.coordinator.crl: {e}",
+                    config.path.display()
+                ))
+            })?)),
+            None => None,
+        };
+        let dialer = Dialer::new(&link.url, &link.tls, crl)
+            .map_err(|e| DaemonError::Link(format!("{}: {e}", config.path.display())))?;
         let mut plugins = BTreeMap::new();
         for target in config.targets.values() {
             let plugin = host.load(&config.plugins[&target.plugin])?;
@@ -81,13 +115,19 @@ impl Agent {
             path: config.state_dir.join("ledger"),
             error,
         })?;
+        let targets = config
+            .targets
+            .keys()
+            .map(|name| (name.clone(), Arc::new(tokio::sync::Mutex::new(()))))
+            .collect();
         Ok(Arc::new(Agent {
             config,
-            link,
+            dialer,
             host,
             plugins,
             ledger,
-            running: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            targets,
             slots: Semaphore::new(crate::host::MAX_CONCURRENT_CALLS as usize),
             outbound: Mutex::new(None),
         }))
@@ -106,48 +146,9 @@ impl Agent {
         };
         let interrupted = self.ledger.interrupted().map_err(ledger_error)?;
         for step in &interrupted {
-            let mut result = match (wire::Action::try_from(step.action), &step.snapshot) {
-                (Ok(wire::Action::Restore), Some(snapshot)) => {
-                    let verify = StepRequest {
-                        action: wire::Action::Verify as i32,
-                        snapshot: Some(snapshot.clone()),
-                        ..step.clone()
-                    };
-                    let mut checked = self.execute(&verify, None).await;
-                    match checked.outcome.take() {
-                        Some(step_result::Outcome::Done(outcome)) => {
-                            checked.outcome = Some(step_result::Outcome::Done(wire::Outcome {
-                                changed: true,
-                                summary: format!(
-                                    "completed before the agent restarted (verified: {})",
-                                    outcome.summary
-                                ),
-                                details: outcome.details,
-                            }));
-                        }
-                        Some(step_result::Outcome::Error(error)) => {
-                            checked.outcome = Some(step_result::Outcome::Error(wire::StepError {
-                                kind: "interrupted".into(),
-                                message: format!(
-                                    "the agent restarted during this step, and verify says the target is not in the snapshot's state ({}: {}); the step was not run again",
-                                    error.kind, error.message
-                                ),
-                            }));
-                        }
-                        other => checked.outcome = other,
-                    }
-                    checked
-                }
-                _ => self.error_result(
-                    step,
-                    "interrupted",
-                    "the agent restarted during this step; it was not run again".into(),
-                ),
-            };
-            result.recovered = true;
-            result.attempt = step.attempt;
-            result.run_id = step.run_id.clone();
-            result.step_id = step.step_id.clone();
+            let result = self
+                .settle(step, "the agent restarted during this step".to_string())
+                .await;
             self.ledger.finish(&result).map_err(ledger_error)?;
             tracing::warn!(
                 step = step.step_id,
@@ -155,6 +156,61 @@ impl Agent {
             );
         }
         Ok(interrupted.len())
+    }
+
+    /// The outcome of a step that may have acted already, found without
+    /// acting again: a restore is checked with the plugin's verify.
+    async fn settle(&self, step: &StepRequest, why: String) -> StepResult {
+        let mut result = match (wire::Action::try_from(step.action), &step.snapshot) {
+            (Ok(wire::Action::Restore), Some(snapshot)) => {
+                let verify = StepRequest {
+                    action: wire::Action::Verify as i32,
+                    snapshot: Some(snapshot.clone()),
+                    ..step.clone()
+                };
+                let mut checked = {
+                    let _turn = self.turn(&step.target).await;
+                    self.execute(&verify, None).await
+                };
+                match checked.outcome.take() {
+                    Some(step_result::Outcome::Done(outcome)) => {
+                        checked.outcome = Some(step_result::Outcome::Done(wire::Outcome {
+                            changed: true,
+                            summary: format!(
+                                "{why}; verify says it completed ({})",
+                                outcome.summary
+                            ),
+                            details: outcome.details,
+                        }));
+                    }
+                    Some(step_result::Outcome::Error(error)) => {
+                        checked.outcome = Some(step_result::Outcome::Error(wire::StepError {
+                            kind: "interrupted".into(),
+                            message: format!(
+                                "{why}, and verify says the target is not in the snapshot's state ({}: {}); the step was not run again",
+                                error.kind, error.message
+                            ),
+                        }));
+                    }
+                    other => checked.outcome = other,
+                }
+                checked
+            }
+            _ => self.error_result(step, "interrupted", format!("{why}; it was not run again")),
+        };
+        result.recovered = true;
+        result.attempt = step.attempt;
+        result.run_id = step.run_id.clone();
+        result.step_id = step.step_id.clone();
+        result
+    }
+
+    /// Wait for a target's turn (one action per target at a time).
+    async fn turn(&self, target: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match self.targets.get(target) {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        }
     }
 
     fn hello(&self) -> Hello {
@@ -170,12 +226,12 @@ impl Agent {
                     digest: plugin.digest.clone(),
                 })
                 .collect(),
-            finished: self.ledger.recent_results().unwrap_or_default(),
+            finished: Vec::new(),
             running: self
-                .running
+                .in_flight
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .iter()
+                .keys()
                 .cloned()
                 .collect(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -183,25 +239,7 @@ impl Agent {
     }
 
     async fn channel(&self) -> Result<Channel, String> {
-        let url = &self.link.url;
-        let domain = url
-            .trim_start_matches("https://")
-            .split(['/', ':'])
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        let tls = self.link.tls.client(&domain).map_err(|e| e.to_string())?;
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| format!("coordinator URL {url}: {e}"))?
-            .tls_config(tls)
-            .map_err(|e| rewind_proto::tls::explain(&e))?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20));
-        endpoint
-            .connect()
-            .await
-            .map_err(|e| rewind_proto::tls::explain(&e))
+        self.dialer.channel().await
     }
 
     /// Stay connected until `shutdown` completes.
@@ -211,8 +249,7 @@ impl Agent {
         loop {
             let session = async {
                 let channel = self.channel().await?;
-                backoff = Duration::from_millis(100);
-                self.clone().session(channel).await
+                self.clone().session(channel, &mut backoff).await
             };
             tokio::select! {
                 _ = &mut shutdown => return,
@@ -231,19 +268,46 @@ impl Agent {
         }
     }
 
-    async fn session(self: Arc<Self>, channel: Channel) -> Result<(), String> {
-        let (tx, rx) = mpsc::channel(1024);
+    /// One session; `backoff` starts over once the coordinator accepted it.
+    async fn session(
+        self: Arc<Self>,
+        channel: Channel,
+        backoff: &mut Duration,
+    ) -> Result<(), String> {
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let hello = AgentMessage {
             body: Some(agent_message::Body::Hello(self.hello())),
         };
         tx.send(hello).await.map_err(|e| e.to_string())?;
-        let mut client = AgentServiceClient::new(channel);
+        let mut client = AgentServiceClient::new(channel)
+            .max_decoding_message_size(limits::MAX_MESSAGE)
+            .max_encoding_message_size(limits::MAX_MESSAGE);
         let mut inbound = client
             .session(ReceiverStream::new(rx))
             .await
-            .map_err(|s| s.message().to_string())?
+            .map_err(|s| status_text(&s))?
             .into_inner();
+        *backoff = Duration::from_millis(100);
         *self.outbound.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
+        // Results the coordinator may not have seen (steps that finished
+        // while the two were cut off), one per message.
+        let replay = {
+            let (tx, ledger) = (tx.clone(), self.ledger.clone());
+            tokio::spawn(async move {
+                let results = tokio::task::spawn_blocking(move || ledger.recent_results())
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                    .unwrap_or_default();
+                for result in results {
+                    let message = AgentMessage {
+                        body: Some(agent_message::Body::Result(result)),
+                    };
+                    if tx.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
         let heartbeat = {
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -271,16 +335,17 @@ impl Agent {
                     Some(coordinator_message::Body::Step(step)) => {
                         tokio::spawn(self.clone().handle(step));
                     }
-                    // A running plugin call is never cut short: nothing half-done.
-                    Some(coordinator_message::Body::Cancel(_))
-                    | Some(coordinator_message::Body::Welcome(_))
-                    | None => {}
+                    Some(coordinator_message::Body::Cancel(cancel)) => {
+                        self.cancel(&cancel.step_id, cancel.attempt)
+                    }
+                    Some(coordinator_message::Body::Welcome(_)) | None => {}
                 },
                 Ok(None) => break Ok(()),
-                Err(status) => break Err(format!("{}: {}", status.code(), status.message())),
+                Err(status) => break Err(status_text(&status)),
             }
         };
         heartbeat.abort();
+        replay.abort();
         *self.outbound.lock().unwrap_or_else(|e| e.into_inner()) = None;
         ended
     }
@@ -292,96 +357,191 @@ impl Agent {
             .clone()
     }
 
-    /// Run a delivered step once, whatever how often it is delivered.
-    async fn handle(self: Arc<Self>, step: StepRequest) {
-        let in_process = !self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(step.step_id.clone());
-        // The ledger writes durably (fsync): off the async workers.
-        let begun = {
-            let (ledger, request) = (self.ledger.clone(), step.clone());
-            tokio::task::spawn_blocking(move || ledger.begin(&request, in_process))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-        };
-        let result = match begun {
-            Ok(Begin::Done(result)) => {
-                if !in_process {
-                    self.running
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&step.step_id);
-                }
-                Some(result)
+    /// Drop a step that still waits for its turn; one already acting finishes.
+    fn cancel(&self, step_id: &str, attempt: u32) {
+        let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        match in_flight.get(step_id) {
+            Some(step) if step.attempt <= attempt && !step.acting => {
+                tracing::info!(step = step_id, "cancelled before it started acting");
+                step.cancel.notify_one();
             }
-            Ok(Begin::Running) => None,
-            Ok(Begin::Act) => {
-                let progress = {
-                    let agent = Arc::downgrade(&self);
-                    let (run_id, step_id, attempt) =
-                        (step.run_id.clone(), step.step_id.clone(), step.attempt);
-                    let sink: ProgressSink = Arc::new(move |report| {
-                        let Some(tx) = agent.upgrade().and_then(|a| a.outbound()) else {
-                            return;
-                        };
-                        let progress = StepProgress {
-                            run_id: run_id.clone(),
-                            step_id: step_id.clone(),
-                            attempt,
-                            detail: report.detail,
-                            percent: report.percent.map(u32::from),
-                        };
-                        let _ = tx.try_send(AgentMessage {
-                            body: Some(agent_message::Body::Progress(progress)),
-                        });
-                    });
-                    sink
-                };
-                let result = {
-                    let _slot = self.slots.acquire().await;
-                    self.execute(&step, Some(progress)).await
-                };
-                let finished = {
-                    let (ledger, result) = (self.ledger.clone(), result.clone());
-                    tokio::task::spawn_blocking(move || ledger.finish(&result))
-                        .await
-                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                };
-                if let Err(e) = finished {
-                    tracing::error!(
-                        step = step.step_id,
-                        "cannot record the step's result in the ledger: {e}"
-                    );
-                }
-                self.running
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&step.step_id);
-                Some(result)
-            }
-            Err(e) => {
-                self.running
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&step.step_id);
-                // Without a ledger record the step must not act.
-                Some(self.error_result(
-                    &step,
-                    "ledger",
-                    format!("cannot record the step before acting: {e}"),
-                ))
-            }
-        };
-        if let (Some(result), Some(tx)) = (result, self.outbound()) {
-            // If the stream is gone, the ledger has it for the next Hello.
+            Some(step) if step.acting => tracing::info!(
+                step = step_id,
+                "cancel arrived while the step acts; it finishes (stopping a restore halfway could leave its target half-restored)"
+            ),
+            _ => {}
+        }
+    }
+
+    async fn send_result(&self, result: StepResult) {
+        if let Some(tx) = self.outbound() {
+            // If the stream is gone, the ledger has it for the next session.
             let _ = tx
                 .send(AgentMessage {
                     body: Some(agent_message::Body::Result(result)),
                 })
                 .await;
         }
+    }
+
+    /// Run a delivered step once, whatever how often it is delivered.
+    async fn handle(self: Arc<Self>, step: StepRequest) {
+        // Delivered again while it is being handled: wait for that result.
+        let waiting = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            match in_flight.get(&step.step_id) {
+                Some(running) => Err(running.result.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    let cancel = Arc::new(Notify::new());
+                    in_flight.insert(
+                        step.step_id.clone(),
+                        InFlight {
+                            attempt: step.attempt,
+                            acting: false,
+                            cancel: cancel.clone(),
+                            result: rx,
+                        },
+                    );
+                    Ok((tx, cancel))
+                }
+            }
+        };
+        let (done, cancel) = match waiting {
+            Ok(fresh) => fresh,
+            Err(mut running) => {
+                let result = running
+                    .wait_for(Option::is_some)
+                    .await
+                    .ok()
+                    .and_then(|r| r.clone());
+                if let Some(mut result) = result {
+                    result.attempt = step.attempt;
+                    self.send_result(result).await;
+                }
+                return;
+            }
+        };
+        let result = self.clone().run_step(&step, cancel).await;
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&step.step_id);
+        let _ = done.send(Some(result.clone()));
+        self.send_result(result).await;
+    }
+
+    async fn ledger_do<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Ledger) -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        // The ledger writes durably (fsync): off the async workers.
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || op(&ledger))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+
+    async fn run_step(self: Arc<Self>, step: &StepRequest, cancel: Arc<Notify>) -> StepResult {
+        // What the ledger knows, before waiting for the target.
+        let known = {
+            let request = step.clone();
+            self.ledger_do(move |l| Ok(l.check(&request))).await
+        };
+        match known {
+            Ok(Some(Begin::Done(result))) => return result,
+            Ok(Some(Begin::Unsure(why))) => return self.settle_and_record(step, why).await,
+            Ok(_) => {}
+            Err(e) => {
+                return self.error_result(step, "ledger", format!("cannot read the ledger: {e}"));
+            }
+        }
+        let turn = tokio::select! {
+            turn = self.turn(&step.target) => turn,
+            _ = cancel.notified() => {
+                let result = self.error_result(
+                    step,
+                    "cancelled",
+                    "cancelled by the coordinator before it started acting; nothing was done".into(),
+                );
+                return self.record(result).await;
+            }
+        };
+        if let Some(entry) = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&step.step_id)
+        {
+            entry.acting = true;
+        }
+        let begun = {
+            let request = step.clone();
+            self.ledger_do(move |l| l.begin(&request)).await
+        };
+        match begun {
+            Ok(Begin::Done(result)) => result,
+            Ok(Begin::Unsure(why)) => {
+                drop(turn);
+                self.settle_and_record(step, why).await
+            }
+            Ok(Begin::Act) => {
+                let progress = self.progress_sink(step);
+                let result = {
+                    let _slot = self.slots.acquire().await;
+                    self.execute(step, Some(progress)).await
+                };
+                drop(turn);
+                self.record(result).await
+            }
+            // Without a ledger record the step must not act.
+            Err(e) => self.error_result(
+                step,
+                "ledger",
+                format!("cannot record the step before acting: {e}"),
+            ),
+        }
+    }
+
+    async fn settle_and_record(&self, step: &StepRequest, why: String) -> StepResult {
+        let result = self.settle(step, why).await;
+        self.record(result).await
+    }
+
+    /// Record a result in the ledger (it replaces the running record).
+    async fn record(&self, result: StepResult) -> StepResult {
+        let recorded = {
+            let result = result.clone();
+            self.ledger_do(move |l| l.finish(&result)).await
+        };
+        if let Err(e) = recorded {
+            tracing::error!(
+                step = result.step_id,
+                "cannot record the step's result in the ledger: {e}"
+            );
+        }
+        result
+    }
+
+    fn progress_sink(self: &Arc<Self>, step: &StepRequest) -> ProgressSink {
+        let agent = Arc::downgrade(self);
+        let (run_id, step_id, attempt) = (step.run_id.clone(), step.step_id.clone(), step.attempt);
+        Arc::new(move |report| {
+            let Some(tx) = agent.upgrade().and_then(|a| a.outbound()) else {
+                return;
+            };
+            let progress = StepProgress {
+                run_id: run_id.clone(),
+                step_id: step_id.clone(),
+                attempt,
+                detail: report.detail,
+                percent: report.percent.map(u32::from),
+            };
+            // Progress is best effort: dropped when the stream is backed up.
+            let _ = tx.try_send(AgentMessage {
+                body: Some(agent_message::Body::Progress(progress)),
+            });
+        })
     }
 
     fn error_result(&self, step: &StepRequest, kind: &str, message: String) -> StepResult {
@@ -412,7 +572,19 @@ impl Agent {
         };
         let plugin = &self.plugins[&target.name];
         let outcome = self.host.call(plugin, target, action, progress).await;
-        result_of(step, target, outcome)
+        limits::fit(result_of(step, target, outcome))
+    }
+}
+
+/// A gRPC status as a sentence, with the transport's reason when it has one.
+fn status_text(status: &tonic::Status) -> String {
+    match std::error::Error::source(status) {
+        Some(source) => format!(
+            "{}: {}",
+            status.message(),
+            rewind_proto::tls::explain(source)
+        ),
+        None => format!("{:?}: {}", status.code(), status.message()),
     }
 }
 

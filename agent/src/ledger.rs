@@ -3,6 +3,9 @@
 //! its recorded result instead of acting twice; a step that was running when
 //! the agent died is found at the next start and settled without acting
 //! again (see `daemon::recover`).
+//!
+//! It fails closed: a record that exists but cannot be read never means
+//! "act": the step is settled by asking the plugin's verify instead.
 
 use prost::Message;
 use rewind_proto::v1::{StepRequest, StepResult};
@@ -27,8 +30,9 @@ pub enum Begin {
     Act,
     /// Already finished: here is its result; do not act again.
     Done(StepResult),
-    /// Already running in this process: its result will follow.
-    Running,
+    /// It may have acted already (a previous agent process was running it,
+    /// or its record cannot be read): settle it without acting again.
+    Unsure(String),
 }
 
 fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -64,22 +68,45 @@ impl Ledger {
         self.dir.join(format!("{}.done", Self::key(step_id)))
     }
 
-    pub fn result(&self, step_id: &str) -> Option<StepResult> {
-        let bytes = std::fs::read(self.done_path(step_id)).ok()?;
-        StepResult::decode(bytes.as_slice()).ok()
+    /// A step's recorded result: none when there is no record, an error
+    /// when there is one that cannot be read.
+    pub fn result(&self, step_id: &str) -> Result<Option<StepResult>, String> {
+        let path = self.done_path(step_id);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        StepResult::decode(bytes.as_slice())
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// Record that a step is about to act, unless it already did.
-    /// `in_process` says whether this process is running it right now.
-    pub fn begin(&self, request: &StepRequest, in_process: bool) -> std::io::Result<Begin> {
-        if let Some(done) = self.result(&request.step_id) {
+    /// What is known of a step before it may act: its recorded result (for
+    /// this attempt or a later one), or a doubt, or nothing.
+    pub fn check(&self, request: &StepRequest) -> Option<Begin> {
+        match self.result(&request.step_id) {
             // A later attempt is a deliberate retry; anything else gets the record.
-            if request.attempt <= done.attempt {
-                return Ok(Begin::Done(done));
+            Ok(Some(done)) if request.attempt <= done.attempt => Some(Begin::Done(done)),
+            Ok(_) => {
+                let running = self.running_path(&request.step_id);
+                running.exists().then(|| {
+                    Begin::Unsure(format!(
+                        "a previous agent process was running this step ({})",
+                        running.display()
+                    ))
+                })
             }
+            Err(e) => Some(Begin::Unsure(format!(
+                "its ledger record cannot be read ({e})"
+            ))),
         }
-        if in_process {
-            return Ok(Begin::Running);
+    }
+
+    /// Record that a step is about to act, unless it already did (or may have).
+    pub fn begin(&self, request: &StepRequest) -> std::io::Result<Begin> {
+        if let Some(known) = self.check(request) {
+            return Ok(known);
         }
         write_durably(
             &self.running_path(&request.step_id),

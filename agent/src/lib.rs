@@ -7,5 +7,6 @@ pub mod daemon;
 pub mod docker;
 pub mod host;
 pub mod ledger;
+pub mod limits;
 pub mod signing;
 pub mod units;

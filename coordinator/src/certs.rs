@@ -1,11 +1,13 @@
 //! `rewind certs`: a development CA and the certificates of coordinators,
 //! agents and operators, with SPIFFE-style URI SANs
-//! (`spiffe://<trust-domain>/<kind>/<name>`). Production can use any PKI that
-//! issues the same URIs.
+//! (`spiffe://<trust-domain>/<kind>/<name>`), and its certificate revocation
+//! list (`crl.pem`, rewritten whole by `revoke`). Production can use any PKI
+//! that issues the same URIs and a PEM CRL.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, string::Ia5String,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber, string::Ia5String,
 };
 use rewind_proto::identity::{Identity, Kind, trust_domain_of_ca_pem};
 use std::io::Write;
@@ -101,7 +103,108 @@ pub fn init(dir: &Path, trust_domain: &str) -> Result<PathBuf, CertError> {
     let ca = dir.join("ca.pem");
     write_new(&dir.join("ca.key"), &key.serialize_pem(), 0o600)?;
     write_new(&ca, &cert.pem(), 0o644)?;
+    write_crl(dir, &[])?;
     Ok(ca)
+}
+
+/// The list of revoked serial numbers (hex), with when and whose.
+const REVOKED: &str = "revoked.txt";
+
+/// Sign and write `crl.pem` revoking `serials` (big-endian bytes), replacing
+/// the file in one rename so that a reader never sees half of it.
+fn write_crl(dir: &Path, serials: &[(Vec<u8>, OffsetDateTime)]) -> Result<PathBuf, CertError> {
+    let ca_pem = read(&dir.join("ca.pem"))?;
+    let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?).map_err(generate)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(generate)?;
+    let now = OffsetDateTime::now_utc();
+    let params = CertificateRevocationListParams {
+        this_update: now - Duration::minutes(5),
+        next_update: now + Duration::days(3650),
+        crl_number: SerialNumber::from(now.unix_timestamp_nanos() as u64),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|(serial, at)| RevokedCertParams {
+                serial_number: SerialNumber::from_slice(serial),
+                revocation_time: *at,
+                reason_code: Some(RevocationReason::Unspecified),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(&issuer).map_err(generate)?;
+    let path = dir.join("crl.pem");
+    let temp = dir.join(".crl.pem.tmp");
+    let _ = std::fs::remove_file(&temp);
+    write_new(&temp, &crl.pem().map_err(generate)?, 0o644)?;
+    std::fs::rename(&temp, &path).map_err(|e| CertError::File {
+        path: path.clone(),
+        error: e.to_string(),
+    })?;
+    Ok(path)
+}
+
+/// Revoke the certificate of `kind`/`name` issued in `dir`: its serial joins
+/// `revoked.txt` and `crl.pem` is rewritten. Coordinators and agents whose
+/// configuration names that `crl.pem` refuse it from then on, and end its
+/// open streams.
+pub fn revoke(dir: &Path, kind: Kind, name: &str) -> Result<PathBuf, CertError> {
+    let cert_path = dir.join(format!("{}.pem", stem(kind, name)));
+    let pem = read(&cert_path)?;
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| {
+        CertError::Invalid(format!(
+            "{}: not a PEM certificate: {e}",
+            cert_path.display()
+        ))
+    })?;
+    let cert = parsed.parse_x509().map_err(|e| {
+        CertError::Invalid(format!("{}: not a certificate: {e}", cert_path.display()))
+    })?;
+    let serial = cert.tbs_certificate.serial.to_bytes_be();
+    let list_path = dir.join(REVOKED);
+    let mut list = match std::fs::read_to_string(&list_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(CertError::File {
+                path: list_path,
+                error: e.to_string(),
+            });
+        }
+    };
+    let now = OffsetDateTime::now_utc();
+    if !list
+        .lines()
+        .any(|l| l.split(' ').next() == Some(&hex::encode(&serial)))
+    {
+        list.push_str(&format!(
+            "{} {} {}\n",
+            hex::encode(&serial),
+            now.unix_timestamp(),
+            stem(kind, name)
+        ));
+    }
+    let mut serials = Vec::new();
+    for line in list.lines() {
+        let mut parts = line.split(' ');
+        let (Some(serial), Some(at)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let bad = || CertError::Invalid(format!("{}: bad line `{line}`", list_path.display()));
+        let serial = hex::decode(serial).map_err(|_| bad())?;
+        let at = at.parse::<i64>().map_err(|_| bad())?;
+        serials.push((
+            serial,
+            OffsetDateTime::from_unix_timestamp(at).map_err(|_| bad())?,
+        ));
+    }
+    let crl = write_crl(dir, &serials)?;
+    std::fs::write(&list_path, list).map_err(|e| CertError::File {
+        path: list_path,
+        error: e.to_string(),
+    })?;
+    Ok(crl)
 }
 
 /// Issue a certificate for `kind`/`name` signed by the CA in `dir`, valid

@@ -1,6 +1,7 @@
 //! The coordinator's TOML configuration: where it listens, its database, its
-//! certificates, operator roles and protected environments. Parsed once;
-//! errors name the file and line.
+//! certificates (and revocation list), operator roles, and environments:
+//! which are protected, and which agents may claim each. Parsed once; errors
+//! name the file and line.
 
 use rewind_proto::tls::TlsFiles;
 use serde::Deserialize;
@@ -44,9 +45,88 @@ pub struct CoordinatorConfig {
     /// `sqlite://...` or `postgres://...`.
     pub database: String,
     pub tls: TlsFiles,
+    /// A PEM certificate revocation list of the fleet CA, re-read when it changes.
+    pub crl: Option<PathBuf>,
     pub trust_domain: String,
     pub operators: BTreeMap<String, Role>,
-    pub protected_environments: Vec<String>,
+    pub environments: BTreeMap<String, Environment>,
+}
+
+/// An environment (an agent's `env` label).
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// Data-loss steps on its agents need the admin role.
+    pub protected: bool,
+    /// Agent names or patterns (`db-*`) that may carry this `env` label;
+    /// None lets any agent carry it.
+    pub agents: Option<Vec<String>>,
+}
+
+/// A name against a pattern: exact, or with `*` standing for any characters.
+pub fn matches(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, rest)) => {
+            let Some(mut remaining) = name.strip_prefix(head) else {
+                return false;
+            };
+            let parts: Vec<&str> = rest.split('*').collect();
+            for (i, part) in parts.iter().enumerate() {
+                if i == parts.len() - 1 {
+                    return remaining.ends_with(part);
+                }
+                match remaining.find(part) {
+                    Some(at) => remaining = &remaining[at + part.len()..],
+                    None => return false,
+                }
+            }
+            true
+        }
+    }
+}
+
+impl CoordinatorConfig {
+    pub fn protected_environments(&self) -> Vec<&str> {
+        self.environments
+            .iter()
+            .filter(|(_, e)| e.protected)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    /// Check an agent's `env` label against the environments' allow-lists;
+    /// the error says what to change.
+    pub fn check_env_label(&self, agent: &str, env: Option<&str>) -> Result<(), String> {
+        let Some(env) = env else { return Ok(()) };
+        match self.environments.get(env).and_then(|e| e.agents.as_ref()) {
+            Some(allowed) if !allowed.iter().any(|p| matches(p, agent)) => Err(format!(
+                "agent {agent} has the label env = \"{env}\", but [environments.{env}] agents in {} does not list it ({})",
+                self.path.display(),
+                allowed.join(", ")
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether data-loss steps on this agent need the admin role: its `env`
+    /// label names a protected environment, or a protected environment's
+    /// allow-list names the agent (whatever its label says).
+    pub fn is_protected(&self, agent: &str, env: Option<&str>) -> Option<String> {
+        for (name, environment) in &self.environments {
+            if !environment.protected {
+                continue;
+            }
+            let by_label = env == Some(name.as_str());
+            let by_list = environment
+                .agents
+                .as_ref()
+                .is_some_and(|list| list.iter().any(|p| matches(p, agent)));
+            if by_label || by_list {
+                return Some(name.clone());
+            }
+        }
+        None
+    }
 }
 
 #[derive(Deserialize)]
@@ -73,6 +153,7 @@ struct RawTls {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    crl: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +161,7 @@ struct RawTls {
 struct RawEnvironment {
     #[serde(default)]
     protected: bool,
+    agents: Option<Vec<String>>,
 }
 
 pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
@@ -109,6 +191,10 @@ pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
         cert: resolve(&raw.coordinator.tls.cert),
         key: resolve(&raw.coordinator.tls.key),
     };
+    let crl = raw.coordinator.tls.crl.as_deref().map(resolve);
+    if let Some(crl) = &crl {
+        rewind_proto::crl::read(crl).map_err(|e| error(None, format!("tls.crl: {e}")))?;
+    }
     let ca_pem = std::fs::read(&tls.ca)
         .map_err(|e| error(None, format!("tls.ca {}: {e}", tls.ca.display())))?;
     let trust_domain = rewind_proto::identity::trust_domain_of_ca_pem(&ca_pem)
@@ -124,13 +210,98 @@ pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
         listen: raw.coordinator.listen,
         database,
         tls,
+        crl,
         trust_domain,
         operators: raw.operators,
-        protected_environments: raw
+        environments: raw
             .environments
             .into_iter()
-            .filter(|(_, e)| e.protected)
-            .map(|(n, _)| n)
+            .map(|(name, e)| {
+                (
+                    name,
+                    Environment {
+                        protected: e.protected,
+                        agents: e.agents,
+                    },
+                )
+            })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_names() {
+        assert!(matches("db-1", "db-1"));
+        assert!(!matches("db-1", "db-10"));
+        assert!(matches("db-*", "db-10"));
+        assert!(matches("*-prod", "api-prod"));
+        assert!(matches("*", "anything"));
+        assert!(matches("a*b*c", "a-x-b-y-c"));
+        assert!(!matches("a*b*c", "a-x-c"));
+        assert!(!matches("db-*", "web-1"));
+    }
+
+    fn config(environments: &[(&str, bool, Option<&[&str]>)]) -> CoordinatorConfig {
+        CoordinatorConfig {
+            path: PathBuf::from("/etc/rewind/coordinator.toml"),
+            listen: String::new(),
+            database: String::new(),
+            tls: TlsFiles {
+                ca: PathBuf::new(),
+                cert: PathBuf::new(),
+                key: PathBuf::new(),
+            },
+            crl: None,
+            trust_domain: "rewind.local".into(),
+            operators: BTreeMap::new(),
+            environments: environments
+                .iter()
+                .map(|(name, protected, agents)| {
+                    (
+                        name.to_string(),
+                        Environment {
+                            protected: *protected,
+                            agents: agents.map(|a| a.iter().map(|s| s.to_string()).collect()),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_env_label_counts_only_where_the_config_allows_it() {
+        let config = config(&[
+            ("production", true, Some(&["db-*", "web-1"])),
+            ("staging", false, Some(&["stg-*"])),
+            ("dev", false, None),
+        ]);
+        assert!(config.check_env_label("db-1", Some("production")).is_ok());
+        assert!(config.check_env_label("anyone", Some("dev")).is_ok());
+        assert!(config.check_env_label("anyone", None).is_ok());
+        let refused = config.check_env_label("db-1", Some("staging")).unwrap_err();
+        assert!(
+            refused.contains("[environments.staging] agents in /etc/rewind/coordinator.toml"),
+            "{refused}"
+        );
+        assert!(
+            config
+                .check_env_label("laptop", Some("production"))
+                .is_err()
+        );
+        // A production host is protected whatever its label says.
+        assert_eq!(
+            config.is_protected("db-1", Some("dev")).as_deref(),
+            Some("production")
+        );
+        assert_eq!(
+            config.is_protected("db-1", None).as_deref(),
+            Some("production")
+        );
+        assert_eq!(config.is_protected("stg-1", Some("staging")), None);
+    }
 }

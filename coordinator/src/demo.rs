@@ -258,6 +258,7 @@ fn connection(fleet: &LocalFleet) -> anyhow::Result<client::Connection> {
         ca: Some(files.ca),
         cert: Some(files.cert),
         key: Some(files.key),
+        crl: None,
     })
 }
 

@@ -1,10 +1,17 @@
-//! The connected fleet: one outbound channel per connected agent, and the
-//! routing of what agents report: a run's step results go to that run's
-//! driver, other results (checkpoints, previews, health verifies) to whoever
-//! waits for that step.
+//! The connected fleet: one outbound queue per connected agent, and the
+//! routing of what agents report. A run's step results go to that run's
+//! driver (which accepts them only from the step's agent), other results
+//! (checkpoints, previews, verify gates) to whoever waits for that step id,
+//! and only when they come from the agent the step was sent to. Whatever is
+//! refused is logged with the sender's identity and counted.
+//!
+//! Every queue is bounded: an agent that does not read its queue is
+//! disconnected (it reconnects and is sent its steps again); a run's driver
+//! that falls behind slows the agents' streams down (HTTP/2 flow control)
+//! rather than losing a result.
 
 use rewind_proto::v1::{
-    CoordinatorMessage, StepProgress, StepRequest, StepResult, coordinator_message,
+    CancelStep, CoordinatorMessage, StepProgress, StepRequest, StepResult, coordinator_message,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -13,13 +20,25 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
-pub type AgentSender = mpsc::UnboundedSender<Result<CoordinatorMessage, Status>>;
+pub type AgentSender = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+
+/// Messages queued for one agent before it counts as not reading.
+pub const AGENT_QUEUE: usize = 4096;
+/// Inputs queued for one run's driver.
+pub const RUN_QUEUE: usize = 8192;
 
 /// What a run's driver is told by the fleet.
 #[derive(Debug)]
 pub enum RunInput {
-    Result(StepResult),
-    Progress(StepProgress),
+    /// A step result, and the agent (from its certificate) that sent it.
+    Result {
+        from: String,
+        result: StepResult,
+    },
+    Progress {
+        from: String,
+        progress: StepProgress,
+    },
     /// The agent (re)connected: deliver its steps that are in flight again.
     AgentConnected(String),
     Cancel,
@@ -42,17 +61,24 @@ struct Connection {
     agent: ConnectedAgent,
 }
 
+/// Someone waiting for the result of a step sent outside of any run.
+struct Waiter {
+    agent: String,
+    reply: oneshot::Sender<StepResult>,
+}
+
 #[derive(Default)]
 struct Inner {
     agents: HashMap<String, Connection>,
-    waiters: HashMap<String, oneshot::Sender<StepResult>>,
-    runs: HashMap<String, mpsc::UnboundedSender<RunInput>>,
+    waiters: HashMap<String, Waiter>,
+    runs: HashMap<String, mpsc::Sender<RunInput>>,
 }
 
 #[derive(Default)]
 pub struct Fleet {
     inner: Mutex<Inner>,
     next_connection: AtomicU64,
+    refused: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Fleet {
@@ -72,7 +98,8 @@ impl Fleet {
             inner.runs.values().cloned().collect()
         };
         for run in runs {
-            let _ = run.send(RunInput::AgentConnected(name.to_string()));
+            // A full queue already holds work that will look at this agent.
+            let _ = run.try_send(RunInput::AgentConnected(name.to_string()));
         }
         id
     }
@@ -82,6 +109,22 @@ impl Fleet {
         let mut inner = self.lock();
         if inner.agents.get(name).is_some_and(|c| c.id == connection) {
             inner.agents.remove(name);
+        }
+    }
+
+    /// End every agent's stream with `status` (agents reconnect, to this
+    /// coordinator or another); used when the coordinator stops.
+    pub fn close_all(&self, status: Status) {
+        let connections: Vec<Connection> = self.lock().agents.drain().map(|(_, c)| c).collect();
+        for connection in connections {
+            let _ = connection.sender.try_send(Err(status.clone()));
+        }
+    }
+
+    /// End one agent's stream (it was retired, or its certificate ended).
+    pub fn close(&self, name: &str, status: Status) {
+        if let Some(connection) = self.lock().agents.remove(name) {
+            let _ = connection.sender.try_send(Err(status));
         }
     }
 
@@ -97,20 +140,54 @@ impl Fleet {
             .collect()
     }
 
-    /// Send a step to an agent; false when it is not connected (the step
-    /// stays journaled as sent and is delivered when the agent reconnects).
-    pub fn send_step(&self, agent: &str, step: StepRequest) -> bool {
-        let inner = self.lock();
+    /// Queue a message for an agent; false when it is not connected. An
+    /// agent whose queue is full is disconnected: it reconnects and is
+    /// sent its steps in flight again.
+    fn send(&self, agent: &str, message: CoordinatorMessage) -> bool {
+        let mut inner = self.lock();
         let Some(connection) = inner.agents.get(agent) else {
             return false;
         };
-        let message = CoordinatorMessage {
-            body: Some(coordinator_message::Body::Step(step)),
-        };
-        connection.sender.send(Ok(message)).is_ok()
+        match connection.sender.try_send(Ok(message)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    agent,
+                    "the agent does not read its stream ({AGENT_QUEUE} messages queued); disconnecting it"
+                );
+                inner.agents.remove(agent);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
-    /// Send a step outside of any run and wait for its result.
+    /// Send a step to an agent; false when it is not connected (the step
+    /// stays journaled as sent and is delivered when the agent reconnects).
+    pub fn send_step(&self, agent: &str, step: StepRequest) -> bool {
+        self.send(
+            agent,
+            CoordinatorMessage {
+                body: Some(coordinator_message::Body::Step(step)),
+            },
+        )
+    }
+
+    /// Tell an agent to drop a step's attempt if it has not started acting.
+    pub fn cancel_step(&self, agent: &str, step_id: &str, attempt: u32) {
+        self.send(
+            agent,
+            CoordinatorMessage {
+                body: Some(coordinator_message::Body::Cancel(CancelStep {
+                    step_id: step_id.to_string(),
+                    attempt,
+                })),
+            },
+        );
+    }
+
+    /// Send a step outside of any run and wait for its result, which only
+    /// `agent` may give. On timeout the agent is told to drop the step.
     pub async fn request(
         &self,
         agent: &str,
@@ -119,7 +196,14 @@ impl Fleet {
     ) -> Result<StepResult, String> {
         let (tx, rx) = oneshot::channel();
         let step_id = step.step_id.clone();
-        self.lock().waiters.insert(step_id.clone(), tx);
+        let attempt = step.attempt;
+        self.lock().waiters.insert(
+            step_id.clone(),
+            Waiter {
+                agent: agent.to_string(),
+                reply: tx,
+            },
+        );
         if !self.send_step(agent, step) {
             self.lock().waiters.remove(&step_id);
             return Err(format!("agent {agent} is not connected"));
@@ -129,14 +213,17 @@ impl Fleet {
         match result {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(format!("agent {agent}: the step was dropped")),
-            Err(_) => Err(format!(
-                "agent {agent}: no result within {}",
-                humantime::format_duration(timeout)
-            )),
+            Err(_) => {
+                self.cancel_step(agent, &step_id, attempt);
+                Err(format!(
+                    "agent {agent}: no result within {}",
+                    humantime::format_duration(timeout)
+                ))
+            }
         }
     }
 
-    pub fn register_run(&self, run_id: &str, input: mpsc::UnboundedSender<RunInput>) {
+    pub fn register_run(&self, run_id: &str, input: mpsc::Sender<RunInput>) {
         self.lock().runs.insert(run_id.to_string(), input);
     }
 
@@ -144,32 +231,93 @@ impl Fleet {
         self.lock().runs.remove(run_id);
     }
 
+    pub fn active_runs(&self) -> Vec<String> {
+        self.lock().runs.keys().cloned().collect()
+    }
+
     /// Tell a run's driver something; false when the run is not active here.
-    pub fn to_run(&self, run_id: &str, input: RunInput) -> bool {
-        match self.lock().runs.get(run_id) {
-            Some(run) => run.send(input).is_ok(),
+    pub async fn to_run(&self, run_id: &str, input: RunInput) -> bool {
+        let run = self.lock().runs.get(run_id).cloned();
+        match run {
+            Some(run) => run.send(input).await.is_ok(),
             None => false,
         }
     }
 
-    /// Deliver a step result to its run or its waiter.
-    pub fn route_result(&self, result: StepResult) {
-        let mut inner = self.lock();
-        if let Some(run) = inner.runs.get(&result.run_id) {
-            let _ = run.send(RunInput::Result(result));
-        } else if let Some(waiter) = inner.waiters.remove(&result.step_id) {
-            let _ = waiter.send(result);
-        } else {
-            tracing::debug!(
+    /// Deliver a step result that agent `from` sent to its run or its
+    /// waiter. Waits while the run's queue is full (never drops a result).
+    pub async fn route_result(&self, from: &str, result: StepResult) {
+        let run = {
+            let mut inner = self.lock();
+            if let Some(run) = inner.runs.get(&result.run_id) {
+                Some(run.clone())
+            } else {
+                match inner.waiters.remove(&result.step_id) {
+                    Some(waiter) if waiter.agent == from => {
+                        let _ = waiter.reply.send(result);
+                        return;
+                    }
+                    Some(waiter) => {
+                        let step_id = result.step_id.clone();
+                        inner.waiters.insert(step_id.clone(), waiter);
+                        drop(inner);
+                        self.refuse(
+                            from,
+                            "result-from-other-agent",
+                            &format!(
+                                "a result for step {step_id}, which was sent to another agent"
+                            ),
+                        );
+                        return;
+                    }
+                    None => None,
+                }
+            }
+        };
+        match run {
+            Some(run) => {
+                let _ = run
+                    .send(RunInput::Result {
+                        from: from.to_string(),
+                        result,
+                    })
+                    .await;
+            }
+            None => tracing::debug!(
+                agent = from,
                 step = result.step_id,
                 "a result nobody waits for (already settled)"
-            );
+            ),
         }
     }
 
-    pub fn route_progress(&self, progress: StepProgress) {
+    /// Progress is best effort: dropped when the run's queue is full.
+    pub fn route_progress(&self, from: &str, progress: StepProgress) {
         if let Some(run) = self.lock().runs.get(&progress.run_id) {
-            let _ = run.send(RunInput::Progress(progress));
+            let _ = run.try_send(RunInput::Progress {
+                from: from.to_string(),
+                progress,
+            });
         }
+    }
+
+    /// Refuse something an agent sent: log it with the sender's identity
+    /// and count it under `kind`.
+    pub fn refuse(&self, from: &str, kind: &str, detail: &str) {
+        tracing::warn!(agent = from, kind, "refused: {detail}");
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(kind.to_string())
+            .or_default() += 1;
+    }
+
+    /// How many messages were refused, by kind.
+    pub fn refusals(&self) -> BTreeMap<String, u64> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }

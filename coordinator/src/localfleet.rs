@@ -112,6 +112,7 @@ database = "{}"
 ca = "certs/ca.pem"
 cert = "certs/coordinator-main.pem"
 key = "certs/coordinator-main.key"
+crl = "certs/crl.pem"
 
 [operators]
 admin = "admin"
@@ -220,6 +221,7 @@ url = "{url}"
 ca = "{certs}/ca.pem"
 cert = "{certs}/{stem}.pem"
 key = "{certs}/{stem}.key"
+crl = "{certs}/crl.pem"
 
 {rest}"#,
             name = spec.name,

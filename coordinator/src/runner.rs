@@ -3,12 +3,18 @@
 //! only then sends the steps it dispatched; runs health gates; broadcasts
 //! events to watchers. A coordinator restarted mid-run resumes every run
 //! from its journal.
+//!
+//! A result or progress report counts only when it comes from the agent its
+//! step was sent to; anything else is refused and counted (see `Fleet`).
+//! While the coordinator stops (`Shared::draining`), nothing new is sent:
+//! steps the engine dispatches are journaled as sent and delivered by the
+//! next coordinator when their agents reconnect.
 
 use crate::engine::{
-    self, Command, Event, Failure, RunState, RunStatus, StageSpec, StageStatus, StepSpec,
+    self, Command, Corrupt, Done, Event, Failure, RunRow, RunState, StageSpec, StepRow, StepSpec,
     StepStatus,
 };
-use crate::fleet::{Fleet, RunInput};
+use crate::fleet::{Fleet, RUN_QUEUE, RunInput};
 use crate::health;
 use crate::plan::{Gate, Plan, StepAction, StepPlan};
 use crate::store::{
@@ -17,6 +23,7 @@ use crate::store::{
 use rewind_proto::v1::{Action, Snapshot, StepRequest, StepResult, step_result};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
@@ -29,6 +36,29 @@ pub struct Shared {
     pub fleet: Arc<Fleet>,
     /// Journaled run events (and, with seq 0, progress) for watchers.
     pub events: broadcast::Sender<EventRecord>,
+    /// The coordinator is stopping: no step is sent, no run starts.
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(store: Store) -> Shared {
+        let (events, _) = broadcast::channel(1 << 16);
+        Shared {
+            store,
+            fleet: Arc::new(Fleet::default()),
+            events,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// A random id part that cannot be guessed (64 bits, hex).
+pub fn nonce() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 pub fn now_ms() -> u64 {
@@ -44,6 +74,43 @@ struct RunContext {
     step_ids: Vec<String>,
     requests: Vec<StepRequest>,
     index: HashMap<String, usize>,
+}
+
+impl RunContext {
+    /// The step `step_id` names, if `from` is the agent it was sent to;
+    /// anything else is refused, logged and counted.
+    fn accepts(
+        &self,
+        fleet: &Fleet,
+        state: &RunState,
+        from: &str,
+        step_id: &str,
+        what: &str,
+    ) -> Option<usize> {
+        let Some(&step) = self.index.get(step_id) else {
+            fleet.refuse(
+                from,
+                &format!("{what}-for-unknown-step"),
+                &format!(
+                    "a {what} for step {step_id}, which run {} does not have",
+                    self.run_id
+                ),
+            );
+            return None;
+        };
+        if state.steps[step].agent != from {
+            fleet.refuse(
+                from,
+                &format!("{what}-from-other-agent"),
+                &format!(
+                    "a {what} for step {step_id}, which was sent to agent {}",
+                    state.steps[step].agent
+                ),
+            );
+            return None;
+        }
+        Some(step)
+    }
 }
 
 fn action_of(action: StepAction) -> Action {
@@ -81,12 +148,15 @@ fn stage_specs(plan: &Plan) -> Vec<StageSpec> {
         .collect()
 }
 
-/// Build the context and the engine's fresh state for a resolved plan.
+/// Build the context and the engine's fresh state for a resolved plan. A
+/// new run's step ids are made here (`ids` None): readable, with a part
+/// that cannot be guessed; a resumed run's come from its journal.
 fn build(
     run: &RunRecord,
     plan: &Plan,
     resolved: &[Vec<StepPlan>],
     snapshots: &[SnapshotRecord],
+    ids: Option<&[String]>,
 ) -> Result<(RunContext, RunState), String> {
     let mut stages = stage_specs(plan);
     let mut steps = Vec::new();
@@ -105,7 +175,19 @@ fn build(
                     plan.path, stage.line, stage.name, run.release, step.target, step.agent
                 ));
             }
-            let id = format!("{}/{}/{}/{}", run.id, stage.name, step.agent, step.target);
+            let id = match ids {
+                Some(ids) => ids.get(step_ids.len()).cloned().ok_or_else(|| {
+                    format!("run {}: the journal has fewer steps than its plan", run.id)
+                })?,
+                None => format!(
+                    "{}/{}/{}/{}/{}",
+                    run.id,
+                    stage.name,
+                    step.agent,
+                    step.target,
+                    nonce()
+                ),
+            };
             requests.push(StepRequest {
                 run_id: run.id.clone(),
                 step_id: id.clone(),
@@ -141,14 +223,18 @@ fn build(
 }
 
 /// Journal a new run and start driving it.
+/// `windows` gives, per step in plan order, the data-loss window its
+/// preview announced (None for steps that lose no data).
 pub async fn start(
     shared: Arc<Shared>,
     run: RunRecord,
     plan: Plan,
     resolved: Vec<Vec<StepPlan>>,
     snapshots: Vec<SnapshotRecord>,
+    windows: Vec<Option<u64>>,
 ) -> Result<(), StartError> {
-    let (context, state) = build(&run, &plan, &resolved, &snapshots).map_err(StartError::Plan)?;
+    let (context, state) =
+        build(&run, &plan, &resolved, &snapshots, None).map_err(StartError::Plan)?;
     let stages: Vec<StageRecord> = plan
         .stages
         .iter()
@@ -175,10 +261,12 @@ pub async fn start(
             status: "pending".into(),
             attempt: 0,
             summary: String::new(),
+            changed: false,
             error_kind: String::new(),
             error_message: String::new(),
             started_ms: None,
             finished_ms: None,
+            data_loss_window: windows.get(idx).copied().flatten(),
         })
         .collect();
     shared
@@ -198,88 +286,140 @@ pub enum StartError {
     Store(StoreError),
 }
 
-/// Resume every run that was running or paused when the coordinator stopped.
+/// Resume every run that was running or paused when the coordinator
+/// stopped. A run whose journal cannot be read is not resumed: the error is
+/// logged and journaled as a `run-unreadable` event for `rewind status`.
 pub async fn resume_all(shared: Arc<Shared>) -> Result<usize, StoreError> {
     let runs = shared.store.unfinished_runs().await?;
-    let count = runs.len();
+    let mut resumed = 0;
     for run in runs {
-        let plan = match crate::plan::parse(&run.plan_toml, &run.plan_path) {
-            Ok(plan) => plan,
-            Err(e) => {
-                tracing::error!(
-                    run = run.id,
-                    "cannot resume: its plan no longer parses: {e}"
-                );
-                continue;
+        match rebuild(&shared, &run).await? {
+            Ok((context, state, seq)) => {
+                tracing::info!(run = run.id, "resuming after a coordinator restart");
+                spawn_driver(shared.clone(), context, state, seq, Event::Resumed);
+                resumed += 1;
             }
-        };
-        let step_records = shared.store.steps(&run.id).await?;
-        let stage_records = shared.store.stages(&run.id).await?;
-        let snapshots = shared.store.snapshots(&run.release).await?;
-        let mut resolved = vec![Vec::new(); plan.stages.len()];
-        for step in &step_records {
-            resolved[step.stage].push(StepPlan {
-                agent: step.agent.clone(),
-                target: step.target.clone(),
-            });
-        }
-        let (context, mut state) = match build(&run, &plan, &resolved, &snapshots) {
-            Ok(built) => built,
-            Err(e) => {
-                tracing::error!(run = run.id, "cannot resume: {e}");
-                continue;
+            Err(why) => {
+                tracing::error!(run = run.id, "cannot resume: {why}");
+                let seq = shared
+                    .store
+                    .events_after(&run.id, 0)
+                    .await?
+                    .last()
+                    .map_or(0, |e| e.seq);
+                let event = EventRecord {
+                    run_id: run.id.clone(),
+                    seq: seq + 1,
+                    unix_ms: now_ms(),
+                    kind: "run-unreadable".into(),
+                    stage: String::new(),
+                    agent: String::new(),
+                    target: String::new(),
+                    step_id: String::new(),
+                    message: format!("the coordinator cannot resume this run: {why}"),
+                };
+                shared.store.append_events(&[event]).await?;
             }
-        };
-        let now = now_ms();
-        for record in &step_records {
-            state.attempts[record.idx] = record.attempt;
-            state.step_status[record.idx] = match record.status.as_str() {
-                // The timeout clock restarts: agents need time to reconnect.
-                "sent" => StepStatus::Sent { at_ms: now },
-                "succeeded" => StepStatus::Succeeded {
-                    summary: record.summary.clone(),
-                },
-                "failed" => StepStatus::Failed(Failure {
-                    kind: record.error_kind.clone(),
-                    message: record.error_message.clone(),
-                }),
-                "skipped" => StepStatus::Skipped,
-                _ => StepStatus::Pending,
-            };
         }
-        for record in &stage_records {
-            state.stage_status[record.idx] = StageStatus::parse(&record.status);
-        }
-        state.status = RunStatus::parse(&run.status);
-        let seq = shared
-            .store
-            .events_after(&run.id, 0)
-            .await?
-            .last()
-            .map_or(0, |e| e.seq);
-        tracing::info!(run = run.id, "resuming after a coordinator restart");
-        spawn_driver(shared.clone(), context, state, seq, Event::Tick);
     }
-    Ok(count)
+    Ok(resumed)
+}
+
+/// A run's context and state from its journal, or why it cannot be read.
+async fn rebuild(
+    shared: &Shared,
+    run: &RunRecord,
+) -> Result<Result<(RunContext, RunState, u64), String>, StoreError> {
+    let plan = match crate::plan::parse(&run.plan_toml, &run.plan_path) {
+        Ok(plan) => plan,
+        Err(e) => return Ok(Err(format!("its plan no longer parses: {e}"))),
+    };
+    let step_records = shared.store.steps(&run.id).await?;
+    let stage_records = shared.store.stages(&run.id).await?;
+    let snapshots = shared.store.snapshots(&run.release).await?;
+    let mut resolved = vec![Vec::new(); plan.stages.len()];
+    for step in &step_records {
+        let Some(stage) = resolved.get_mut(step.stage) else {
+            return Ok(Err(format!(
+                "step {} belongs to stage {}, which its plan does not have",
+                step.id, step.stage
+            )));
+        };
+        stage.push(StepPlan {
+            agent: step.agent.clone(),
+            target: step.target.clone(),
+        });
+    }
+    let ids: Vec<String> = step_records.iter().map(|s| s.id.clone()).collect();
+    let (context, fresh) = match build(run, &plan, &resolved, &snapshots, Some(&ids)) {
+        Ok(built) => built,
+        Err(e) => return Ok(Err(e)),
+    };
+    let stage_words: Vec<&str> = stage_records.iter().map(|s| s.status.as_str()).collect();
+    let step_rows: Vec<StepRow<'_>> = step_records
+        .iter()
+        .map(|s| StepRow {
+            status: &s.status,
+            attempt: s.attempt,
+            summary: &s.summary,
+            changed: s.changed,
+            error_kind: &s.error_kind,
+            error_message: &s.error_message,
+        })
+        .collect();
+    let state = RunState::from_journal(
+        fresh.stages,
+        fresh.steps,
+        &RunRow {
+            status: &run.status,
+            halting: run.halting,
+            cancelling: run.cancelling,
+        },
+        &stage_words,
+        &step_rows,
+        now_ms(),
+    );
+    let state = match state {
+        Ok(state) => state,
+        Err(Corrupt { what, value }) => {
+            return Ok(Err(format!(
+                "the journal holds {what} `{value}`, which this coordinator does not know"
+            )));
+        }
+    };
+    let seq = shared
+        .store
+        .events_after(&run.id, 0)
+        .await?
+        .last()
+        .map_or(0, |e| e.seq);
+    Ok(Ok((context, state, seq)))
 }
 
 fn spawn_driver(shared: Arc<Shared>, context: RunContext, state: RunState, seq: u64, first: Event) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(RUN_QUEUE);
     shared.fleet.register_run(&context.run_id, tx.clone());
     tokio::spawn(drive(shared, context, state, seq, first, rx, tx));
 }
 
-fn outcome_of(result: &StepResult) -> Result<String, Failure> {
+fn outcome_of(result: &StepResult) -> Result<Done, Failure> {
     let recovered = if result.recovered {
         " (recovered after an agent restart)"
     } else {
         ""
     };
+    let unchanged = |summary: String| Done {
+        summary,
+        changed: false,
+    };
     match &result.outcome {
-        Some(step_result::Outcome::Done(outcome)) => Ok(format!("{}{recovered}", outcome.summary)),
-        Some(step_result::Outcome::Captured(captured)) => Ok(captured.summary.clone()),
+        Some(step_result::Outcome::Done(outcome)) => Ok(Done {
+            summary: format!("{}{recovered}", outcome.summary),
+            changed: outcome.changed,
+        }),
+        Some(step_result::Outcome::Captured(captured)) => Ok(unchanged(captured.summary.clone())),
         Some(step_result::Outcome::Preview(preview)) => {
-            Ok(format!("{} changes", preview.changes.len()))
+            Ok(unchanged(format!("{} changes", preview.changes.len())))
         }
         Some(step_result::Outcome::Error(error)) => Err(Failure {
             kind: error.kind.clone(),
@@ -298,8 +438,8 @@ async fn drive(
     mut state: RunState,
     mut seq: u64,
     first: Event,
-    mut rx: mpsc::UnboundedReceiver<RunInput>,
-    tx: mpsc::UnboundedSender<RunInput>,
+    mut rx: mpsc::Receiver<RunInput>,
+    tx: mpsc::Sender<RunInput>,
 ) {
     let run_id = context.run_id.clone();
     let mut interval = tokio::time::interval(TICK);
@@ -322,16 +462,24 @@ async fn drive(
         }
         for input in inputs {
             let event = match input {
-                RunInput::Result(result) => match context.index.get(&result.step_id) {
-                    Some(&step) => Event::StepDone {
+                RunInput::Result { from, result } => {
+                    let Some(step) =
+                        context.accepts(&shared.fleet, &state, &from, &result.step_id, "result")
+                    else {
+                        continue;
+                    };
+                    Event::StepDone {
                         step,
                         attempt: result.attempt,
                         outcome: outcome_of(&result),
-                    },
-                    None => continue,
-                },
-                RunInput::Progress(p) => {
-                    if let Some(&step) = context.index.get(&p.step_id) {
+                    }
+                }
+                RunInput::Progress { from, progress: p } => {
+                    if let Some(step) =
+                        context.accepts(&shared.fleet, &state, &from, &p.step_id, "progress")
+                        && state.attempts[step] == p.attempt
+                        && matches!(state.step_status[step], StepStatus::Sent { .. })
+                    {
                         progress.push(EventRecord {
                             run_id: run_id.clone(),
                             seq: 0,
@@ -408,12 +556,25 @@ async fn drive(
             let _ = shared.events.send(event);
         }
         let mut finished = false;
+        // While the coordinator stops, nothing leaves: what the engine
+        // dispatched is journaled and the next coordinator sends it.
+        let draining = shared.is_draining();
         for command in commands {
             match command {
                 Command::Send { step, attempt } => {
+                    if draining {
+                        continue;
+                    }
                     let mut request = context.requests[step].clone();
                     request.attempt = attempt;
                     shared.fleet.send_step(&state.steps[step].agent, request);
+                }
+                Command::Cancel { step, attempt } => {
+                    shared.fleet.cancel_step(
+                        &state.steps[step].agent,
+                        &context.step_ids[step],
+                        attempt,
+                    );
                 }
                 Command::RunGates { stage } => {
                     let gates = context.plan.stages[stage].health.clone();
@@ -428,14 +589,14 @@ async fn drive(
                     let tx = tx.clone();
                     tokio::spawn(async move {
                         let outcome = run_gates(&fleet, &gates, targets).await;
-                        let _ = tx.send(RunInput::GatesDone { stage, outcome });
+                        let _ = tx.send(RunInput::GatesDone { stage, outcome }).await;
                     });
                 }
                 Command::Finished(_) => finished = true,
                 Command::Note(_) => {}
             }
         }
-        for agent in reconnected {
+        for agent in reconnected.into_iter().filter(|_| !draining) {
             for (step, spec) in state.steps.iter().enumerate() {
                 if spec.agent == agent && matches!(state.step_status[step], StepStatus::Sent { .. })
                 {
@@ -474,7 +635,7 @@ async fn run_gates(
                 for (agent, request) in &steps {
                     let verify = StepRequest {
                         run_id: String::new(),
-                        step_id: format!("{}/verify/{}", request.step_id, now_ms()),
+                        step_id: format!("{}/verify/{}", request.step_id, nonce()),
                         attempt: 1,
                         action: Action::Verify as i32,
                         ..request.clone()

@@ -5,7 +5,7 @@
 //! A run's state is written in one transaction per batch of engine events,
 //! before the steps it dispatches are sent.
 
-use crate::engine::{Note, RunState, StageStatus, StepStatus};
+use crate::engine::{Note, RunState, StepStatus};
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -71,7 +71,10 @@ pub struct RunRecord {
     pub finished_ms: Option<u64>,
     pub confirm_data_loss: bool,
     pub force: bool,
+    /// The largest data-loss window the preview announced.
     pub data_loss_window: Option<u64>,
+    pub halting: bool,
+    pub cancelling: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -85,10 +88,14 @@ pub struct StepRecord {
     pub status: String,
     pub attempt: u32,
     pub summary: String,
+    /// Whether the step changed its target.
+    pub changed: bool,
     pub error_kind: String,
     pub error_message: String,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
+    /// The data-loss window the step's preview announced (data steps only).
+    pub data_loss_window: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -117,7 +124,7 @@ pub struct EventRecord {
 macro_rules! run_columns {
     () => {
         "id, plan_name, plan_path, plan_toml, release_name, status, started_by, started_ms, finished_ms, \
-         confirm_data_loss, force_apply, data_loss_window"
+         confirm_data_loss, force_apply, data_loss_window, halting, cancelling"
     };
 }
 
@@ -347,7 +354,8 @@ impl Store {
         for step in steps {
             sqlx::query(
                 "INSERT INTO steps (run_id, idx, id, stage, agent, target, action, status, attempt, summary, error_kind, \
-                 error_message, started_ms, finished_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, '', '', '', NULL, NULL)",
+                 error_message, started_ms, finished_ms, data_loss_window) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, '', '', '', NULL, NULL, $9)",
             )
             .bind(&run.id)
             .bind(step.idx as i64)
@@ -357,6 +365,7 @@ impl Store {
             .bind(&step.target)
             .bind(&step.action)
             .bind(&step.status)
+            .bind(step.data_loss_window.map(|w| w as i64))
             .execute(&mut *tx)
             .await?;
         }
@@ -379,17 +388,17 @@ impl Store {
         steps.dedup();
         for idx in steps {
             let status = &state.step_status[idx];
-            let (summary, kind, message) = match status {
-                StepStatus::Succeeded { summary } => (summary.as_str(), "", ""),
-                StepStatus::Failed(f) => ("", f.kind.as_str(), f.message.as_str()),
-                _ => ("", "", ""),
+            let (summary, changed, kind, message) = match status {
+                StepStatus::Succeeded(done) => (done.summary.as_str(), done.changed, "", ""),
+                StepStatus::Failed(f) => ("", false, f.kind.as_str(), f.message.as_str()),
+                _ => ("", false, "", ""),
             };
             let started = matches!(status, StepStatus::Sent { .. });
-            let finished = matches!(status, StepStatus::Succeeded { .. } | StepStatus::Failed(_));
+            let finished = matches!(status, StepStatus::Succeeded(_) | StepStatus::Failed(_));
             sqlx::query(
                 "UPDATE steps SET status = $1, attempt = $2, summary = $3, error_kind = $4, error_message = $5, \
                  started_ms = CASE WHEN $6 = 1 THEN $7 ELSE started_ms END, \
-                 finished_ms = CASE WHEN $8 = 1 THEN $7 ELSE finished_ms END \
+                 finished_ms = CASE WHEN $8 = 1 THEN $7 ELSE finished_ms END, changed = $11 \
                  WHERE run_id = $9 AND idx = $10",
             )
             .bind(status.as_str())
@@ -402,6 +411,7 @@ impl Store {
             .bind(finished as i64)
             .bind(run_id)
             .bind(idx as i64)
+            .bind(changed as i64)
             .execute(&mut *tx)
             .await?;
         }
@@ -410,11 +420,8 @@ impl Store {
         stages.dedup();
         for idx in stages {
             let status = state.stage_status[idx];
-            let started = status == StageStatus::Running;
-            let finished = matches!(
-                status,
-                StageStatus::Succeeded | StageStatus::Failed | StageStatus::Skipped
-            );
+            let started = status == crate::engine::StageStatus::Running;
+            let finished = status.is_settled();
             sqlx::query(
                 "UPDATE stages SET status = $1, \
                  started_ms = CASE WHEN $2 = 1 AND started_ms IS NULL THEN $3 ELSE started_ms END, \
@@ -431,31 +438,52 @@ impl Store {
             .await?;
         }
         for event in events {
-            sqlx::query(
-                "INSERT INTO events (run_id, seq, unix_ms, kind, stage, agent, target, step_id, message) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(&event.run_id)
-            .bind(event.seq as i64)
-            .bind(event.unix_ms as i64)
-            .bind(&event.kind)
-            .bind(&event.stage)
-            .bind(&event.agent)
-            .bind(&event.target)
-            .bind(&event.step_id)
-            .bind(&event.message)
-            .execute(&mut *tx)
-            .await?;
+            insert_event(&mut tx, event).await?;
         }
         let finished = state.status.is_terminal().then_some(now_ms as i64);
-        sqlx::query("UPDATE runs SET status = $1, finished_ms = $2 WHERE id = $3")
-            .bind(state.status.as_str())
-            .bind(finished)
-            .bind(run_id)
+        sqlx::query(
+            "UPDATE runs SET status = $1, finished_ms = $2, halting = $3, cancelling = $4 WHERE id = $5",
+        )
+        .bind(state.status.as_str())
+        .bind(finished)
+        .bind(state.halting as i64)
+        .bind(state.cancelling as i64)
+        .bind(run_id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Steps journaled as sent, in runs not yet finished.
+    pub async fn steps_in_flight(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n FROM steps JOIN runs ON runs.id = steps.run_id \
+             WHERE steps.status = 'sent' AND runs.status IN ('running', 'paused')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u(&row, "n")?)
+    }
+
+    /// Journal events outside of a run's batches (e.g. a run that cannot be resumed).
+    pub async fn append_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for event in events {
+            insert_event(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forget a retired agent: it no longer counts in plans and checkpoints.
+    /// Its snapshots in past releases and its runs' history are kept.
+    pub async fn remove_agent(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM agents WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     fn run_from(row: &AnyRow) -> Result<RunRecord, StoreError> {
@@ -472,6 +500,8 @@ impl Store {
             confirm_data_loss: u(row, "confirm_data_loss")? != 0,
             force: u(row, "force_apply")? != 0,
             data_loss_window: opt_u(row, "data_loss_window")?,
+            halting: u(row, "halting")? != 0,
+            cancelling: u(row, "cancelling")? != 0,
         })
     }
 
@@ -514,8 +544,8 @@ impl Store {
 
     pub async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT idx, id, stage, agent, target, action, status, attempt, summary, error_kind, error_message, started_ms, finished_ms \
-             FROM steps WHERE run_id = $1 ORDER BY idx",
+            "SELECT idx, id, stage, agent, target, action, status, attempt, summary, changed, error_kind, error_message, \
+             started_ms, finished_ms, data_loss_window FROM steps WHERE run_id = $1 ORDER BY idx",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -532,10 +562,12 @@ impl Store {
                     status: s(row, "status")?,
                     attempt: u(row, "attempt")? as u32,
                     summary: s(row, "summary")?,
+                    changed: u(row, "changed")? != 0,
                     error_kind: s(row, "error_kind")?,
                     error_message: s(row, "error_message")?,
                     started_ms: opt_u(row, "started_ms")?,
                     finished_ms: opt_u(row, "finished_ms")?,
+                    data_loss_window: opt_u(row, "data_loss_window")?,
                 })
             })
             .collect()
@@ -588,6 +620,28 @@ impl Store {
             })
             .collect()
     }
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    event: &EventRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO events (run_id, seq, unix_ms, kind, stage, agent, target, step_id, message) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&event.run_id)
+    .bind(event.seq as i64)
+    .bind(event.unix_ms as i64)
+    .bind(&event.kind)
+    .bind(&event.stage)
+    .bind(&event.agent)
+    .bind(&event.target)
+    .bind(&event.step_id)
+    .bind(&event.message)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Turn an engine note into a journal event.

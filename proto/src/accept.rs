@@ -1,53 +1,167 @@
-//! The server's TLS: the handshake proves that a client holds the private key
-//! of the certificate it presents, and nothing more; each request then has
-//! its certificate chain verified against the fleet's CA (see
-//! `Authenticator`), so that every refusal reaches the client as a precise
-//! gRPC status instead of a TLS alert that TLS 1.3 clients may never read.
+//! The server's TLS: nothing is read from a connection before its client
+//! certificate chains to the fleet's CA and is not revoked. The handshake
+//! refuses everything else (rustls' `WebPkiClientVerifier`, rebuilt when the
+//! revocation list changes); kinds, roles and names are checked per request
+//! after it (see `identity::Authenticator`).
+//!
+//! Connections are bounded: at most `max_connections` at once (derived from
+//! the open-file limit, so the process never runs out of descriptors), at
+//! most `max_handshakes` of them still in their handshake, each handshake
+//! within `handshake_timeout`, and a connection that sends nothing for
+//! `idle_timeout` is closed (agents' heartbeats and HTTP/2 pings keep live
+//! ones busy). A connection over a bound is closed at once, so the listen
+//! queue keeps moving and operators still get in.
 
+use crate::crl::CrlFile;
 use crate::tls::{TlsError, TlsFiles};
-use rustls::DistinguishedName;
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DistinguishedName, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Accepts any client certificate whose key the client proves it holds;
-/// chains are verified per request by `Authenticator`.
-#[derive(Debug)]
-struct ProofOfKey {
-    algorithms: WebPkiSupportedAlgorithms,
+/// Bounds on the connections a server holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_handshakes: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
-impl ClientCertVerifier for ProofOfKey {
+/// Descriptors kept for everything but connections (journal, files, logs).
+const RESERVED_FILES: u64 = 64;
+
+impl Limits {
+    /// Limits that fit this process's open-file limit (raised to its hard
+    /// limit first): connections take what the other descriptors leave, and
+    /// handshakes at most half of that.
+    pub fn for_this_process() -> Limits {
+        let files = raise_open_file_limit();
+        let max_connections = files.saturating_sub(RESERVED_FILES).clamp(16, 200_000) as usize;
+        Limits {
+            max_connections,
+            max_handshakes: (max_connections / 2).clamp(8, 4096),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Raise the soft open-file limit to the hard one; returns the soft limit.
+fn raise_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+/// rustls' client verifier for the fleet CA, rebuilt when the revocation
+/// list changes.
+struct FleetClientVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    crl: Option<Arc<CrlFile>>,
+    subjects: Vec<DistinguishedName>,
+    current: RwLock<(u64, Arc<dyn ClientCertVerifier>)>,
+}
+
+impl std::fmt::Debug for FleetClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FleetClientVerifier")
+    }
+}
+
+fn build_verifier(
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+    crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+) -> Result<Arc<dyn ClientCertVerifier>, rustls::server::VerifierBuilderError> {
+    WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .with_crls(crls)
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status()
+        .build()
+}
+
+impl FleetClientVerifier {
+    fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        if let Some(crl) = &self.crl {
+            let (crls, generation) = crl.current();
+            let stale = self
+                .current
+                .read()
+                .map(|current| current.0 != generation)
+                .unwrap_or(true);
+            if stale {
+                match build_verifier(&self.roots, &self.provider, crls.to_vec()) {
+                    Ok(verifier) => {
+                        if let Ok(mut current) = self.current.write() {
+                            *current = (generation, verifier);
+                        }
+                    }
+                    Err(e) => tracing::error!("revocation list {}: {e}", crl.path().display()),
+                }
+            }
+        }
+        self.current
+            .read()
+            .map(|current| current.1.clone())
+            .unwrap_or_else(|e| e.into_inner().1.clone())
+    }
+}
+
+impl ClientCertVerifier for FleetClientVerifier {
     fn offer_client_auth(&self) -> bool {
         true
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        false
+        true
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
+        &self.subjects
     }
 
     fn verify_client_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
+        self.verifier()
+            .verify_client_cert(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(
@@ -56,7 +170,12 @@ impl ClientCertVerifier for ProofOfKey {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -65,11 +184,18 @@ impl ClientCertVerifier for ProofOfKey {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -80,17 +206,43 @@ fn error(path: &std::path::Path, e: impl std::fmt::Display) -> TlsError {
     }
 }
 
+/// The fleet CA as rustls roots.
+pub fn fleet_roots(ca: &std::path::Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| error(ca, e))? {
+        roots
+            .add(cert.map_err(|e| error(ca, e))?)
+            .map_err(|e| error(ca, e))?;
+    }
+    if roots.is_empty() {
+        return Err(error(ca, "no CA certificate in the file"));
+    }
+    Ok(Arc::new(roots))
+}
+
 impl TlsFiles {
-    /// The coordinator's TLS acceptor (HTTP/2 only).
-    pub fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
+    /// The coordinator's TLS acceptor (HTTP/2 only): client certificates
+    /// must chain to the CA and not be revoked by `crl`.
+    pub fn acceptor(&self, crl: Option<Arc<CrlFile>>) -> Result<TlsAcceptor, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
             .map_err(|e| error(&self.cert, e))?
             .collect::<Result<_, _>>()
             .map_err(|e| error(&self.cert, e))?;
         let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| error(&self.key, e))?;
-        let verifier = Arc::new(ProofOfKey {
-            algorithms: provider.signature_verification_algorithms,
+        let roots = fleet_roots(&self.ca)?;
+        let crls = match &crl {
+            Some(crl) => crl.current().0.to_vec(),
+            None => Vec::new(),
+        };
+        let generation = crl.as_ref().map_or(0, |c| c.current().1);
+        let initial = build_verifier(&roots, &provider, crls).map_err(|e| error(&self.ca, e))?;
+        let verifier = Arc::new(FleetClientVerifier {
+            subjects: roots.subjects(),
+            roots,
+            provider: provider.clone(),
+            crl,
+            current: RwLock::new((generation, initial)),
         });
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -103,35 +255,167 @@ impl TlsFiles {
     }
 }
 
-/// TLS connections accepted on `listener`, handshakes done concurrently (a
-/// slow or failed handshake never holds up the others).
+/// An accepted, authenticated connection: it holds its slot until closed,
+/// and fails a read when the peer has sent nothing for the idle timeout.
+pub struct Guarded {
+    inner: TlsStream<TcpStream>,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connected for Guarded {
+    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    let deadline = Instant::now() + self.idle;
+                    self.timer.as_mut().reset(deadline);
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the peer sent nothing within the idle timeout",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// After a refused handshake, the alert is written: close our side and let
+/// the client read it. Closing at once would make the kernel answer the
+/// client's next write (TLS 1.3 clients write before they read) with a reset
+/// that can destroy the alert unread, leaving the client with "broken pipe"
+/// instead of the reason.
+async fn linger(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = tcp.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// TLS connections accepted on `listener` within `limits`, handshakes done
+/// concurrently (a slow or failed handshake never holds up the others).
 pub fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
-    let (tx, rx) = mpsc::channel(1024);
+    limits: Limits,
+) -> ReceiverStream<Result<Guarded, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
     tokio::spawn(async move {
+        let mut refused_since_log = 0u64;
+        let mut last_log = Instant::now();
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
+                    // Out of descriptors or similar: wait, the bounds free some.
                     tracing::warn!("accept: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
-            let _ = tcp.set_nodelay(true);
             if tx.is_closed() {
                 return;
             }
+            let slots = (
+                connections.clone().try_acquire_owned(),
+                handshakes.clone().try_acquire_owned(),
+            );
+            let (Ok(slot), Ok(handshake)) = slots else {
+                drop(tcp);
+                refused_since_log += 1;
+                if last_log.elapsed() > Duration::from_secs(5) {
+                    tracing::warn!(
+                        "refused {refused_since_log} connection(s) over the bounds ({} connections, {} handshakes)",
+                        limits.max_connections,
+                        limits.max_handshakes
+                    );
+                    refused_since_log = 0;
+                    last_log = Instant::now();
+                }
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let accepted = tokio::time::timeout(
+                    limits.handshake_timeout,
+                    acceptor.accept(tcp).into_fallible(),
+                )
+                .await;
+                drop(handshake);
+                match accepted {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
+                        let guarded = Guarded {
+                            inner: stream,
+                            idle: limits.idle_timeout,
+                            timer: Box::pin(tokio::time::sleep(limits.idle_timeout)),
+                            _slot: slot,
+                        };
+                        let _ = tx.send(Ok(guarded)).await;
                     }
-                    Ok(Err(e)) => tracing::info!(%peer, "TLS handshake failed: {e}"),
+                    Ok(Err((e, tcp))) => {
+                        tracing::info!(%peer, "TLS handshake refused: {e}");
+                        linger(tcp).await;
+                        drop(slot);
+                    }
                     Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                 }
             });

@@ -3,6 +3,8 @@
 //! certificate identities that the agent and the coordinator share.
 
 pub mod accept;
+pub mod connect;
+pub mod crl;
 pub mod identity;
 pub mod tls;
 

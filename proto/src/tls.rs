@@ -67,12 +67,18 @@ pub fn explain(error: &(dyn std::error::Error + 'static)) -> String {
         || text.contains("Expired")
     {
         "a certificate has expired"
+    } else if text.contains("CertificateRevoked") || text.contains("Revoked") {
+        "a certificate has been revoked (it is on the CA's revocation list)"
+    } else if text.contains("NotValidYet") {
+        "a certificate is not valid yet (check the clocks, or its start date)"
     } else if text.contains("UnknownCA") || text.contains("UnknownIssuer") {
         "a certificate was not issued by the CA the other side trusts"
     } else if text.contains("DecryptError") || text.contains("BadSignature") {
         "a certificate's signature does not verify against the trusted CA (issued by another CA?)"
     } else if text.contains("CertificateRequired") {
-        "the coordinator requires a client certificate"
+        "the coordinator requires a client certificate issued by the fleet CA"
+    } else if text.contains("BadCertificate") {
+        "the other side refused the certificate presented (not from its CA, or not usable for this)"
     } else if text.contains("NotValidForName") {
         "the coordinator's certificate is not valid for the address used"
     } else if text.contains("Connection refused") || text.contains("ConnectionRefused") {

@@ -71,11 +71,21 @@ enum Command {
     Cancel { run: String },
     /// Resume a paused run, retrying its failed steps.
     Approve { run: String },
-    /// The agents the coordinator knows, and whether they are connected.
-    Fleet,
+    /// The agents the coordinator knows, and whether they are connected;
+    /// `fleet remove <agent>` retires one (admin).
+    Fleet {
+        #[command(subcommand)]
+        command: Option<FleetCommand>,
+    },
     /// The main job, end to end on this machine: a coordinator and a local
     /// fleet of agents, a release, a bad deploy, and a 4-stage rollback.
     Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Retire an agent that is no longer part of the fleet (it must be stopped).
+    Remove { agent: String },
 }
 
 /// The `rewind` program.
@@ -145,7 +155,10 @@ pub fn main() -> ExitCode {
             Command::History { limit } => cli::history(&connection, limit).await.map(|_| true),
             Command::Cancel { run } => cli::cancel(&connection, run).await.map(|_| true),
             Command::Approve { run } => cli::approve(&connection, run).await.map(|_| true),
-            Command::Fleet => cli::fleet(&connection).await.map(|_| true),
+            Command::Fleet { command: None } => cli::fleet(&connection).await.map(|_| true),
+            Command::Fleet {
+                command: Some(FleetCommand::Remove { agent }),
+            } => cli::remove_agent(&connection, agent).await.map(|_| true),
             Command::Demo(args) => demo::run(args).await,
         }
     });

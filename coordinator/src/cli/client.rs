@@ -1,13 +1,48 @@
 //! The operator's connection to the coordinator: mutual TLS with an operator
-//! certificate, and errors turned into sentences.
+//! certificate, a deadline for connecting and for each call, and errors
+//! turned into sentences that name the coordinator's address.
 
+use rewind_proto::connect::Dialer;
+use rewind_proto::crl::CrlFile;
 use rewind_proto::tls::{self, TlsFiles};
 use rewind_proto::v1::operator_service_client::OperatorServiceClient;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub type Client = OperatorServiceClient<Channel>;
+
+/// How long a quick call (a read, cancel, approve) may take.
+pub const QUICK: Duration = Duration::from_secs(30);
+/// How long a preview or the start of a run may take (plugins plan first).
+pub const PREVIEW: Duration = Duration::from_secs(10 * 60);
+/// How long a checkpoint may take (every target is snapshotted).
+pub const CHECKPOINT: Duration = Duration::from_secs(20 * 60);
+
+/// Make a call with a deadline: the coordinator is told it (grpc-timeout)
+/// and the CLI stops waiting at it, saying where it waited.
+pub async fn within<T>(
+    address: &str,
+    limit: Duration,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
+        Ok(Err(status)) => Err(refused(status)),
+        Err(_) => Err(anyhow::anyhow!(
+            "no answer from the coordinator at {address} within {}",
+            humantime::format_duration(limit)
+        )),
+    }
+}
+
+/// A request that carries its deadline to the coordinator.
+pub fn request<T>(message: T, limit: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(limit);
+    request
+}
 
 /// Where the coordinator is and which certificate to present.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,6 +64,9 @@ pub struct Connection {
     /// This operator's key.
     #[arg(long, env = "REWIND_KEY", global = true)]
     pub key: Option<PathBuf>,
+    /// The fleet CA's revocation list, checked against the coordinator's certificate.
+    #[arg(long, env = "REWIND_CRL", global = true)]
+    pub crl: Option<PathBuf>,
 }
 
 impl Connection {
@@ -44,29 +82,28 @@ impl Connection {
             cert: cert.clone(),
             key: key.clone(),
         };
-        connect(&self.coordinator, &files).await
+        let crl = match &self.crl {
+            Some(path) => Some(Arc::new(CrlFile::open(path).map_err(anyhow::Error::msg)?)),
+            None => None,
+        };
+        connect_with(&self.coordinator, &files, crl).await
     }
 }
 
 pub async fn connect(url: &str, files: &TlsFiles) -> anyhow::Result<Client> {
-    let domain = url
-        .trim_start_matches("https://")
-        .split(['/', ':'])
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| anyhow::anyhow!("coordinator URL {url}: {e}"))?
-        .tls_config(files.client(&domain)?)
-        .map_err(|e| anyhow::anyhow!("{}", tls::explain(&e)))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach the coordinator at {url}: {}",
-            tls::explain(&e)
-        )
-    })?;
-    Ok(OperatorServiceClient::new(channel).max_decoding_message_size(64 << 20))
+    connect_with(url, files, None).await
+}
+
+async fn connect_with(
+    url: &str,
+    files: &TlsFiles,
+    crl: Option<Arc<CrlFile>>,
+) -> anyhow::Result<Client> {
+    let dialer = Dialer::new(url, files, crl).map_err(anyhow::Error::msg)?;
+    let channel = dialer.channel().await.map_err(anyhow::Error::msg)?;
+    Ok(OperatorServiceClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(4 << 20))
 }
 
 /// A gRPC failure as an operator should read it.

@@ -7,7 +7,7 @@ pub mod view;
 
 use crate::certs;
 use anyhow::Context as _;
-use client::{Client, Connection, refused};
+use client::{CHECKPOINT, Client, Connection, PREVIEW, QUICK, refused, request, within};
 use rewind_proto::identity::Kind;
 use rewind_proto::v1::*;
 use std::io::{IsTerminal, Write};
@@ -33,6 +33,14 @@ pub enum CertsCommand {
         hosts: Vec<String>,
         #[arg(long, default_value_t = 365)]
         days: i64,
+    },
+    /// Revoke a certificate issued in `--dir`: `agent <host>`, `operator <name>`
+    /// or `coordinator <name>`. Rewrites crl.pem there.
+    Revoke {
+        kind: String,
+        name: String,
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
     },
 }
 
@@ -63,6 +71,16 @@ pub fn certs_command(command: CertsCommand) -> anyhow::Result<()> {
                 issued.key.display()
             );
         }
+        CertsCommand::Revoke { kind, name, dir } => {
+            let kind = Kind::parse(&kind)
+                .with_context(|| format!("`{kind}` is not coordinator, agent or operator"))?;
+            let crl = certs::revoke(&dir, kind, &name)?;
+            println!(
+                "revoked {} {name}: {} rewritten (coordinators and agents re-read it)",
+                kind.as_str(),
+                crl.display()
+            );
+        }
     }
     Ok(())
 }
@@ -77,14 +95,18 @@ pub async fn checkpoint(
     env: Option<String>,
 ) -> anyhow::Result<()> {
     let mut client = connection.connect().await?;
-    let reply = client
-        .checkpoint(CheckpointRequest {
-            release,
-            env: env.unwrap_or_default(),
-        })
-        .await
-        .map_err(refused)?
-        .into_inner();
+    let reply = within(
+        &connection.coordinator,
+        CHECKPOINT,
+        client.checkpoint(request(
+            CheckpointRequest {
+                release,
+                env: env.unwrap_or_default(),
+            },
+            CHECKPOINT,
+        )),
+    )
+    .await?;
     let release = reply
         .release
         .context("the coordinator answered without a release")?;
@@ -104,11 +126,12 @@ pub async fn checkpoint(
 
 pub async fn releases(connection: &Connection) -> anyhow::Result<()> {
     let mut client = connection.connect().await?;
-    let reply = client
-        .list_releases(ListReleasesRequest {})
-        .await
-        .map_err(refused)?
-        .into_inner();
+    let reply = within(
+        &connection.coordinator,
+        QUICK,
+        client.list_releases(request(ListReleasesRequest {}, QUICK)),
+    )
+    .await?;
     if reply.releases.is_empty() {
         println!("no releases yet: `rewind checkpoint <release>` records one");
     }
@@ -132,15 +155,17 @@ pub async fn releases(connection: &Connection) -> anyhow::Result<()> {
 
 pub async fn plan(connection: &Connection, path: &Path, release: String) -> anyhow::Result<()> {
     let mut client = connection.connect().await?;
-    let reply = client
-        .preview(PlanRequest {
-            plan_toml: read_plan(path)?,
-            plan_path: path.display().to_string(),
-            release: release.clone(),
-        })
-        .await
-        .map_err(refused)?
-        .into_inner();
+    let plan = PlanRequest {
+        plan_toml: read_plan(path)?,
+        plan_path: path.display().to_string(),
+        release: release.clone(),
+    };
+    let reply = within(
+        &connection.coordinator,
+        PREVIEW,
+        client.preview(request(plan, PREVIEW)),
+    )
+    .await?;
     view::print_preview(&reply, &release, &mut std::io::stdout())?;
     Ok(())
 }
@@ -161,15 +186,19 @@ pub async fn rollback(
 ) -> anyhow::Result<bool> {
     let plan_toml = read_plan(path)?;
     let plan_path = path.display().to_string();
-    let preview = client
-        .preview(PlanRequest {
-            plan_toml: plan_toml.clone(),
-            plan_path: plan_path.clone(),
-            release: release.to_string(),
-        })
-        .await
-        .map_err(refused)?
-        .into_inner();
+    let preview = within(
+        "the coordinator",
+        PREVIEW,
+        client.preview(request(
+            PlanRequest {
+                plan_toml: plan_toml.clone(),
+                plan_path: plan_path.clone(),
+                release: release.to_string(),
+            },
+            PREVIEW,
+        )),
+    )
+    .await?;
     let mut stdout = std::io::stdout();
     view::print_preview(&preview, release, &mut stdout)?;
     if !options.yes {
@@ -184,65 +213,76 @@ pub async fn rollback(
             anyhow::bail!("not confirmed; nothing was started");
         }
     }
-    let run = client
-        .start_run(RunRequest {
-            plan_toml,
-            plan_path,
-            release: release.to_string(),
-            confirm_data_loss: options.confirm_data_loss,
-            force: options.force,
-        })
-        .await
-        .map_err(refused)?
-        .into_inner();
+    let run = within(
+        "the coordinator",
+        PREVIEW,
+        client.start_run(request(
+            RunRequest {
+                plan_toml,
+                plan_path,
+                release: release.to_string(),
+                confirm_data_loss: options.confirm_data_loss,
+                force: options.force,
+            },
+            PREVIEW,
+        )),
+    )
+    .await?;
     println!("run {} started", run.run_id);
     watch_run(client, &run.run_id).await
 }
 
 /// Follow a run to its end with the live view, then print its report.
 pub async fn watch_run(client: &mut Client, run_id: &str) -> anyhow::Result<bool> {
-    let mut events = client
-        .watch(WatchRequest {
+    let mut events = within(
+        "the coordinator",
+        QUICK,
+        client.watch(WatchRequest {
             run_id: run_id.to_string(),
             after_seq: 0,
-        })
-        .await
-        .map_err(refused)?
-        .into_inner();
+        }),
+    )
+    .await?;
     let mut live = view::LiveView::new(std::io::stdout().is_terminal());
     let mut stdout = std::io::stdout();
     while let Some(event) = events.message().await.map_err(refused)? {
         live.event(&event, &mut stdout)?;
     }
-    let report = client
-        .get_run(RunRef {
-            run_id: run_id.to_string(),
-        })
-        .await
-        .map_err(refused)?
-        .into_inner();
+    let report = within(
+        "the coordinator",
+        QUICK,
+        client.get_run(request(
+            RunRef {
+                run_id: run_id.to_string(),
+            },
+            QUICK,
+        )),
+    )
+    .await?;
     view::print_report(&report, &mut stdout)?;
     Ok(report.status == "succeeded")
 }
 
 pub async fn status(connection: &Connection, run_id: String) -> anyhow::Result<bool> {
     let mut client = connection.connect().await?;
-    let report = client
-        .get_run(RunRef { run_id })
-        .await
-        .map_err(refused)?
-        .into_inner();
+    let report = within(
+        &connection.coordinator,
+        QUICK,
+        client.get_run(request(RunRef { run_id }, QUICK)),
+    )
+    .await?;
     view::print_report(&report, &mut std::io::stdout())?;
     Ok(report.status == "succeeded")
 }
 
 pub async fn history(connection: &Connection, limit: u32) -> anyhow::Result<()> {
     let mut client = connection.connect().await?;
-    let reply = client
-        .history(HistoryRequest { limit })
-        .await
-        .map_err(refused)?
-        .into_inner();
+    let reply = within(
+        &connection.coordinator,
+        QUICK,
+        client.history(request(HistoryRequest { limit }, QUICK)),
+    )
+    .await?;
     if reply.runs.is_empty() {
         println!("no runs yet");
     }
@@ -261,13 +301,13 @@ pub async fn history(connection: &Connection, limit: u32) -> anyhow::Result<()> 
 }
 
 pub async fn cancel(connection: &Connection, run_id: String) -> anyhow::Result<()> {
-    let reply = connection
-        .connect()
-        .await?
-        .cancel(RunRef { run_id })
-        .await
-        .map_err(refused)?
-        .into_inner();
+    let mut client = connection.connect().await?;
+    let reply = within(
+        &connection.coordinator,
+        QUICK,
+        client.cancel(request(RunRef { run_id }, QUICK)),
+    )
+    .await?;
     println!(
         "run {}: {} (steps in flight finish; nothing new starts)",
         reply.run_id, reply.status
@@ -276,13 +316,13 @@ pub async fn cancel(connection: &Connection, run_id: String) -> anyhow::Result<(
 }
 
 pub async fn approve(connection: &Connection, run_id: String) -> anyhow::Result<()> {
-    let reply = connection
-        .connect()
-        .await?
-        .approve(RunRef { run_id })
-        .await
-        .map_err(refused)?
-        .into_inner();
+    let mut client = connection.connect().await?;
+    let reply = within(
+        &connection.coordinator,
+        QUICK,
+        client.approve(request(RunRef { run_id }, QUICK)),
+    )
+    .await?;
     println!(
         "run {}: {} (failed steps are retried)",
         reply.run_id, reply.status
@@ -291,13 +331,13 @@ pub async fn approve(connection: &Connection, run_id: String) -> anyhow::Result<
 }
 
 pub async fn fleet(connection: &Connection) -> anyhow::Result<()> {
-    let reply = connection
-        .connect()
-        .await?
-        .fleet(FleetRequest {})
-        .await
-        .map_err(refused)?
-        .into_inner();
+    let mut client = connection.connect().await?;
+    let reply = within(
+        &connection.coordinator,
+        QUICK,
+        client.fleet(request(FleetRequest {}, QUICK)),
+    )
+    .await?;
     if reply.agents.is_empty() {
         println!("no agent has connected yet");
     }
@@ -325,5 +365,32 @@ pub async fn fleet(connection: &Connection) -> anyhow::Result<()> {
             targets.join(", ")
         );
     }
+    if !reply.refused.is_empty() {
+        let mut refused: Vec<String> = reply
+            .refused
+            .iter()
+            .map(|(kind, n)| format!("{kind}: {n}"))
+            .collect();
+        refused.sort();
+        println!(
+            "messages refused from agents since the coordinator started: {}",
+            refused.join(", ")
+        );
+    }
+    Ok(())
+}
+
+pub async fn remove_agent(connection: &Connection, agent: String) -> anyhow::Result<()> {
+    let mut client = connection.connect().await?;
+    let reply = within(
+        &connection.coordinator,
+        QUICK,
+        client.remove_agent(request(AgentRef { agent }, QUICK)),
+    )
+    .await?;
+    println!(
+        "agent {} retired: it no longer counts in plans and checkpoints",
+        reply.agent
+    );
     Ok(())
 }

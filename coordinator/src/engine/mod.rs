@@ -16,12 +16,22 @@
 //!
 //! Attempts: each dispatch of a step has an attempt number; a result counts
 //! only for the step's current attempt, so a late result of a superseded
-//! attempt is ignored.
+//! attempt is ignored. A step that times out, or is in flight when the run
+//! is cancelled, is also cancelled on its agent (which drops it if it has
+//! not started acting).
+//!
+//! Resume: a coordinator restarted mid-run rebuilds the state from the
+//! journal (`RunState::from_journal`) and feeds `Event::Resumed`, which
+//! restarts the clocks of steps in flight and re-runs the health gates of a
+//! stage that was gating.
 
-use crate::plan::OnFailure;
-
+mod model;
 #[cfg(test)]
 mod tests;
+
+pub use model::{Corrupt, RunStatus, StageStatus, StepWord};
+
+use crate::plan::OnFailure;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -29,106 +39,43 @@ pub struct Failure {
     pub message: String,
 }
 
+/// What a step that succeeded reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Done {
+    pub summary: String,
+    /// Whether the step changed its target (a restore that found the target
+    /// already in place did not).
+    pub changed: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepStatus {
     Pending,
     Sent { at_ms: u64 },
-    Succeeded { summary: String },
+    Succeeded(Done),
     Failed(Failure),
     Skipped,
 }
 
 impl StepStatus {
-    pub fn as_str(&self) -> &'static str {
+    pub fn word(&self) -> StepWord {
         match self {
-            StepStatus::Pending => "pending",
-            StepStatus::Sent { .. } => "sent",
-            StepStatus::Succeeded { .. } => "succeeded",
-            StepStatus::Failed(_) => "failed",
-            StepStatus::Skipped => "skipped",
+            StepStatus::Pending => StepWord::Pending,
+            StepStatus::Sent { .. } => StepWord::Sent,
+            StepStatus::Succeeded(_) => StepWord::Succeeded,
+            StepStatus::Failed(_) => StepWord::Failed,
+            StepStatus::Skipped => StepWord::Skipped,
         }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        self.word().as_str()
     }
 
     fn is_terminal(&self) -> bool {
         matches!(
             self,
-            StepStatus::Succeeded { .. } | StepStatus::Failed(_) | StepStatus::Skipped
-        )
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StageStatus {
-    Waiting,
-    Running,
-    /// All steps succeeded; health gates are running.
-    Gating,
-    Succeeded,
-    Failed,
-    Paused,
-    Skipped,
-}
-
-impl StageStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StageStatus::Waiting => "waiting",
-            StageStatus::Running => "running",
-            StageStatus::Gating => "gating",
-            StageStatus::Succeeded => "succeeded",
-            StageStatus::Failed => "failed",
-            StageStatus::Paused => "paused",
-            StageStatus::Skipped => "skipped",
-        }
-    }
-
-    pub fn parse(text: &str) -> StageStatus {
-        match text {
-            "running" => StageStatus::Running,
-            "gating" => StageStatus::Gating,
-            "succeeded" => StageStatus::Succeeded,
-            "failed" => StageStatus::Failed,
-            "paused" => StageStatus::Paused,
-            "skipped" => StageStatus::Skipped,
-            _ => StageStatus::Waiting,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunStatus {
-    Running,
-    Paused,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Running => "running",
-            RunStatus::Paused => "paused",
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-            RunStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(text: &str) -> RunStatus {
-        match text {
-            "paused" => RunStatus::Paused,
-            "succeeded" => RunStatus::Succeeded,
-            "failed" => RunStatus::Failed,
-            "cancelled" => RunStatus::Cancelled,
-            _ => RunStatus::Running,
-        }
-    }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled
+            StepStatus::Succeeded(_) | StepStatus::Failed(_) | StepStatus::Skipped
         )
     }
 }
@@ -176,7 +123,7 @@ pub enum Event {
     StepDone {
         step: usize,
         attempt: u32,
-        outcome: Result<String, Failure>,
+        outcome: Result<Done, Failure>,
     },
     GatesDone {
         stage: usize,
@@ -186,6 +133,25 @@ pub enum Event {
     Tick,
     Cancel,
     Approve,
+    /// The coordinator restarted and rebuilt this run from its journal.
+    Resumed,
+}
+
+/// A run as its journal row has it.
+pub struct RunRow<'a> {
+    pub status: &'a str,
+    pub halting: bool,
+    pub cancelling: bool,
+}
+
+/// A step as its journal row has it.
+pub struct StepRow<'a> {
+    pub status: &'a str,
+    pub attempt: u32,
+    pub summary: &'a str,
+    pub changed: bool,
+    pub error_kind: &'a str,
+    pub error_message: &'a str,
 }
 
 /// Something worth journaling and showing, e.g. `stage-started`.
@@ -207,6 +173,11 @@ pub enum Command {
     RunGates {
         stage: usize,
     },
+    /// Tell the step's agent to drop this attempt if it has not started.
+    Cancel {
+        step: usize,
+        attempt: u32,
+    },
     Note(Note),
     Finished(RunStatus),
 }
@@ -225,6 +196,53 @@ impl RunState {
             dirty_steps: Vec::new(),
             dirty_stages: Vec::new(),
         }
+    }
+
+    /// Rebuild a run's state from its journal rows. Every status must be
+    /// one the engine knows and the rows must fit the plan; steps in flight
+    /// get a fresh clock (`now_ms`), since their agents must reconnect first.
+    pub fn from_journal(
+        stages: Vec<StageSpec>,
+        steps: Vec<StepSpec>,
+        run: &RunRow<'_>,
+        stage_rows: &[&str],
+        step_rows: &[StepRow<'_>],
+        now_ms: u64,
+    ) -> Result<RunState, Corrupt> {
+        let shape = |what: &'static str, found: usize, wanted: usize| Corrupt {
+            what,
+            value: format!("{found} rows for {wanted} in the plan"),
+        };
+        if stage_rows.len() != stages.len() {
+            return Err(shape("stage count", stage_rows.len(), stages.len()));
+        }
+        if step_rows.len() != steps.len() {
+            return Err(shape("step count", step_rows.len(), steps.len()));
+        }
+        let mut state = RunState::new(stages, steps);
+        state.status = RunStatus::parse(run.status)?;
+        state.halting = run.halting;
+        state.cancelling = run.cancelling;
+        for (i, word) in stage_rows.iter().enumerate() {
+            state.stage_status[i] = StageStatus::parse(word)?;
+        }
+        for (i, row) in step_rows.iter().enumerate() {
+            state.attempts[i] = row.attempt;
+            state.step_status[i] = match StepWord::parse(row.status)? {
+                StepWord::Pending => StepStatus::Pending,
+                StepWord::Sent => StepStatus::Sent { at_ms: now_ms },
+                StepWord::Succeeded => StepStatus::Succeeded(Done {
+                    summary: row.summary.to_string(),
+                    changed: row.changed,
+                }),
+                StepWord::Failed => StepStatus::Failed(Failure {
+                    kind: row.error_kind.to_string(),
+                    message: row.error_message.to_string(),
+                }),
+                StepWord::Skipped => StepStatus::Skipped,
+            };
+        }
+        Ok(state)
     }
 
     fn set_step(&mut self, step: usize, status: StepStatus) {
@@ -283,14 +301,14 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
             }
             let stage = state.steps[step].stage;
             match outcome {
-                Ok(summary) => {
+                Ok(done) => {
                     out.push(note(
                         "step-succeeded",
                         Some(stage),
                         Some(step),
-                        summary.clone(),
+                        done.summary.clone(),
                     ));
-                    state.set_step(step, StepStatus::Succeeded { summary });
+                    state.set_step(step, StepStatus::Succeeded(done));
                 }
                 Err(failure) => {
                     out.push(note(
@@ -341,6 +359,10 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
                             format!("timeout: {}", failure.message),
                         ));
                         state.set_step(step, StepStatus::Failed(failure));
+                        out.push(Command::Cancel {
+                            step,
+                            attempt: state.attempts[step],
+                        });
                     }
                 }
             }
@@ -352,8 +374,35 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
                     "run-cancelling",
                     None,
                     None,
-                    "no new steps start; steps in flight finish".into(),
+                    "no new steps start; steps in flight finish unless their agent has not started them"
+                        .into(),
                 ));
+                for step in 0..state.steps.len() {
+                    if matches!(state.step_status[step], StepStatus::Sent { .. }) {
+                        out.push(Command::Cancel {
+                            step,
+                            attempt: state.attempts[step],
+                        });
+                    }
+                }
+            }
+        }
+        Event::Resumed => {
+            out.push(note(
+                "run-recovered",
+                None,
+                None,
+                "resumed from the journal after a coordinator restart".into(),
+            ));
+            for step in 0..state.steps.len() {
+                if let StepStatus::Sent { at_ms } = &mut state.step_status[step] {
+                    *at_ms = now_ms;
+                }
+            }
+            for stage in 0..state.stages.len() {
+                if state.stage_status[stage] == StageStatus::Gating {
+                    out.push(Command::RunGates { stage });
+                }
             }
         }
         Event::Approve => {
@@ -426,12 +475,7 @@ fn pump(state: &mut RunState, now_ms: u64, out: &mut Vec<Command>) {
         // A failure just happened; settle once in-flight steps are done.
         return pump(state, now_ms, out);
     }
-    let settled = state.stage_status.iter().all(|s| {
-        matches!(
-            s,
-            StageStatus::Succeeded | StageStatus::Failed | StageStatus::Skipped
-        )
-    });
+    let settled = state.stage_status.iter().all(|s| s.is_settled());
     if settled && state.in_flight() == 0 {
         let failed = state.stage_status.contains(&StageStatus::Failed);
         skip_the_rest(state);
@@ -481,7 +525,7 @@ fn run_stage(state: &mut RunState, stage: usize, now_ms: u64, out: &mut Vec<Comm
         let canaries = &steps[..canary.min(steps.len())];
         let canaries_done = canaries
             .iter()
-            .all(|&s| matches!(state.step_status[s], StepStatus::Succeeded { .. }));
+            .all(|&s| matches!(state.step_status[s], StepStatus::Succeeded(_)));
         let eligible: Vec<usize> = if canaries_done {
             steps.clone()
         } else {

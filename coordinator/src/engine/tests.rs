@@ -49,7 +49,10 @@ fn ok(step: usize, attempt: u32) -> Event {
     Event::StepDone {
         step,
         attempt,
-        outcome: Ok("done".into()),
+        outcome: Ok(Done {
+            summary: "done".into(),
+            changed: true,
+        }),
     }
 }
 
@@ -198,7 +201,7 @@ fn repeated_results_are_ignored() {
         next(&mut run, fail(0, 1), 2).is_empty(),
         "a second result for a finished step changes nothing"
     );
-    assert!(matches!(run.step_status[0], StepStatus::Succeeded { .. }));
+    assert!(matches!(run.step_status[0], StepStatus::Succeeded(_)));
 }
 
 #[test]
@@ -221,11 +224,31 @@ fn a_step_without_result_times_out() {
     );
 }
 
+fn cancels(commands: &[Command]) -> Vec<(usize, u32)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Cancel { step, attempt } => Some((*step, *attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_timed_out_step_is_cancelled_on_its_agent() {
+    let mut run = RunState::new(vec![stage("a", &[], 10, 0, OnFailure::Halt)], steps(&[2]));
+    next(&mut run, Event::Start, 0);
+    next(&mut run, ok(1, 1), 10);
+    assert_eq!(cancels(&next(&mut run, Event::Tick, 1_001)), [(0, 1)]);
+}
+
 #[test]
 fn cancel_stops_dispatch_and_ends_when_in_flight_steps_finish() {
     let mut run = RunState::new(vec![stage("a", &[], 1, 0, OnFailure::Halt)], steps(&[3]));
     next(&mut run, Event::Start, 0);
-    assert_eq!(finished(&next(&mut run, Event::Cancel, 1)), None);
+    let out = next(&mut run, Event::Cancel, 1);
+    assert_eq!(finished(&out), None);
+    assert_eq!(cancels(&out), [(0, 1)], "the agent is told too");
     let out = next(&mut run, ok(0, 1), 2);
     assert_eq!(sent(&out), []);
     assert_eq!(finished(&out), Some(RunStatus::Cancelled));
@@ -253,4 +276,161 @@ fn gates_decide_the_stage() {
         2,
     );
     assert_eq!(finished(&out), Some(RunStatus::Failed));
+}
+
+/// The journal rows of a run as the store would hand them back.
+fn rows(run: &RunState) -> (Vec<&'static str>, Vec<StepRow<'_>>) {
+    let stages = run.stage_status.iter().map(|s| s.as_str()).collect();
+    let steps = run
+        .step_status
+        .iter()
+        .zip(&run.attempts)
+        .map(|(status, &attempt)| {
+            let (summary, changed, kind, message) = match status {
+                StepStatus::Succeeded(d) => (d.summary.as_str(), d.changed, "", ""),
+                StepStatus::Failed(f) => ("", false, f.kind.as_str(), f.message.as_str()),
+                _ => ("", false, "", ""),
+            };
+            StepRow {
+                status: status.as_str(),
+                attempt,
+                summary,
+                changed,
+                error_kind: kind,
+                error_message: message,
+            }
+        })
+        .collect();
+    (stages, steps)
+}
+
+fn reload(run: &RunState, now: u64) -> Result<RunState, Corrupt> {
+    let (stages, steps) = rows(run);
+    RunState::from_journal(
+        run.stages.clone(),
+        run.steps.clone(),
+        &RunRow {
+            status: run.status.as_str(),
+            halting: run.halting,
+            cancelling: run.cancelling,
+        },
+        &stages,
+        &steps,
+        now,
+    )
+}
+
+#[test]
+fn a_run_resumed_from_its_journal_goes_on_where_it_was() {
+    let mut run = RunState::new(
+        vec![
+            stage("a", &[], 10, 0, OnFailure::Halt),
+            stage("b", &[0], 10, 0, OnFailure::Halt),
+        ],
+        steps(&[2, 1]),
+    );
+    next(&mut run, Event::Start, 0);
+    next(&mut run, ok(0, 1), 1);
+    let mut resumed = reload(&run, 5_000).unwrap();
+    assert_eq!(resumed.step_status[1], StepStatus::Sent { at_ms: 5_000 });
+    // The clock of the step in flight restarted: no timeout at 5.5 s.
+    let out = next(&mut resumed, Event::Resumed, 5_000);
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::Note(n) if n.kind == "run-recovered"))
+    );
+    assert!(cancels(&next(&mut resumed, Event::Tick, 5_500)).is_empty());
+    assert_eq!(sent(&next(&mut resumed, ok(1, 1), 5_600)), [(2, 1)]);
+    assert_eq!(
+        finished(&next(&mut resumed, ok(2, 1), 5_700)),
+        Some(RunStatus::Succeeded)
+    );
+}
+
+#[test]
+fn a_stage_that_was_gating_runs_its_gates_again_after_a_restart() {
+    let mut gated = stage("a", &[], 10, 0, OnFailure::Halt);
+    gated.has_gates = true;
+    let mut run = RunState::new(vec![gated], steps(&[1]));
+    next(&mut run, Event::Start, 0);
+    next(&mut run, ok(0, 1), 1);
+    assert_eq!(run.stage_status[0], StageStatus::Gating);
+    let mut resumed = reload(&run, 10).unwrap();
+    let out = next(&mut resumed, Event::Resumed, 10);
+    assert!(out.contains(&Command::RunGates { stage: 0 }), "{out:?}");
+    let out = next(
+        &mut resumed,
+        Event::GatesDone {
+            stage: 0,
+            outcome: Ok(()),
+        },
+        11,
+    );
+    assert_eq!(finished(&out), Some(RunStatus::Succeeded));
+}
+
+#[test]
+fn halting_and_cancelling_survive_a_restart() {
+    // Halting: stage a failed while a step of the parallel stage b is in flight.
+    let mut run = RunState::new(
+        vec![
+            stage("a", &[], 10, 0, OnFailure::Halt),
+            stage("b", &[], 10, 0, OnFailure::Halt),
+            stage("c", &[0, 1], 10, 0, OnFailure::Halt),
+        ],
+        steps(&[1, 1, 1]),
+    );
+    next(&mut run, Event::Start, 0);
+    next(&mut run, fail(0, 1), 1);
+    assert!(run.halting);
+    let mut resumed = reload(&run, 2).unwrap();
+    next(&mut resumed, Event::Resumed, 2);
+    let out = next(&mut resumed, ok(1, 1), 3);
+    assert_eq!(sent(&out), [], "nothing more is dispatched after a halt");
+    assert_eq!(finished(&out), Some(RunStatus::Failed));
+
+    // Cancelling, with a step in flight.
+    let mut run = RunState::new(vec![stage("a", &[], 1, 0, OnFailure::Halt)], steps(&[2]));
+    next(&mut run, Event::Start, 0);
+    next(&mut run, Event::Cancel, 1);
+    let mut resumed = reload(&run, 2).unwrap();
+    next(&mut resumed, Event::Resumed, 2);
+    let out = next(&mut resumed, ok(0, 1), 3);
+    assert_eq!(sent(&out), []);
+    assert_eq!(finished(&out), Some(RunStatus::Cancelled));
+}
+
+#[test]
+fn a_journal_the_engine_cannot_read_is_an_error() {
+    let run = RunState::new(vec![stage("a", &[], 1, 0, OnFailure::Halt)], steps(&[1]));
+    let (stages, mut step_rows) = rows(&run);
+    step_rows[0].status = "half-done";
+    let error = RunState::from_journal(
+        run.stages.clone(),
+        run.steps.clone(),
+        &RunRow {
+            status: "running",
+            halting: false,
+            cancelling: false,
+        },
+        &stages,
+        &step_rows,
+        0,
+    )
+    .unwrap_err();
+    assert_eq!(error.what, "step status");
+    let error = RunState::from_journal(
+        run.stages.clone(),
+        run.steps.clone(),
+        &RunRow {
+            status: "running",
+            halting: false,
+            cancelling: false,
+        },
+        &stages,
+        &[],
+        0,
+    )
+    .unwrap_err();
+    assert_eq!(error.what, "step count");
 }

@@ -1,9 +1,18 @@
 //! The agent service: each agent holds one stream. Its identity comes from
-//! its certificate alone, and it may speak only for itself.
+//! its certificate alone, and it may speak only for itself: its Hello must
+//! name it, its `env` label must be one the coordinator's configuration
+//! allows it, and its results and progress count only for steps sent to it
+//! (checked where they are routed, see `Fleet` and `runner`).
+//!
+//! A stream ends when its certificate expires or is revoked (the CRL file is
+//! re-read when it changes); the agent then has to connect again, and the
+//! TLS handshake refuses it.
 
-use crate::fleet::ConnectedAgent;
+use crate::config::CoordinatorConfig;
+use crate::fleet::{AGENT_QUEUE, ConnectedAgent};
 use crate::runner::{Shared, now_ms};
 use crate::store::{AgentRecord, TargetRecord};
+use rewind_proto::crl::CrlFile;
 use rewind_proto::identity::{Authenticator, Kind};
 use rewind_proto::v1::agent_service_server::AgentService;
 use rewind_proto::v1::{
@@ -14,18 +23,28 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a stream's certificate is checked against the clock and the CRL.
+const CERTIFICATE_CHECK: Duration = Duration::from_secs(2);
 
 pub struct AgentApi {
     pub shared: Arc<Shared>,
     pub authenticator: Arc<Authenticator>,
+    pub config: Arc<CoordinatorConfig>,
+    pub crl: Option<Arc<CrlFile>>,
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
+
+/// The end of a certificate's validity, as Unix seconds.
+fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
@@ -42,6 +61,11 @@ impl AgentService for AgentApi {
                 identity.kind.as_str()
             )));
         }
+        let leaf = request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| c.to_vec()))
+            .unwrap_or_default();
+        let expires = not_after(&leaf);
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(AgentMessage {
@@ -50,13 +74,23 @@ impl AgentService for AgentApi {
             Ok(Err(status)) => return Err(status),
             _ => return Err(Status::invalid_argument("an agent must send Hello first")),
         };
-        if hello.agent != identity.name {
+        let name = identity.name.clone();
+        if hello.agent != name {
+            self.shared.fleet.refuse(
+                &name,
+                "hello-for-other-agent",
+                &format!("a Hello naming agent {}", hello.agent),
+            );
             return Err(Status::permission_denied(format!(
-                "agent {} may speak only for itself: its certificate ({identity}) does not name {}",
-                identity.name, hello.agent
+                "agent {name} may speak only for itself: its certificate ({identity}) does not name {}",
+                hello.agent
             )));
         }
-        let name = identity.name.clone();
+        let env = hello.labels.get("env").map(String::as_str);
+        if let Err(why) = self.config.check_env_label(&name, env) {
+            self.shared.fleet.refuse(&name, "env-not-allowed", &why);
+            return Err(Status::permission_denied(why));
+        }
         let targets: Vec<TargetRecord> = hello
             .targets
             .iter()
@@ -78,46 +112,75 @@ impl AgentService for AgentApi {
             })
             .await
             .map_err(|e| Status::unavailable(format!("coordinator journal: {e}")))?;
+        if self.shared.is_draining() {
+            return Err(Status::unavailable(
+                "the coordinator is stopping; reconnect",
+            ));
+        }
 
-        let (sender, receiver) = mpsc::unbounded_channel();
+        let (sender, receiver) = mpsc::channel(AGENT_QUEUE);
         let welcome = CoordinatorMessage {
             body: Some(coordinator_message::Body::Welcome(Welcome {
                 heartbeat_secs: HEARTBEAT.as_secs() as u32,
             })),
         };
-        let _ = sender.send(Ok(welcome));
-        // Results the agent finished while it was cut off from us.
-        for result in hello.finished {
-            self.shared.fleet.route_result(result);
-        }
+        let _ = sender.try_send(Ok(welcome));
         let fleet = self.shared.fleet.clone();
+        // Results an older agent puts in its Hello count as if sent after it.
+        for result in hello.finished {
+            fleet.route_result(&name, result).await;
+        }
         let agent = ConnectedAgent {
             labels,
             targets: targets.into_iter().map(|t| t.name).collect(),
         };
-        let connection = fleet.connect(&name, agent, sender);
+        let connection = fleet.connect(&name, agent, sender.clone());
         tracing::info!(agent = name, "connected");
+        let crl = self.crl.clone();
         tokio::spawn(async move {
-            loop {
-                match inbound.message().await {
-                    Ok(Some(AgentMessage { body: Some(body) })) => match body {
-                        agent_message::Body::Result(result) => fleet.route_result(result),
-                        agent_message::Body::Progress(progress) => fleet.route_progress(progress),
-                        agent_message::Body::Heartbeat(_) | agent_message::Body::Hello(_) => {}
+            let mut check = tokio::time::interval(CERTIFICATE_CHECK);
+            let ended = loop {
+                tokio::select! {
+                    message = inbound.message() => match message {
+                        Ok(Some(AgentMessage { body: Some(body) })) => match body {
+                            agent_message::Body::Result(result) => {
+                                fleet.route_result(&name, result).await
+                            }
+                            agent_message::Body::Progress(progress) => {
+                                fleet.route_progress(&name, progress)
+                            }
+                            agent_message::Body::Heartbeat(_) => {}
+                            agent_message::Body::Hello(_) => fleet.refuse(
+                                &name,
+                                "hello-twice",
+                                "a second Hello on the same stream",
+                            ),
+                        },
+                        Ok(Some(_)) => {}
+                        Ok(None) => break "the agent closed the stream".to_string(),
+                        Err(status) => break format!("stream ended: {}", status.message()),
                     },
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::info!(agent = name, "stream ended: {}", status.message());
-                        break;
+                    _ = check.tick() => {
+                        let now = (now_ms() / 1000) as i64;
+                        let why = if expires.is_some_and(|t| now >= t) {
+                            Some("its certificate expired")
+                        } else if crl.as_ref().is_some_and(|c| c.revokes(&leaf)) {
+                            Some("its certificate was revoked")
+                        } else {
+                            None
+                        };
+                        if let Some(why) = why {
+                            let _ = sender.try_send(Err(Status::unauthenticated(format!(
+                                "agent {name}: {why}; the stream is closed"
+                            ))));
+                            break format!("closed: {why}");
+                        }
                     }
                 }
-            }
+            };
             fleet.disconnect(&name, connection);
-            tracing::info!(agent = name, "disconnected");
+            tracing::info!(agent = name, "disconnected ({ended})");
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(
-            receiver,
-        ))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }

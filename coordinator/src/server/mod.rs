@@ -1,20 +1,46 @@
 //! The coordinator server: the agent and operator gRPC services on one
 //! mutual-TLS listener, over the journal and the fleet registry.
+//!
+//! Bounds: the TLS layer refuses connections without a fleet certificate and
+//! caps connections and handshakes (see `rewind_proto::accept`); here each
+//! connection gets a few concurrent streams, and each service its message
+//! sizes, with errors that name the limit.
+//!
+//! Stopping (SIGTERM or Ctrl-C) drains: no new run or step starts, results
+//! still arriving are journaled for up to `DRAIN` while steps are in flight,
+//! then agents are told to reconnect (to this coordinator when it is back,
+//! or another) and the process exits within `DRAIN` + `CLOSE`.
 
 pub mod agents;
 pub mod operator;
 
 use crate::config::CoordinatorConfig;
-use crate::fleet::Fleet;
 use crate::runner::{self, Shared};
 use crate::store::Store;
+use rewind_proto::accept::Limits;
+use rewind_proto::crl::CrlFile;
 use rewind_proto::identity::Authenticator;
 use rewind_proto::v1::agent_service_server::AgentServiceServer;
 use rewind_proto::v1::operator_service_server::OperatorServiceServer;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
+
+/// The largest message an agent may send: a step result with a snapshot
+/// (whose data is limited to `MAX_SNAPSHOT` by the agent) and its logs.
+pub const MAX_AGENT_MESSAGE: usize = 20 << 20;
+/// The largest request an operator may send (a plan travels as text).
+pub const MAX_OPERATOR_REQUEST: usize = 4 << 20;
+/// The largest reply to an operator (history, releases, previews).
+pub const MAX_OPERATOR_REPLY: usize = 64 << 20;
+/// Streams one connection may hold at once (an agent needs one; an
+/// operator's CLI a few: a watch and its calls).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+/// How long a stopping coordinator waits for results of steps in flight.
+pub const DRAIN: Duration = Duration::from_secs(10);
+/// How long it then gives connections to close.
+pub const CLOSE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -26,52 +52,115 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serve on an already-bound listener until `shutdown` completes. Runs left
-/// unfinished by a previous coordinator resume first.
+fn tls_error(path: &std::path::Path, error: impl std::fmt::Display) -> ServeError {
+    ServeError::Tls(rewind_proto::tls::TlsError {
+        path: path.to_path_buf(),
+        error: error.to_string(),
+    })
+}
+
+/// Serve on an already-bound listener until `shutdown` completes, then
+/// drain. Runs left unfinished by a previous coordinator resume first.
 pub async fn serve(
     config: CoordinatorConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let store = Store::open(&config.database).await?;
-    let (events, _) = broadcast::channel(1 << 16);
-    let shared = Arc::new(Shared {
-        store,
-        fleet: Arc::new(Fleet::default()),
-        events,
-    });
+    let shared = Arc::new(Shared::new(store));
     let resumed = runner::resume_all(shared.clone()).await?;
     if resumed > 0 {
         tracing::info!("resumed {resumed} unfinished run(s)");
     }
-    let ca = std::fs::read(&config.tls.ca).map_err(|e| {
-        ServeError::Tls(rewind_proto::tls::TlsError {
-            path: config.tls.ca.clone(),
-            error: e.to_string(),
-        })
-    })?;
-    let authenticator = Arc::new(Authenticator::new(&ca).map_err(|e| {
-        ServeError::Tls(rewind_proto::tls::TlsError {
-            path: config.tls.ca.clone(),
-            error: e.to_string(),
-        })
-    })?);
-    let acceptor = config.tls.acceptor()?;
+    let ca = std::fs::read(&config.tls.ca).map_err(|e| tls_error(&config.tls.ca, e))?;
+    let authenticator =
+        Arc::new(Authenticator::new(&ca).map_err(|e| tls_error(&config.tls.ca, e))?);
+    let crl = match &config.crl {
+        Some(path) => Some(Arc::new(
+            CrlFile::open(path).map_err(|e| tls_error(path, e))?,
+        )),
+        None => None,
+    };
+    let acceptor = config.tls.acceptor(crl.clone())?;
+    let limits = Limits::for_this_process();
+    tracing::info!(
+        max_connections = limits.max_connections,
+        max_handshakes = limits.max_handshakes,
+        "connection bounds"
+    );
+    let config = Arc::new(config);
     let agents = agents::AgentApi {
         shared: shared.clone(),
         authenticator: authenticator.clone(),
+        config: config.clone(),
+        crl,
     };
     let operators = operator::OperatorApi {
-        shared,
+        shared: shared.clone(),
         config,
         authenticator,
     };
-    tonic::transport::Server::builder()
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(AgentServiceServer::new(agents))
-        .add_service(OperatorServiceServer::new(operators))
-        .serve_with_incoming_shutdown(rewind_proto::accept::incoming(listener, acceptor), shutdown)
-        .await?;
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .add_service(
+            AgentServiceServer::new(agents)
+                .max_decoding_message_size(MAX_AGENT_MESSAGE)
+                .max_encoding_message_size(MAX_AGENT_MESSAGE),
+        )
+        .add_service(
+            OperatorServiceServer::new(operators)
+                .max_decoding_message_size(MAX_OPERATOR_REQUEST)
+                .max_encoding_message_size(MAX_OPERATOR_REPLY),
+        )
+        .serve_with_incoming_shutdown(
+            rewind_proto::accept::incoming(listener, acceptor, limits),
+            async {
+                let _ = stopped_rx.await;
+            },
+        );
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return Ok(result?),
+        _ = shutdown => {}
+    }
+    drain(&shared).await;
+    let _ = stopped_tx.send(());
+    match tokio::time::timeout(CLOSE, &mut server).await {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!("connections still open after {CLOSE:?}; exiting anyway"),
+    }
+    tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// Stop sending, wait (bounded) for the results of steps in flight, then
+/// tell every agent to reconnect.
+async fn drain(shared: &Arc<Shared>) {
+    shared.draining.store(true, Ordering::SeqCst);
+    tracing::info!("stopping: no new runs or steps; waiting up to {DRAIN:?} for steps in flight");
+    let started = tokio::time::Instant::now();
+    loop {
+        let busy = match shared.store.steps_in_flight().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("stopping: cannot read the journal: {e}");
+                0
+            }
+        };
+        if busy == 0 || started.elapsed() >= DRAIN {
+            if busy > 0 {
+                tracing::warn!(
+                    "stopping with {busy} step(s) in flight: they stay journaled as sent, and the next coordinator settles them"
+                );
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shared.fleet.close_all(tonic::Status::unavailable(
+        "the coordinator is stopping; reconnect",
+    ));
 }

@@ -1,11 +1,14 @@
 //! The operator service behind the `rewind` CLI. Every call is authorised by
 //! the caller's certificate: an operator identity with a role from the
-//! coordinator's configuration.
+//! coordinator's configuration. Reading needs the viewer role; anything that
+//! makes agents act (checkpoints, previews, whose plugins read their
+//! targets, runs) needs operator; data-loss steps on a protected
+//! environment's agents, and retiring agents, need admin.
 
 use crate::config::{CoordinatorConfig, Role};
 use crate::engine::RunStatus;
 use crate::plan::{self, AgentView, Plan, StepAction, StepPlan};
-use crate::runner::{self, Shared, now_ms, snapshot_of};
+use crate::runner::{self, Shared, nonce, now_ms, snapshot_of};
 use crate::store::{RunRecord, SnapshotRecord, StoreError};
 use rewind_proto::identity::{Authenticator, Kind};
 use rewind_proto::v1::operator_service_server::OperatorService;
@@ -21,8 +24,12 @@ const PREVIEW_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 pub struct OperatorApi {
     pub shared: Arc<Shared>,
-    pub config: CoordinatorConfig,
+    pub config: Arc<CoordinatorConfig>,
     pub authenticator: Arc<Authenticator>,
+}
+
+fn stopping() -> Status {
+    Status::unavailable("the coordinator is stopping; try again when it is back")
 }
 
 fn internal(e: StoreError) -> Status {
@@ -159,11 +166,7 @@ impl OperatorApi {
                         StepAction::Restore => {
                             let request = StepRequest {
                                 run_id: String::new(),
-                                step_id: format!(
-                                    "preview/{agent}/{target}/{}-{}",
-                                    now_ms(),
-                                    rand::random::<u32>()
-                                ),
+                                step_id: format!("preview/{agent}/{target}/{}", nonce()),
                                 attempt: 1,
                                 target: target.clone(),
                                 action: Action::Plan as i32,
@@ -228,11 +231,14 @@ impl OperatorApi {
     async fn report(&self, run: &RunRecord, with_steps: bool) -> Result<RunReport, Status> {
         let stages = self.shared.store.stages(&run.id).await.map_err(internal)?;
         let stage_names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
-        let steps = if with_steps {
-            self.shared.store.steps(&run.id).await.map_err(internal)?
-        } else {
-            Vec::new()
-        };
+        let steps = self.shared.store.steps(&run.id).await.map_err(internal)?;
+        // Data was lost only where a data step succeeded and changed its target.
+        let data_loss_window = steps
+            .iter()
+            .filter(|s| s.status == "succeeded" && s.changed)
+            .filter_map(|s| s.data_loss_window)
+            .max();
+        let steps = if with_steps { steps } else { Vec::new() };
         Ok(RunReport {
             run_id: run.id.clone(),
             plan: run.plan_name.clone(),
@@ -267,9 +273,11 @@ impl OperatorApi {
                     }),
                     started_ms: s.started_ms.unwrap_or(0),
                     finished_ms: s.finished_ms.unwrap_or(0),
+                    changed: s.changed,
+                    data_loss_window_seconds: s.data_loss_window,
                 })
                 .collect(),
-            data_loss_window_seconds: run.data_loss_window,
+            data_loss_window_seconds: data_loss_window,
         })
     }
 
@@ -308,6 +316,9 @@ impl OperatorService for OperatorApi {
         request: Request<CheckpointRequest>,
     ) -> Result<Response<CheckpointReply>, Status> {
         let (operator, _) = self.authorize(&request, Role::Operator, "checkpoint")?;
+        if self.shared.is_draining() {
+            return Err(stopping());
+        }
         let CheckpointRequest { release, env } = request.into_inner();
         if release.is_empty() {
             return Err(Status::invalid_argument(
@@ -354,11 +365,7 @@ impl OperatorService for OperatorApi {
             for target in &agent.targets {
                 let fleet = self.shared.fleet.clone();
                 let (agent, target) = (agent.name.clone(), target.clone());
-                let step_id = format!(
-                    "checkpoint/{release}/{agent}/{}/{}",
-                    target.name,
-                    rand::random::<u32>()
-                );
+                let step_id = format!("checkpoint/{release}/{agent}/{}/{}", target.name, nonce());
                 tasks.spawn(async move {
                     let request = StepRequest {
                         step_id,
@@ -486,7 +493,9 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<PlanRequest>,
     ) -> Result<Response<PreviewReply>, Status> {
-        self.authorize(&request, Role::Viewer, "previewing a plan")?;
+        // A preview runs every plugin's `plan`, which reads its target (and
+        // may verify a backup): that is work on the hosts, not a read.
+        self.authorize(&request, Role::Operator, "previewing a plan")?;
         let PlanRequest {
             plan_toml,
             plan_path,
@@ -500,6 +509,9 @@ impl OperatorService for OperatorApi {
 
     async fn start_run(&self, request: Request<RunRequest>) -> Result<Response<RunReply>, Status> {
         let (operator, role) = self.authorize(&request, Role::Operator, "starting a run")?;
+        if self.shared.is_draining() {
+            return Err(stopping());
+        }
         let RunRequest {
             plan_toml,
             plan_path,
@@ -528,9 +540,29 @@ impl OperatorService for OperatorApi {
             )));
         }
         let preview = self.preview(&plan, &resolved, &snapshots).await;
+        let agents: std::collections::BTreeMap<String, Option<String>> = self
+            .shared
+            .store
+            .agents()
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|a| (a.name, a.labels.get("env").cloned()))
+            .collect();
+        let release_env = self
+            .shared
+            .store
+            .release(&release)
+            .await
+            .map_err(internal)?
+            .map(|r| r.env)
+            .unwrap_or_default();
         let mut problems = Vec::new();
         let mut data_loss = Vec::new();
+        let mut protected = Vec::new();
         let mut window: Option<u64> = None;
+        // Per step, in plan order: the window of a step that loses data.
+        let mut windows = Vec::new();
         for stage in &preview.stages {
             for step in &stage.steps {
                 if let Some(e) = &step.error {
@@ -539,14 +571,33 @@ impl OperatorService for OperatorApi {
                         stage.stage, step.agent, step.target, e.kind, e.message
                     ));
                 }
-                if let Some(p) = &step.preview
-                    && p.risk == Risk::DataLoss as i32
-                {
+                let loses_data = step
+                    .preview
+                    .as_ref()
+                    .filter(|p| p.risk == Risk::DataLoss as i32);
+                windows.push(loses_data.map(|p| p.data_loss_window_seconds.unwrap_or(0)));
+                if let Some(p) = loses_data {
                     window = window.max(p.data_loss_window_seconds);
                     data_loss.push(format!(
                         "stage {} host {} target {}",
                         stage.stage, step.agent, step.target
                     ));
+                    let env = agents.get(&step.agent).cloned().flatten();
+                    let by_release = self
+                        .config
+                        .protected_environments()
+                        .contains(&release_env.as_str())
+                        .then(|| release_env.clone());
+                    if let Some(env) = self
+                        .config
+                        .is_protected(&step.agent, env.as_deref())
+                        .or(by_release)
+                    {
+                        protected.push(format!(
+                            "host {} target {} (environment {env})",
+                            step.agent, step.target
+                        ));
+                    }
                 }
             }
         }
@@ -556,35 +607,26 @@ impl OperatorService for OperatorApi {
                 problems.join("\n  ")
             )));
         }
-        if !data_loss.is_empty() {
-            if !confirm_data_loss {
-                return Err(Status::failed_precondition(format!(
-                    "this rollback loses data{} ({}); run it again with --confirm-data-loss",
-                    window
-                        .map(|w| format!(
-                            " written in the last {}",
-                            humantime::format_duration(Duration::from_secs(w))
-                        ))
-                        .unwrap_or_default(),
-                    data_loss.join("; ")
-                )));
-            }
-            let env = self
-                .shared
-                .store
-                .release(&release)
-                .await
-                .map_err(internal)?
-                .map(|r| r.env)
-                .unwrap_or_default();
-            if self.config.protected_environments.contains(&env) && role < Role::Admin {
-                return Err(Status::permission_denied(format!(
-                    "operator {operator} has role {role}; data-loss steps in the protected environment {env} need the admin role"
-                )));
-            }
+        if !data_loss.is_empty() && !confirm_data_loss {
+            return Err(Status::failed_precondition(format!(
+                "this rollback loses data{} ({}); run it again with --confirm-data-loss",
+                window
+                    .map(|w| format!(
+                        " written in the last {}",
+                        humantime::format_duration(Duration::from_secs(w))
+                    ))
+                    .unwrap_or_default(),
+                data_loss.join("; ")
+            )));
+        }
+        if !protected.is_empty() && role < Role::Admin {
+            return Err(Status::permission_denied(format!(
+                "operator {operator} has role {role}; data-loss steps on protected environments need the admin role: {}",
+                protected.join("; ")
+            )));
         }
         let run = RunRecord {
-            id: format!("run-{}-{:04x}", now_ms(), rand::random::<u16>()),
+            id: format!("run-{}-{}", now_ms(), nonce()),
             plan_name: plan.name.clone(),
             plan_path: plan_path.clone(),
             plan_toml,
@@ -596,9 +638,11 @@ impl OperatorService for OperatorApi {
             confirm_data_loss,
             force,
             data_loss_window: window,
+            halting: false,
+            cancelling: false,
         };
         let run_id = run.id.clone();
-        runner::start(self.shared.clone(), run, plan, resolved, snapshots)
+        runner::start(self.shared.clone(), run, plan, resolved, snapshots, windows)
             .await
             .map_err(|e| match e {
                 runner::StartError::Plan(m) => Status::failed_precondition(m),
@@ -618,32 +662,37 @@ impl OperatorService for OperatorApi {
         let mut live = self.shared.events.subscribe();
         let store = self.shared.store.clone();
         let stream = async_stream(move |tx| async move {
-            let mut last = after_seq;
-            let send_all = |events: Vec<crate::store::EventRecord>, last: &mut u64| {
-                let mut ended = false;
+            // Send the events after `last`; true when the run ended or the
+            // watcher left.
+            async fn send_all(
+                tx: &tokio::sync::mpsc::Sender<Result<RunEvent, Status>>,
+                events: Vec<crate::store::EventRecord>,
+                last: &mut u64,
+            ) -> bool {
                 for e in events {
                     if e.seq <= *last {
                         continue;
                     }
                     *last = e.seq;
-                    ended |= matches!(
+                    let ended = matches!(
                         e.kind.as_str(),
                         "run-succeeded" | "run-failed" | "run-cancelled"
                     );
-                    if tx.send(Ok(run_event(e))).is_err() {
+                    if tx.send(Ok(run_event(e))).await.is_err() || ended {
                         return true;
                     }
                 }
-                ended
-            };
+                false
+            }
+            let mut last = after_seq;
             match store.events_after(&run_id, last).await {
                 Ok(events) => {
-                    if send_all(events, &mut last) {
+                    if send_all(&tx, events, &mut last).await {
                         return;
                     }
                 }
                 Err(e) => {
-                    let _ = tx.send(Err(internal(e)));
+                    let _ = tx.send(Err(internal(e))).await;
                     return;
                 }
             }
@@ -651,24 +700,25 @@ impl OperatorService for OperatorApi {
                 match live.recv().await {
                     Ok(e) if e.run_id != run_id => {}
                     Ok(e) if e.seq == 0 => {
-                        if tx.send(Ok(run_event(e))).is_err() {
+                        // Progress is best effort: a watcher that is behind skips it.
+                        if tx.try_send(Ok(run_event(e))).is_err() && tx.is_closed() {
                             return;
                         }
                     }
                     Ok(e) => {
-                        if send_all(vec![e], &mut last) {
+                        if send_all(&tx, vec![e], &mut last).await {
                             return;
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         match store.events_after(&run_id, last).await {
                             Ok(events) => {
-                                if send_all(events, &mut last) {
+                                if send_all(&tx, events, &mut last).await {
                                     return;
                                 }
                             }
                             Err(e) => {
-                                let _ = tx.send(Err(internal(e)));
+                                let _ = tx.send(Err(internal(e))).await;
                                 return;
                             }
                         }
@@ -688,6 +738,7 @@ impl OperatorService for OperatorApi {
             .shared
             .fleet
             .to_run(&run_id, crate::fleet::RunInput::Cancel)
+            .await
         {
             return Err(Status::failed_precondition(format!(
                 "run {run_id} is {}; there is nothing to cancel",
@@ -709,6 +760,7 @@ impl OperatorService for OperatorApi {
                 .shared
                 .fleet
                 .to_run(&run_id, crate::fleet::RunInput::Approve)
+                .await
         {
             return Err(Status::failed_precondition(format!(
                 "run {run_id} is {}, not paused",
@@ -771,17 +823,47 @@ impl OperatorService for OperatorApi {
                 name: a.name,
             })
             .collect();
-        Ok(Response::new(FleetReply { agents }))
+        Ok(Response::new(FleetReply {
+            agents,
+            refused: self.shared.fleet.refusals().into_iter().collect(),
+        }))
+    }
+
+    async fn remove_agent(&self, request: Request<AgentRef>) -> Result<Response<AgentRef>, Status> {
+        let (operator, _) = self.authorize(&request, Role::Admin, "retiring an agent")?;
+        let AgentRef { agent } = request.into_inner();
+        if self.shared.fleet.is_connected(&agent) {
+            return Err(Status::failed_precondition(format!(
+                "agent {agent} is connected: stop it (and revoke its certificate) before retiring it"
+            )));
+        }
+        if !self
+            .shared
+            .store
+            .remove_agent(&agent)
+            .await
+            .map_err(internal)?
+        {
+            return Err(Status::not_found(format!(
+                "no agent {agent} (see `rewind fleet`)"
+            )));
+        }
+        tracing::info!(agent, operator, "agent retired");
+        Ok(Response::new(AgentRef { agent }))
     }
 }
 
-/// A stream fed by a task through a channel.
+/// Events queued for one watcher; a watcher that does not read slows its
+/// own feed (which re-reads the journal when it falls behind) and nothing else.
+const WATCH_QUEUE: usize = 1024;
+
+/// A stream fed by a task through a bounded channel.
 fn async_stream<F, Fut>(body: F) -> EventStream
 where
-    F: FnOnce(tokio::sync::mpsc::UnboundedSender<Result<RunEvent, Status>>) -> Fut,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<RunEvent, Status>>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::channel(WATCH_QUEUE);
     tokio::spawn(body(tx));
-    Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

@@ -391,16 +391,7 @@ impl BucketOrigin {
         manifest: &BTreeMap<String, String>,
         step_id: &str,
     ) -> Result<String, PluginError> {
-        let step: String = step_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
+        let step = step_file_name(step_id);
         let id = format!("rewind-before-{step}-{}", now_secs());
         for (file, object) in live {
             self.client

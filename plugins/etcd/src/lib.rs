@@ -518,7 +518,7 @@ impl Plugin for Etcd {
             revision,
             keys: now.clone(),
         };
-        let emergency_path = format!("emergency-{}.json", options.step_id);
+        let emergency_path = format!("emergency-{}.json", step_file_name(&options.step_id));
         files::write(
             &emergency_path,
             &as_run_output(

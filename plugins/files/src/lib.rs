@@ -248,7 +248,7 @@ impl Plugin for Files {
         for (wanted, _) in &pending {
             previous.push(capture(&wanted.path)?);
         }
-        let emergency = format!("emergency/{}.json", safe_name(&options.step_id));
+        let emergency = format!("emergency/{}.json", step_file_name(&options.step_id));
         let record = EmergencyCopy {
             step_id: options.step_id.clone(),
             taken_at: now_secs(),
@@ -369,18 +369,6 @@ fn rollback_report(written: usize, failures: &[String], emergency: &str) -> Stri
             failures.join("; ")
         )
     }
-}
-
-fn safe_name(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 export_plugin!(Files);

@@ -558,7 +558,7 @@ impl Plugin for PgRestore {
 
         // 1. An emergency backup of what is there, verified.
         progress("emergency backup of the current database", Some(5));
-        let emergency = format!("emergency-{}.dump", options.step_id);
+        let emergency = format!("emergency-{}.dump", step_file_name(&options.step_id));
         let emergency_started = now_millis();
         pg.dump(&database, &emergency)?;
         pg.toc(&emergency).map_err(|e| {

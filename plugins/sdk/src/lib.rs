@@ -193,6 +193,27 @@ impl PluginError {
     }
 }
 
+/// A file name (or object-key segment, or name part) that stands for a step
+/// id: the coordinator's ids hold `/` and other characters no file name may.
+/// Characters other than ASCII letters, digits, `-` and `_` become `_`, the
+/// result is cut to 64 characters, and 12 hex digits of the id's SHA-256 are
+/// appended, so two different ids never share a name.
+pub fn step_file_name(step_id: &str) -> String {
+    let readable: String = step_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    let digest = sha256_hex(step_id.as_bytes());
+    format!("{readable}-{}", &digest[..12])
+}
+
 /// Lowercase hex SHA-256 of some bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

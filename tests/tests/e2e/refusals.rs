@@ -9,7 +9,7 @@ use rewind_proto::v1::agent_service_client::AgentServiceClient;
 use rewind_proto::v1::{AgentMessage, FleetRequest, Hello, RunRequest, agent_message};
 use rewind_tests::fleet::{TestFleet, host};
 use time::{Duration, OffsetDateTime};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::Endpoint;
 
 async fn fleet() -> TestFleet {
     TestFleet::start(vec![host("db-1", "data"), host("api-1", "core")], None).await
@@ -46,83 +46,174 @@ fn agent_files(fleet: &TestFleet, name: &str) -> TlsFiles {
     }
 }
 
+/// A TLS client with no certificate: connect, then read what the
+/// coordinator answers.
+async fn handshake_without_certificate(fleet: &TestFleet) -> String {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::AsyncReadExt;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        rustls_pki_types::CertificateDer::pem_file_iter(fleet.fleet.certs.join("ca.pem")).unwrap()
+    {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let address = fleet.fleet.address.clone().unwrap();
+    let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = match connector.connect(name, tcp).await {
+        Ok(tls) => tls,
+        Err(e) => return e.to_string(),
+    };
+    let mut buffer = [0u8; 1024];
+    match tls.read(&mut buffer).await {
+        Ok(n) => format!("the coordinator answered {n} bytes"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Certificate files signed by the fleet's CA, for `name`, valid from
+/// `from` to `to` days from now.
+fn operator_cert(fleet: &TestFleet, name: &str, from: i64, to: i64) -> TlsFiles {
+    let now = OffsetDateTime::now_utc();
+    let issued = certs::issue(
+        &fleet.fleet.certs,
+        Kind::Operator,
+        name,
+        &[],
+        now + Duration::days(from),
+        now + Duration::days(to),
+    )
+    .unwrap();
+    TlsFiles {
+        ca: fleet.fleet.certs.join("ca.pem"),
+        cert: issued.cert,
+        key: issued.key,
+    }
+}
+
+/// Each bad certificate is refused in the TLS handshake, before any
+/// request is read: the client sees the coordinator's alert, and the
+/// coordinator logs the refusal with the reason.
 #[tokio::test(flavor = "multi_thread")]
-async fn connections_without_a_valid_certificate_are_refused() {
+async fn the_mtls_matrix_is_refused_at_the_handshake() {
     let fleet = fleet().await;
     let url = fleet.fleet.url().unwrap();
+    let mut accepted = 0;
 
-    // No client certificate at all.
-    let ca = std::fs::read(fleet.fleet.certs.join("ca.pem")).unwrap();
-    let tls = ClientTlsConfig::new()
-        .domain_name("127.0.0.1")
-        .ca_certificate(Certificate::from_pem(ca));
-    let channel = Endpoint::from_shared(url.clone())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await;
-    let error = match channel {
-        Err(e) => error_chain(&e),
-        Ok(channel) => {
-            let status =
-                rewind_proto::v1::operator_service_client::OperatorServiceClient::new(channel)
-                    .fleet(FleetRequest {})
-                    .await
-                    .expect_err("a call without a client certificate must fail");
-            format!(
-                "{} {}",
-                status.message(),
-                std::error::Error::source(&status)
-                    .map(error_chain)
-                    .unwrap_or_default()
-            )
-        }
-    };
+    // No client certificate at all: the handshake's answer is the alert.
+    let error = handshake_without_certificate(&fleet).await;
     assert!(
-        error.contains("no client certificate was presented"),
+        error.contains("received fatal alert: CertificateRequired"),
         "{error}"
     );
 
-    // A certificate from another CA.
+    // A certificate from another CA (same trust domain and names).
     let other = tempfile::tempdir().unwrap();
     certs::init(other.path(), "rewind.local").unwrap();
     let foreign = certs::issue_for_days(other.path(), Kind::Operator, "admin", &[], 30).unwrap();
-    let files = TlsFiles {
+    let foreign = TlsFiles {
         ca: fleet.fleet.certs.join("ca.pem"),
         cert: foreign.cert,
         key: foreign.key,
     };
-    let error = operator_error(&fleet, &files).await;
-    assert!(error.starts_with("Unauthenticated"), "{error}");
-    assert!(
-        error.contains(
-            "the client certificate was not issued by the CA of trust domain rewind.local"
-        ),
-        "{error}"
-    );
+    let expired = operator_cert(&fleet, "admin-expired", -10, -1);
+    let not_yet = operator_cert(&fleet, "admin-not-yet", 1, 10);
+    let revoked = operator_cert(&fleet, "admin-revoked", -1, 10);
+    certs::revoke(&fleet.fleet.certs, Kind::Operator, "admin-revoked").unwrap();
+    for (files, alert, hint) in [
+        (&foreign, "UnknownCA", "not issued by the CA"),
+        (&expired, "CertificateExpired", "a certificate has expired"),
+        (&not_yet, "CertificateExpired", "a certificate has expired"),
+        (&revoked, "CertificateRevoked", "has been revoked"),
+    ] {
+        let error = match client::connect(&url, files).await {
+            Err(e) => format!("{e:#}"),
+            Ok(mut c) => match c.fleet(FleetRequest {}).await {
+                Ok(_) => {
+                    accepted += 1;
+                    continue;
+                }
+                Err(status) => format!(
+                    "{} {}",
+                    status.message(),
+                    std::error::Error::source(&status)
+                        .map(error_chain)
+                        .unwrap_or_default()
+                ),
+            },
+        };
+        assert!(
+            error.contains(&format!("received fatal alert: {alert}")),
+            "{}: {error}",
+            files.cert.display()
+        );
+        assert!(error.contains(hint), "{error}");
+        assert!(error.contains(&url), "the error names the address: {error}");
+    }
+    assert_eq!(accepted, 0, "no bad certificate may get a request through");
+    let log = std::fs::read_to_string(fleet.fleet.dir.join("coordinator.log")).unwrap();
+    for reason in [
+        "TLS handshake refused: peer sent no certificates",
+        "TLS handshake refused: invalid peer certificate: UnknownIssuer",
+        "TLS handshake refused: invalid peer certificate: certificate expired",
+        "TLS handshake refused: invalid peer certificate: certificate not valid yet",
+        "TLS handshake refused: invalid peer certificate: Revoked",
+    ] {
+        assert!(
+            log.contains(reason),
+            "the coordinator log lacks `{reason}`:\n{log}"
+        );
+    }
+}
 
-    // An expired certificate.
-    let now = OffsetDateTime::now_utc();
-    let expired = certs::issue(
-        &fleet.fleet.certs,
-        Kind::Operator,
-        "admin-expired",
-        &[],
-        now - Duration::days(10),
-        now - Duration::days(1),
-    )
-    .unwrap();
-    let files = TlsFiles {
-        ca: fleet.fleet.certs.join("ca.pem"),
-        cert: expired.cert,
-        key: expired.key,
-    };
-    let error = operator_error(&fleet, &files).await;
-    assert!(error.starts_with("Unauthenticated"), "{error}");
+/// Revoking a connected agent's certificate ends its stream, and it cannot
+/// connect again; the others stay connected.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_agent_is_cut_off_and_cannot_come_back() {
+    let fleet = fleet().await;
+    certs::revoke(&fleet.fleet.certs, Kind::Agent, "api-1").unwrap();
+    let mut viewer = fleet.client("viewer").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let agents = viewer
+            .fleet(FleetRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .agents;
+        let connected = |name: &str| agents.iter().any(|a| a.name == name && a.connected);
+        if !connected("api-1") {
+            assert!(connected("db-1"), "db-1 must stay connected: {agents:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "api-1 is still connected 30 s after its revocation"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // It keeps trying, and the handshake keeps refusing it.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let agents = viewer
+        .fleet(FleetRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .agents;
+    assert!(agents.iter().any(|a| a.name == "api-1" && !a.connected));
+    let log = std::fs::read_to_string(fleet.fleet.host_dir("api-1").join("agent.log")).unwrap();
+    assert!(log.contains("its certificate was revoked"), "{log}");
     assert!(
-        error.contains("the client certificate expired at"),
-        "{error}"
+        log.contains("received fatal alert: CertificateRevoked"),
+        "{log}"
     );
 }
 
