@@ -321,3 +321,67 @@ impl Fleet {
             .clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn agent() -> ConnectedAgent {
+        ConnectedAgent {
+            labels: BTreeMap::new(),
+            targets: vec!["t".into()],
+        }
+    }
+
+    fn result(step_id: &str) -> StepResult {
+        StepResult {
+            step_id: step_id.into(),
+            attempt: 1,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiter_takes_its_result_only_from_the_agent_it_asked() {
+        let fleet = Arc::new(Fleet::default());
+        let (tx, mut rx) = mpsc::channel(8);
+        fleet.connect("a2", agent(), tx);
+        let asking = {
+            let fleet = fleet.clone();
+            tokio::spawn(async move {
+                fleet
+                    .request(
+                        "a2",
+                        StepRequest {
+                            step_id: "checkpoint/x".into(),
+                            attempt: 1,
+                            ..Default::default()
+                        },
+                        Duration::from_secs(5),
+                    )
+                    .await
+            })
+        };
+        // The step reached a2's queue.
+        assert!(rx.recv().await.is_some());
+        fleet.route_result("a1", result("checkpoint/x")).await;
+        assert_eq!(fleet.refusals().get("result-from-other-agent"), Some(&1));
+        assert!(!asking.is_finished());
+        let mut real = result("checkpoint/x");
+        real.elapsed_ms = 7;
+        fleet.route_result("a2", real).await;
+        let answer = asking.await.unwrap().unwrap();
+        assert_eq!(answer.elapsed_ms, 7);
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_does_not_read_is_disconnected() {
+        let fleet = Fleet::default();
+        let (tx, _rx) = mpsc::channel(1);
+        fleet.connect("slow", agent(), tx);
+        assert!(fleet.send_step("slow", StepRequest::default()));
+        assert!(!fleet.send_step("slow", StepRequest::default()));
+        assert!(!fleet.is_connected("slow"));
+    }
+}

@@ -4,8 +4,11 @@
 use crate::{binary, plugins_dir};
 use rewind_coordinator::cli::client::{self, Client};
 use rewind_coordinator::localfleet::{AgentSpec, LocalFleet};
+use rewind_proto::v1::agent_service_client::AgentServiceClient;
 use rewind_proto::v1::{
-    CheckpointRequest, FleetRequest, RunEvent, RunRef, RunReport, RunRequest, WatchRequest,
+    AgentMessage, CheckpointRequest, CoordinatorMessage, FleetRequest, Hello, Outcome, RunEvent,
+    RunRef, RunReport, RunRequest, StepError, StepProgress, StepResult, WatchRequest,
+    agent_message, step_result,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -267,6 +270,111 @@ impl TestFleet {
         }
     }
 
+    /// Connect to the coordinator with agent `name`'s own certificate and
+    /// send a Hello (with `finished` results in it), as a compromised agent
+    /// would; returns what it can send and what it is sent.
+    pub async fn impostor(&self, name: &str, finished: Vec<StepResult>) -> Impostor {
+        let stem = rewind_coordinator::certs::stem(rewind_proto::identity::Kind::Agent, name);
+        let files = rewind_proto::tls::TlsFiles {
+            ca: self.fleet.certs.join("ca.pem"),
+            cert: self.fleet.certs.join(format!("{stem}.pem")),
+            key: self.fleet.certs.join(format!("{stem}.key")),
+        };
+        let url = self.fleet.url().unwrap();
+        let channel = rewind_proto::connect::Dialer::new(&url, &files, None)
+            .unwrap()
+            .channel()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (tx, rx) = tokio::sync::mpsc::channel(16_384);
+        tx.send(AgentMessage {
+            body: Some(agent_message::Body::Hello(Hello {
+                agent: name.to_string(),
+                labels: [("tier".to_string(), "none".to_string())].into(),
+                finished,
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let inbound = AgentServiceClient::new(channel)
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap_or_else(|s| panic!("impostor session: {}", s.message()))
+            .into_inner();
+        Impostor { tx, inbound }
+    }
+
+    /// Run the `rewind` program as operator `operator` would, against this
+    /// fleet's coordinator: e.g. `["rollback", "plan.toml", "--to", "v1",
+    /// "--yes"]`. `{dir}` in an argument stands for the fleet's directory.
+    pub fn rewind(&self, operator: &str, args: &[&str]) -> CommandOutput {
+        let files = self.fleet.operator(operator);
+        let dir = self.fleet.dir.display().to_string();
+        let output = std::process::Command::new(binary("rewind"))
+            .args(args.iter().map(|a| a.replace("{dir}", &dir)))
+            .env("REWIND_COORDINATOR", self.fleet.url().unwrap())
+            .env("REWIND_CA", &files.ca)
+            .env("REWIND_CERT", &files.cert)
+            .env("REWIND_KEY", &files.key)
+            .env_remove("REWIND_CRL")
+            .output()
+            .expect("running rewind");
+        CommandOutput {
+            success: output.status.success(),
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// `rewind rollback <plan> --to <release> --yes <extra>` with the plan
+    /// written to a file; the output says how it went.
+    pub fn rollback_cli(&self, plan: &str, release: &str, extra: &[&str]) -> CommandOutput {
+        let path = self.fleet.dir.join("plan.toml");
+        std::fs::write(&path, plan).expect("writing the plan");
+        let path = path.display().to_string();
+        let mut args = vec!["rollback", path.as_str(), "--to", release, "--yes"];
+        args.extend_from_slice(extra);
+        self.rewind("ops", &args)
+    }
+
+    /// The id of the run a `rewind rollback` printed (`run <id> started`).
+    pub fn run_id_of(output: &CommandOutput) -> String {
+        output
+            .stdout
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("run ")
+                    .and_then(|r| r.strip_suffix(" started"))
+            })
+            .unwrap_or_else(|| panic!("no run started: {output}"))
+            .to_string()
+    }
+
+    /// Messages refused from agents so far, by kind.
+    pub async fn refused(&self) -> std::collections::HashMap<String, u64> {
+        self.client("viewer")
+            .await
+            .fleet(FleetRequest {})
+            .await
+            .expect("fleet")
+            .into_inner()
+            .refused
+    }
+
+    /// A run's report now.
+    pub async fn report(&self, run_id: &str) -> RunReport {
+        self.client("viewer")
+            .await
+            .get_run(RunRef {
+                run_id: run_id.into(),
+            })
+            .await
+            .expect("report")
+            .into_inner()
+    }
+
     /// A host's records: (kind, nanoseconds) per line.
     pub fn records(&self, host: &str) -> Vec<(String, u128)> {
         read_records(&self.records.join(format!("{host}.log")))
@@ -281,4 +389,83 @@ pub fn read_records(path: &Path) -> Vec<(String, u128)> {
             Some((parts.next()?.to_string(), parts.next()?.parse().ok()?))
         })
         .collect()
+}
+
+/// A connection made with a real agent's certificate by someone else.
+pub struct Impostor {
+    pub tx: tokio::sync::mpsc::Sender<AgentMessage>,
+    pub inbound: tonic::Streaming<CoordinatorMessage>,
+}
+
+/// A result claiming success for a step.
+pub fn forged_success(run_id: &str, step_id: &str, attempt: u32) -> StepResult {
+    StepResult {
+        run_id: run_id.into(),
+        step_id: step_id.into(),
+        attempt,
+        outcome: Some(step_result::Outcome::Done(Outcome {
+            changed: true,
+            summary: "forged".into(),
+            details: vec![],
+        })),
+        ..Default::default()
+    }
+}
+
+/// A result claiming failure for a step.
+pub fn forged_failure(run_id: &str, step_id: &str, attempt: u32) -> StepResult {
+    StepResult {
+        run_id: run_id.into(),
+        step_id: step_id.into(),
+        attempt,
+        outcome: Some(step_result::Outcome::Error(StepError {
+            kind: "failed".into(),
+            message: "forged failure".into(),
+        })),
+        ..Default::default()
+    }
+}
+
+impl Impostor {
+    pub async fn send_result(&self, result: StepResult) {
+        self.tx
+            .send(AgentMessage {
+                body: Some(agent_message::Body::Result(result)),
+            })
+            .await
+            .expect("impostor stream");
+    }
+
+    pub async fn send_progress(&self, run_id: &str, step_id: &str, attempt: u32) {
+        self.tx
+            .send(AgentMessage {
+                body: Some(agent_message::Body::Progress(StepProgress {
+                    run_id: run_id.into(),
+                    step_id: step_id.into(),
+                    attempt,
+                    detail: "forged progress".into(),
+                    percent: Some(99),
+                })),
+            })
+            .await
+            .expect("impostor stream");
+    }
+}
+
+/// What a `rewind` command printed and how it exited.
+pub struct CommandOutput {
+    pub success: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Display for CommandOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
 }

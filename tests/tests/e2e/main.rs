@@ -8,6 +8,7 @@ mod cdn_providers;
 mod compose;
 mod etcd_plugin;
 mod files_plugin;
+mod forgery;
 mod journal_postgres;
 mod pg_restore;
 mod postgres_capability;

@@ -1,0 +1,194 @@
+//! An agent speaks only for itself. A compromised agent (here: a connection
+//! made with agent a1's own valid certificate) tries to get agent a2's step
+//! recorded: while a2 runs it, while a2 is offline, with a failure, in its
+//! Hello, and through a verify gate by guessing its id. Every attempt is
+//! refused (and counted), and what a2 really did is what the run records,
+//! checked from a2's own plugin records.
+
+use rewind_tests::fleet::{TestFleet, forged_failure, forged_success, host};
+use std::time::{Duration, Instant};
+
+const CORE_ONLY: &str = r#"name = "core"
+
+[[stage]]
+name = "core"
+select = { tier = "core" }
+target = "app"
+"#;
+
+/// Wait until `check` holds, or fail saying what was awaited.
+async fn eventually<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within 30 s: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn refused(fleet: &TestFleet, kind: &str) -> u64 {
+    fleet.refused().await.get(kind).copied().unwrap_or(0)
+}
+
+fn step_of<'a>(
+    report: &'a rewind_proto::v1::RunReport,
+    agent: &str,
+) -> &'a rewind_proto::v1::StepReport {
+    report
+        .steps
+        .iter()
+        .find(|s| s.agent == agent)
+        .unwrap_or_else(|| panic!("no step of {agent}: {report:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn results_and_progress_for_another_agents_step_are_refused_while_it_runs() {
+    let fleet = TestFleet::start(
+        vec![
+            host("a1", "data"),
+            host("a2", "core").with("delay_ms = 3000"),
+        ],
+        None,
+    )
+    .await;
+    fleet.checkpoint("v1").await;
+    let run = fleet.start_run(CORE_ONLY, "v1").await;
+    let sent = fleet
+        .events_until(&run, |e| e.kind == "step-sent" && e.agent == "a2")
+        .await;
+    let step_id = sent.last().unwrap().step_id.clone();
+
+    let impostor = fleet.impostor("a1", vec![]).await;
+    impostor.send_progress(&run, &step_id, 1).await;
+    impostor
+        .send_result(forged_success(&run, &step_id, 1))
+        .await;
+    impostor
+        .send_result(forged_failure(&run, &step_id, 1))
+        .await;
+    eventually("two forged results refused", || async {
+        refused(&fleet, "result-from-other-agent").await >= 2
+    })
+    .await;
+    eventually("the forged progress refused", || async {
+        refused(&fleet, "progress-from-other-agent").await >= 1
+    })
+    .await;
+    let report = fleet.report(&run).await;
+    assert_eq!(step_of(&report, "a2").status, "sent", "{report:?}");
+
+    let report = fleet.finish(&run).await;
+    assert_eq!(report.status, "succeeded", "{report:?}");
+    assert_eq!(step_of(&report, "a2").summary, "recorded a restore");
+    let records = fleet.records("a2");
+    assert_eq!(
+        records.iter().filter(|(k, _)| k == "start").count(),
+        1,
+        "{records:?}"
+    );
+    assert!(records.iter().any(|(k, _)| k == "end"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_result_for_an_offline_agent_is_refused_live_and_in_a_hello() {
+    let mut fleet = TestFleet::start(
+        vec![
+            host("a1", "data").with("delay_ms = 2000"),
+            host("a2", "core"),
+        ],
+        None,
+    )
+    .await;
+    fleet.checkpoint("v1").await;
+    let plan = format!(
+        "{CORE_ONLY}after = [\"data\"]\n\n[[stage]]\nname = \"data\"\nselect = {{ tier = \"data\" }}\ntarget = \"app\"\n"
+    );
+    let run = fleet.start_run(&plan, "v1").await;
+    fleet
+        .events_until(&run, |e| e.kind == "step-sent" && e.agent == "a1")
+        .await;
+    fleet.fleet.kill_agent("a2");
+    // a2's step is journaled as sent while a2 is offline.
+    let sent = fleet
+        .events_until(&run, |e| e.kind == "step-sent" && e.agent == "a2")
+        .await;
+    let step_id = sent.last().unwrap().step_id.clone();
+
+    let before = refused(&fleet, "result-from-other-agent").await;
+    let impostor = fleet
+        .impostor("a1", vec![forged_success(&run, &step_id, 1)])
+        .await;
+    impostor
+        .send_result(forged_success(&run, &step_id, 1))
+        .await;
+    eventually("the forged Hello replay and result refused", || async {
+        refused(&fleet, "result-from-other-agent").await >= before + 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = fleet.report(&run).await;
+    assert_eq!(report.status, "running", "{report:?}");
+    assert_eq!(step_of(&report, "a2").status, "sent", "{report:?}");
+    assert!(fleet.records("a2").is_empty(), "a2 never ran it");
+
+    fleet.fleet.start_agent("a2").expect("a2 back");
+    let report = fleet.finish(&run).await;
+    assert_eq!(report.status, "succeeded", "{report:?}");
+    assert_eq!(step_of(&report, "a2").summary, "recorded a restore");
+    assert_eq!(
+        fleet
+            .records("a2")
+            .iter()
+            .filter(|(k, _)| k == "start")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_verify_gate_is_not_passed_by_guessing_its_id() {
+    let fleet = TestFleet::start(
+        vec![
+            host("a1", "data"),
+            host("a2", "core").with("verify_delay_ms = 3000, verify_fail = true"),
+        ],
+        None,
+    )
+    .await;
+    fleet.checkpoint("v1").await;
+    let plan = format!("{CORE_ONLY}health = [{{ verify = true }}]\n");
+    let run = fleet.start_run(&plan, "v1").await;
+    let done = fleet
+        .events_until(&run, |e| e.kind == "step-succeeded" && e.agent == "a2")
+        .await;
+    let step_id = done.last().unwrap().step_id.clone();
+    // The gate's verify runs for 3 s: flood it with guesses, in the form
+    // gate ids once had (the step id, `/verify/` and the time in ms) and
+    // with the run's id.
+    let impostor = fleet.impostor("a1", vec![]).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for ms in now.saturating_sub(3000)..now + 3000 {
+        let guess = format!("{step_id}/verify/{ms}");
+        impostor.send_result(forged_success("", &guess, 1)).await;
+        impostor.send_result(forged_success(&run, &guess, 1)).await;
+    }
+    let report = fleet.finish(&run).await;
+    assert_eq!(report.status, "failed", "the gate must fail: {report:?}");
+    let events = fleet.events_until(&run, |_| false).await;
+    let gate = events
+        .iter()
+        .find(|e| e.kind == "health-failed")
+        .expect("a health-failed event");
+    assert!(
+        gate.message.contains("fails verify on purpose"),
+        "{}",
+        gate.message
+    );
+    assert!(
+        refused(&fleet, "result-for-unknown-step").await >= 6000,
+        "the guesses with the run's id are refused and counted: {:?}",
+        fleet.refused().await
+    );
+}
