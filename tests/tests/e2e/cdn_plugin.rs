@@ -243,3 +243,39 @@ async fn varnish_purged_by_surrogate_key_serves_the_old_build() {
     assert!(text.contains("are not build 2026.11.01"), "{text}");
     assert!(text.contains("/app.js"), "{text}");
 }
+
+/// As an operator runs it: `rewind rollback` through a real coordinator and
+/// agent; what Varnish serves afterwards is the old build, byte for byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_through_the_coordinator_serves_the_old_build() {
+    use rewind_tests::fleet::TestFleet;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ui");
+    write_build(&root, "2026.11.01");
+    write_build(&root, "2026.11.20");
+    point_current(&root, "2026.11.01");
+    let origin = Origin::start(root.join("current"));
+    let varnish = Varnish::start(origin.port, VCL_PURGE_ALLOWED);
+    let targets = format!(
+        "[plugins.cdn]\npath = \"{{plugins}}/cdn.wasm\"\nallow_unsigned = true\n\n\
+         [targets.ui]\nplugin = \"cdn\"\n\
+         settings = {{ builds = \"{root}/builds\", current = \"{root}/current\", verify_url = \"{url}\", purge = [{{ kind = \"varnish\", url = \"{url}\" }}] }}\n\
+         grant = {{ files = [\"{root}\"], http = [\"127.0.0.1:{port}\"] }}\n",
+        root = root.display(),
+        url = varnish.url(),
+        port = varnish.port,
+    );
+    let fleet = TestFleet::start_agents(vec![("ui-1".into(), "ui".into(), targets)], None).await;
+    fleet.checkpoint("v1").await;
+    point_current(&root, "2026.11.20");
+    assert_eq!(served(&varnish), build_files(&root, "2026.11.20"));
+
+    let plan = "[[stage]]\nname = \"ui\"\nselect = { tier = \"ui\" }\ntarget = \"ui\"\nhealth = [{ verify = true }]\n";
+    let output = fleet.rollback_cli(plan, "v1", &[]);
+    assert!(output.success, "{output}");
+    assert_eq!(served(&varnish), build_files(&root, "2026.11.01"));
+    assert_eq!(
+        std::fs::read_link(root.join("current")).unwrap(),
+        root.join("builds/2026.11.01")
+    );
+}

@@ -304,7 +304,8 @@ grant = {{ docker = ["{name}"] }}
 
 /// Two agents (the data tier manages `db`, the core tier `api` and `web`)
 /// and a coordinator, as separate processes over mutual TLS: a release
-/// checkpointed on v1 is rolled back to from v2 by a 2-stage plan.
+/// checkpointed on v1 is rolled back to from v2 by a 2-stage plan, with
+/// `rewind rollback` as an operator runs it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_two_stage_plan_through_the_coordinator_rolls_the_project_back() {
     use rewind_tests::fleet::TestFleet;
@@ -345,9 +346,8 @@ select = { tier = "core" }
 target = "app"
 health = [{ verify = true }]
 "#;
-    let run = fleet.start_run(plan, "r1").await;
-    let report = fleet.finish(&run).await;
-    assert_eq!(report.status, "succeeded", "{report:?}");
+    let output = fleet.rollback_cli(plan, "r1", &[]);
+    assert!(output.success, "{output}");
     for service in SERVICES {
         let now = inspect(&project.container(service));
         assert_eq!(now["Image"], v1.as_str(), "{service}");

@@ -344,3 +344,40 @@ async fn etcd_over_tls_with_a_private_ca_and_a_client_certificate() {
     assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
     assert!(text.contains("TLS certificate is not trusted"), "{text}");
 }
+
+/// As an operator runs it: `rewind rollback` through a real coordinator and
+/// agent; the keys in etcd are v1's again, other prefixes untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_through_the_coordinator_puts_the_keys_back() {
+    use rewind_tests::fleet::TestFleet;
+    let etcd = EtcdServer::start();
+    let mut v1 = release(1000, "v1");
+    v1.push(("/shop/db/password".into(), "v1-secret".into()));
+    etcd.put_many(&v1);
+    etcd.put("/other/untouched", "x");
+    let targets = format!(
+        "[plugins.etcd]\npath = \"{{plugins}}/etcd.wasm\"\nallow_unsigned = true\n\n\
+         [targets.config]\nplugin = \"etcd\"\n\
+         settings = {{ endpoint = \"{endpoint}\", prefixes = [\"/shop/\"], secret_keys = [\"*/password\"] }}\n\
+         grant = {{ http = [\"127.0.0.1:{port}\"] }}\n",
+        endpoint = etcd.endpoint(),
+        port = etcd.port,
+    );
+    let fleet =
+        TestFleet::start_agents(vec![("cfg-1".into(), "config".into(), targets)], None).await;
+    fleet.checkpoint("v1").await;
+    let state_v1 = etcd.get_prefix("/shop/");
+    move_to_v2(&etcd);
+    etcd.put("/other/untouched", "y");
+
+    let plan =
+        "[[stage]]\nname = \"config\"\nselect = { tier = \"config\" }\ntarget = \"config\"\n";
+    let output = fleet.rollback_cli(plan, "v1", &[]);
+    assert!(output.success, "{output}");
+    assert_eq!(etcd.get_prefix("/shop/"), state_v1);
+    assert_eq!(etcd.get("/other/untouched").as_deref(), Some("y"));
+    assert!(
+        !output.stdout.contains("v1-secret") && !output.stdout.contains("v2-secret"),
+        "secret values never shown: {output}"
+    );
+}

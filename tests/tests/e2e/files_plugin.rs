@@ -343,3 +343,35 @@ fn the_cli_runs_a_plugin_without_a_coordinator() {
         .collect();
     assert!(capabilities.contains(&"process"), "{inspect}");
 }
+
+/// As an operator runs it: `rewind rollback` through a real coordinator and
+/// agent; the files on disk are v1's again and the reload ran.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_through_the_coordinator_puts_the_files_back() {
+    use rewind_tests::fleet::TestFleet;
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join(".env.production"), ENV_V1).unwrap();
+    std::fs::write(app.join("nginx.conf"), NGINX_V1).unwrap();
+    let targets = format!(
+        "[plugins.files]\npath = \"{{plugins}}/files.wasm\"\nallow_unsigned = true\n\n\
+         [targets.app-config]\nplugin = \"files\"\n\
+         settings = {{ files = [\"{app}/.env.production\", \"{app}/nginx.conf\", \"{app}/extra.conf\"], reload = [\"touch\", \"{app}/reloaded\"] }}\n\
+         grant = {{ files = [\"{app}\"], process = [\"touch\"] }}\n",
+        app = app.display()
+    );
+    let fleet = TestFleet::start_agents(vec![("web-1".into(), "web".into(), targets)], None).await;
+    fleet.checkpoint("v1").await;
+    deploy_v2(&app);
+
+    let plan = "[[stage]]\nname = \"web\"\nselect = { tier = \"web\" }\ntarget = \"app-config\"\n";
+    let output = fleet.rollback_cli(plan, "v1", &[]);
+    assert!(output.success, "{output}");
+    assert_eq!(read(&app, ".env.production"), ENV_V1);
+    assert_eq!(read(&app, "nginx.conf"), NGINX_V1);
+    assert!(!app.join("extra.conf").exists());
+    assert!(app.join("reloaded").exists(), "the reload ran");
+    // No data step, no data-loss window.
+    assert!(!output.stdout.contains("data-loss window"), "{output}");
+}

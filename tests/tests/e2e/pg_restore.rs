@@ -286,3 +286,64 @@ async fn clients_during_the_swap_see_the_old_or_the_new_database_never_a_partial
         );
     }
 }
+
+/// As an operator runs it: `rewind rollback --confirm-data-loss` through a
+/// real coordinator and agent (separate processes, mutual TLS), whose step
+/// ids hold `/`. The database is checked on PostgreSQL itself, and the
+/// report states the data-loss window. A run refused before it changed
+/// anything states none.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_through_the_coordinator_restores_the_database() {
+    use rewind_tests::fleet::TestFleet;
+    let pg = PgServer::start();
+    create_shop(&pg);
+    let v1 = state(&pg, "shop");
+    let bin = bin_dir();
+    let program = |name: &str| bin.join(name).display().to_string();
+    let targets = format!(
+        "[plugins.pg-restore]\npath = \"{{plugins}}/pg_restore.wasm\"\nallow_unsigned = true\n\n\
+         [targets.shop-db]\nplugin = \"pg-restore\"\n\
+         settings = {{ database = \"shop\", host = \"{host}\", user = \"rewind\", migration_table = \"schema_migrations\", jobs = 2, pg_dump = \"{pg_dump}\", pg_restore = \"{pg_restore}\", psql = \"{psql}\" }}\n\
+         grant = {{ process = [\"{pg_dump}\", \"{pg_restore}\", \"{psql}\"] }}\n",
+        host = pg.socket_dir().display(),
+        pg_dump = program("pg_dump"),
+        pg_restore = program("pg_restore"),
+        psql = program("psql"),
+    );
+    let fleet = TestFleet::start_agents(vec![("db-1".into(), "data".into(), targets)], None).await;
+    fleet.checkpoint("v1").await;
+    deploy_v2(&pg);
+    let v2 = state(&pg, "shop");
+    let plan = "name = \"shop\"\n\n[[stage]]\nname = \"data\"\nselect = { tier = \"data\" }\ntarget = \"shop-db\"\n";
+
+    // Without confirmation: refused, nothing touched, no window claimed.
+    let refused = fleet.rollback_cli(plan, "v1", &[]);
+    assert!(!refused.success, "{refused}");
+    assert!(refused.stderr.contains("--confirm-data-loss"), "{refused}");
+    assert_eq!(state(&pg, "shop"), v2);
+
+    let output = fleet.rollback_cli(plan, "v1", &["--confirm-data-loss"]);
+    assert!(output.success, "{output}");
+    assert_eq!(state(&pg, "shop"), v1, "data and schema are v1's again");
+    assert!(
+        output.stdout.contains("data-loss window"),
+        "the report states the window: {output}"
+    );
+    let run = TestFleet::run_id_of(&output);
+    let report = fleet.report(&run).await;
+    assert!(report.data_loss_window_seconds.is_some(), "{report:?}");
+    let step = &report.steps[0];
+    assert!(step.step_id.contains('/'), "{}", step.step_id);
+    assert!(step.changed);
+
+    // Again: the database already is the snapshot's; nothing changes, so
+    // the report states no window.
+    let before = oid(&pg);
+    let again = fleet.rollback_cli(plan, "v1", &["--confirm-data-loss"]);
+    assert!(again.success, "{again}");
+    assert_eq!(oid(&pg), before);
+    let report = fleet.report(&TestFleet::run_id_of(&again)).await;
+    assert!(!report.steps[0].changed, "{report:?}");
+    assert_eq!(report.data_loss_window_seconds, None, "{report:?}");
+    assert!(!again.stdout.contains("data-loss window"), "{again}");
+}
