@@ -67,6 +67,8 @@ pub struct CoordinatorLink {
 pub struct PluginConfig {
     pub name: String,
     pub path: PathBuf,
+    /// Where the configuration declares it (`/etc/rewind/agent.toml:12`), for errors.
+    pub origin: String,
     /// The pinned SHA-256 (hex), if the configuration pins one.
     pub sha256: Option<String>,
     /// Whether the plugin may run without a valid signature.
@@ -350,6 +352,7 @@ pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
         plugins.insert(
             plugin_name.clone(),
             PluginConfig {
+                origin: format!("{}:{}", path.display(), line_of(text, span.start)),
                 name: plugin_name,
                 path: resolve(&plugin.path),
                 sha256,

@@ -210,6 +210,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let succeeded = cli::rollback(
         &mut client,
         &plan_path,
+        PLAN.to_string(),
         "v1.2.3",
         RollbackOptions {
             yes: true,
@@ -259,6 +260,7 @@ fn connection(fleet: &LocalFleet) -> anyhow::Result<client::Connection> {
         cert: Some(files.cert),
         key: Some(files.key),
         crl: None,
+        connect_timeout: Duration::from_secs(10),
     })
 }
 

@@ -187,6 +187,27 @@ protected = true
         }
     }
 
+    /// SIGTERM the coordinator and wait up to `within` for it to exit;
+    /// returns its exit status, or None if it was still running (then it is
+    /// SIGKILLed).
+    pub fn terminate_coordinator(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.coordinator.take()?;
+        // SAFETY: kill only sends a signal to our own child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Add an agent: its certificate and configuration (not started yet).
     pub fn add_agent(&mut self, spec: AgentSpec) -> Result<PathBuf, FleetError> {
         certs::issue_for_days(&self.certs, Kind::Agent, &spec.name, &[], 30)?;

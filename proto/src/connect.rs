@@ -110,7 +110,6 @@ impl Dialer {
         // The TLS is ours (the connector's), so tonic sees plain http://.
         let endpoint = Endpoint::from_shared(format!("http://{}:{}", self.host, self.port))
             .map_err(|e| format!("coordinator URL {address}: {e}"))?
-            .connect_timeout(self.connect_timeout)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true);
@@ -132,8 +131,8 @@ impl Dialer {
                 explain(&e)
             )),
             Err(_) => Err(format!(
-                "cannot reach the coordinator at {address}: no TLS session within {} s",
-                self.connect_timeout.as_secs()
+                "cannot reach the coordinator at {address}: no answer within {}",
+                humantime_secs(self.connect_timeout)
             )),
         }
     }
@@ -226,5 +225,13 @@ impl AsyncWrite for Primed {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+fn humantime_secs(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
     }
 }

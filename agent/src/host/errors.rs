@@ -16,8 +16,9 @@ pub enum LoadError {
     Engine(String),
     #[error("plugin cache: {0}")]
     Cache(String),
-    #[error("plugin {plugin}: cannot read {}: {error}", path.display())]
+    #[error("{origin}: plugin {plugin}: cannot read {}: {error}", path.display())]
     Read {
+        origin: String,
         plugin: String,
         path: PathBuf,
         error: String,
@@ -40,8 +41,16 @@ pub enum LoadError {
         status: SignatureStatus,
         allow_unsigned: bool,
     },
-    #[error("plugin {plugin}: not a valid plugin component: {error}")]
-    Compile { plugin: String, error: String },
+    #[error("{origin}: plugin {plugin}: {} is not a rewind plugin component: {error}{}", path.display(),
+        if error.contains("component parser") || error.contains("core module") {
+            " (it is a core WebAssembly module: build the plugin for wasm32-wasip2, or wrap it with `wasm-tools component new`)"
+        } else { "" })]
+    Compile {
+        origin: String,
+        plugin: String,
+        path: PathBuf,
+        error: String,
+    },
 }
 
 /// Who was called for what: every call error carries it.

@@ -230,6 +230,7 @@ impl PluginHost {
     /// under the agent's policy, then compile it (or take it from the cache).
     pub fn load(&self, plugin: &PluginConfig) -> Result<Arc<LoadedPlugin>, LoadError> {
         let bytes = std::fs::read(&plugin.path).map_err(|e| LoadError::Read {
+            origin: plugin.origin.clone(),
             plugin: plugin.name.clone(),
             path: plugin.path.clone(),
             error: e.to_string(),
@@ -261,12 +262,20 @@ impl PluginHost {
                 "running an unsigned plugin (allow_unsigned = true)"
             );
         }
-        self.compile(&plugin.name, &plugin.path, bytes, digest, signature)
+        self.compile(
+            &plugin.origin,
+            &plugin.name,
+            &plugin.path,
+            bytes,
+            digest,
+            signature,
+        )
     }
 
     /// Load a plugin file for inspection only: its signature is reported, not enforced.
     pub fn inspect(&self, path: &Path) -> Result<Arc<LoadedPlugin>, LoadError> {
         let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
+            origin: path.display().to_string(),
             plugin: path.display().to_string(),
             path: path.to_path_buf(),
             error: e.to_string(),
@@ -276,7 +285,14 @@ impl PluginHost {
         let name = path
             .file_stem()
             .map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
-        self.compile(&name, path, bytes, digest, signature)
+        self.compile(
+            &path.display().to_string(),
+            &name,
+            path,
+            bytes,
+            digest,
+            signature,
+        )
     }
 
     fn signature_of(&self, path: &Path, bytes: &[u8]) -> SignatureStatus {
@@ -291,6 +307,7 @@ impl PluginHost {
 
     fn compile(
         &self,
+        origin: &str,
         name: &str,
         path: &Path,
         bytes: Vec<u8>,
@@ -310,7 +327,9 @@ impl PluginHost {
             self.cache
                 .load(&self.engine, &digest, &bytes)
                 .map_err(|e| LoadError::Compile {
+                    origin: origin.to_string(),
                     plugin: name.to_string(),
+                    path: path.to_path_buf(),
                     error: format!("{e:#}"),
                 })?;
         let imports = component

@@ -137,10 +137,12 @@ pub fn main() -> ExitCode {
                 confirm_data_loss,
                 force,
             } => {
+                let plan_toml = cli::read_plan(&plan)?;
                 let mut client = connection.connect().await?;
                 cli::rollback(
                     &mut client,
                     &plan,
+                    plan_toml,
                     &to,
                     RollbackOptions {
                         yes,

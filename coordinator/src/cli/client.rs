@@ -67,6 +67,9 @@ pub struct Connection {
     /// The fleet CA's revocation list, checked against the coordinator's certificate.
     #[arg(long, env = "REWIND_CRL", global = true)]
     pub crl: Option<PathBuf>,
+    /// How long connecting (TCP, TLS, HTTP/2) may take.
+    #[arg(long, env = "REWIND_CONNECT_TIMEOUT", global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
 }
 
 impl Connection {
@@ -86,20 +89,22 @@ impl Connection {
             Some(path) => Some(Arc::new(CrlFile::open(path).map_err(anyhow::Error::msg)?)),
             None => None,
         };
-        connect_with(&self.coordinator, &files, crl).await
+        connect_with(&self.coordinator, &files, crl, self.connect_timeout).await
     }
 }
 
 pub async fn connect(url: &str, files: &TlsFiles) -> anyhow::Result<Client> {
-    connect_with(url, files, None).await
+    connect_with(url, files, None, Duration::from_secs(10)).await
 }
 
 async fn connect_with(
     url: &str,
     files: &TlsFiles,
     crl: Option<Arc<CrlFile>>,
+    timeout: Duration,
 ) -> anyhow::Result<Client> {
-    let dialer = Dialer::new(url, files, crl).map_err(anyhow::Error::msg)?;
+    let mut dialer = Dialer::new(url, files, crl).map_err(anyhow::Error::msg)?;
+    dialer.connect_timeout = timeout;
     let channel = dialer.channel().await.map_err(anyhow::Error::msg)?;
     Ok(OperatorServiceClient::new(channel)
         .max_decoding_message_size(64 << 20)

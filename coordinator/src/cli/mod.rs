@@ -85,7 +85,21 @@ pub fn certs_command(command: CertsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_plan(path: &Path) -> anyhow::Result<String> {
+/// The largest plan file (the coordinator accepts requests of up to 4 MiB).
+pub const MAX_PLAN: u64 = 1 << 20;
+
+pub fn read_plan(path: &Path) -> anyhow::Result<String> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading the plan {}", path.display()))?
+        .len();
+    if size > MAX_PLAN {
+        anyhow::bail!(
+            "the plan {} is {:.1} MiB; a plan may be at most {} MiB (stages select hosts by label, so a plan stays small)",
+            path.display(),
+            size as f64 / (1 << 20) as f64,
+            MAX_PLAN >> 20
+        );
+    }
     std::fs::read_to_string(path).with_context(|| format!("reading the plan {}", path.display()))
 }
 
@@ -154,9 +168,10 @@ pub async fn releases(connection: &Connection) -> anyhow::Result<()> {
 }
 
 pub async fn plan(connection: &Connection, path: &Path, release: String) -> anyhow::Result<()> {
+    let plan_toml = read_plan(path)?;
     let mut client = connection.connect().await?;
     let plan = PlanRequest {
-        plan_toml: read_plan(path)?,
+        plan_toml,
         plan_path: path.display().to_string(),
         release: release.clone(),
     };
@@ -181,10 +196,10 @@ pub struct RollbackOptions {
 pub async fn rollback(
     client: &mut Client,
     path: &Path,
+    plan_toml: String,
     release: &str,
     options: RollbackOptions,
 ) -> anyhow::Result<bool> {
-    let plan_toml = read_plan(path)?;
     let plan_path = path.display().to_string();
     let preview = within(
         "the coordinator",

@@ -6,6 +6,7 @@ mod cdn_bucket;
 mod cdn_plugin;
 mod cdn_providers;
 mod compose;
+mod errors;
 mod etcd_plugin;
 mod files_plugin;
 mod forgery;

@@ -78,3 +78,47 @@ async fn an_agent_killed_mid_step_has_its_outcome_recovered_not_repeated() {
     );
     assert_ran_once_in_stage_order(&fleet);
 }
+
+/// SIGTERM with agents connected and a step in flight: the coordinator
+/// stops starting steps, journals the result that arrives, tells agents to
+/// reconnect and exits within its documented bound (10 s of drain and 5 s
+/// to close); restarted, it finishes the run with no step applied twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_and_exits_within_its_bound() {
+    let mut hosts = eight_hosts();
+    for h in hosts.iter_mut().filter(|h| h.tier == "core") {
+        h.settings = "delay_ms = 1500".into();
+    }
+    let mut fleet = TestFleet::start(hosts, None).await;
+    fleet.checkpoint("v1").await;
+    let run = fleet.start_run(&four_stage_plan(""), "v1").await;
+    fleet
+        .events_until(&run, |e| e.kind == "step-sent" && e.stage == "core")
+        .await;
+    let started = std::time::Instant::now();
+    let status = fleet
+        .fleet
+        .terminate_coordinator(std::time::Duration::from_secs(20))
+        .expect("the coordinator exits after SIGTERM");
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took < std::time::Duration::from_secs(16), "took {took:?}");
+    let log = std::fs::read_to_string(fleet.fleet.dir.join("coordinator.log")).unwrap();
+    assert!(log.contains("stopping: no new runs or steps"), "{log}");
+    assert!(log.contains("coordinator stopped"), "{log}");
+    // Nothing started after the stop began: the gateway stage never ran.
+    for host in ["gw-1", "gw-2", "ui-1", "ui-2"] {
+        assert!(
+            fleet.records(host).is_empty(),
+            "{host} ran during the drain"
+        );
+    }
+    fleet
+        .fleet
+        .start_coordinator()
+        .expect("restarted coordinator");
+    fleet.wait_connected(8).await;
+    let report = fleet.finish(&run).await;
+    assert_eq!(report.status, "succeeded", "{report:?}");
+    assert_ran_once_in_stage_order(&fleet);
+}

@@ -38,6 +38,7 @@ fn sign(wasm: &Path, key: &ed25519_dalek::SigningKey) {
 
 fn entry(wasm: &Path, allow_unsigned: bool) -> PluginConfig {
     PluginConfig {
+        origin: "test".into(),
         name: "noop".into(),
         path: wasm.to_path_buf(),
         sha256: None,
