@@ -100,12 +100,13 @@ pub struct Grant {
     /// present, even empty: a plugin that can reload may then be used
     /// without allowing it to run anything).
     pub process_granted: bool,
-    /// Programs the `process` capability may run: the name as granted, and
-    /// the absolute path that runs.
-    pub process: BTreeMap<String, PathBuf>,
+    /// Programs the `process` capability may run, by the name as granted.
+    pub process: BTreeMap<String, ProgramGrant>,
     pub process_timeout: Duration,
     /// Environment variables set for every program (nothing is inherited).
     pub process_env: BTreeMap<String, String>,
+    /// The environment variables a plugin may set for a program.
+    pub process_env_allow: Vec<String>,
     /// Whether outgoing HTTP is granted (`http = [...]` present, even empty).
     pub http_granted: bool,
     /// Hosts (`host` or `host:port`) outgoing HTTP may reach.
@@ -120,6 +121,185 @@ pub struct Grant {
     pub tls: Vec<crate::host::tls::HostTls>,
     /// The PostgreSQL server the `postgres` capability reaches, if granted.
     pub postgres: Option<PostgresGrant>,
+}
+
+/// One program a target may run, and the arguments it may run it with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramGrant {
+    /// The absolute path that runs.
+    pub path: PathBuf,
+    /// The argument lists allowed, each token exact or `prefix*` (`*`: any
+    /// one argument); None allows any arguments.
+    pub args: Option<Vec<Vec<String>>>,
+}
+
+impl ProgramGrant {
+    /// Whether `args` fits one of the allowed forms.
+    pub fn allows(&self, args: &[String]) -> bool {
+        let Some(forms) = &self.args else {
+            return true;
+        };
+        forms.iter().any(|form| {
+            form.len() == args.len()
+                && form
+                    .iter()
+                    .zip(args)
+                    .all(|(token, arg)| match token.strip_suffix('*') {
+                        // A path prefix is not escaped with `..`.
+                        Some(prefix) => {
+                            arg.starts_with(prefix)
+                                && !(prefix.contains('/')
+                                    && arg.split('/').any(|segment| segment == ".."))
+                        }
+                        None => token == arg,
+                    })
+        })
+    }
+}
+
+/// What a plugin may put in a program's environment unless the grant says
+/// otherwise (`process_env_allow`): PostgreSQL's client credentials and
+/// timeouts, and the locale. Loader and interpreter variables are never
+/// allowed (see `NEVER_IN_ENV`).
+pub const DEFAULT_ENV_ALLOW: &[&str] = &[
+    "PGPASSWORD",
+    "PGCONNECT_TIMEOUT",
+    "PGSSLMODE",
+    "PGAPPNAME",
+    "LANG",
+    "LC_ALL",
+];
+
+/// Variables that change how the loader, libc or an interpreter behaves: not
+/// even a grant may let a plugin set them.
+const NEVER_IN_ENV: &[&str] = &[
+    "LD_",
+    "DYLD_",
+    "GCONV_PATH",
+    "GETCONF_DIR",
+    "GLIBC_TUNABLES",
+    "HOSTALIASES",
+    "LOCALDOMAIN",
+    "LOCPATH",
+    "MALLOC_",
+    "NIS_PATH",
+    "NLSPATH",
+    "RESOLV_HOST_CONF",
+    "RES_OPTIONS",
+    "TMPDIR",
+    "TZDIR",
+    "PATH",
+    "IFS",
+    "ENV",
+    "BASH_ENV",
+    "SHELLOPTS",
+    "PS4",
+    "PYTHON",
+    "PERL",
+    "RUBY",
+    "NODE_OPTIONS",
+    "PGSERVICEFILE",
+    "PGSYSCONFDIR",
+    "PGPASSFILE",
+    "PGSSLKEY",
+    "PGSSLCERT",
+];
+
+fn never_in_env(name: &str) -> bool {
+    NEVER_IN_ENV.iter().any(|p| name.starts_with(p))
+}
+
+/// Programs that run other programs or code: a grant to one of them would
+/// be a way to a shell, so none may be granted, with arguments or without.
+const COMMAND_RUNNERS: &[&str] = &[
+    "sh",
+    "bash",
+    "dash",
+    "zsh",
+    "ksh",
+    "mksh",
+    "csh",
+    "tcsh",
+    "fish",
+    "ash",
+    "busybox",
+    "env",
+    "xargs",
+    "find",
+    "sudo",
+    "su",
+    "doas",
+    "runuser",
+    "nice",
+    "ionice",
+    "nohup",
+    "timeout",
+    "setsid",
+    "chroot",
+    "stdbuf",
+    "time",
+    "strace",
+    "ltrace",
+    "gdb",
+    "perl",
+    "ruby",
+    "node",
+    "nodejs",
+    "php",
+    "lua",
+    "tclsh",
+    "wish",
+    "awk",
+    "gawk",
+    "mawk",
+    "nawk",
+    "sed",
+    "vi",
+    "vim",
+    "less",
+    "more",
+    "man",
+    "script",
+    "expect",
+    "watch",
+    "flock",
+    "parallel",
+    "make",
+    "ssh",
+    "systemd-run",
+    "at",
+    "crontab",
+    "osascript",
+    "taskset",
+    "chrt",
+    "unshare",
+    "nsenter",
+    "capsh",
+    "setpriv",
+    "fakeroot",
+    "eval",
+    "exec",
+    "git",
+];
+
+/// Why a program may not be granted, if it is a command runner.
+fn command_runner(path: &Path) -> Option<String> {
+    let names = [Some(path.to_path_buf()), std::fs::canonicalize(path).ok()];
+    for candidate in names.into_iter().flatten() {
+        let name = candidate.file_name()?.to_string_lossy().to_string();
+        let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+        let runner = COMMAND_RUNNERS.contains(&base)
+            || base.starts_with("python")
+            || base.starts_with("pypy");
+        if runner {
+            return Some(format!(
+                "{} ({}) runs other programs or code, which would be a way to a shell; grant the program it would run instead",
+                path.display(),
+                candidate.display()
+            ));
+        }
+    }
+    None
 }
 
 /// `grant.postgres`: one server, the databases a plugin may use, and the
@@ -227,17 +407,29 @@ struct RawTarget {
 struct RawGrant {
     #[serde(default)]
     files: Vec<Spanned<PathBuf>>,
-    process: Option<Vec<Spanned<String>>>,
+    process: Option<Vec<Spanned<RawProgram>>>,
     #[serde(default, deserialize_with = "units::opt_duration")]
     process_timeout: Option<Duration>,
     #[serde(default)]
     process_env: BTreeMap<String, String>,
+    process_env_allow: Option<Vec<Spanned<String>>>,
     http: Option<Vec<Spanned<String>>>,
     docker: Option<Vec<Spanned<String>>>,
     docker_socket: Option<Spanned<PathBuf>>,
     #[serde(default)]
     tls: Vec<Spanned<RawTls>>,
     postgres: Option<Spanned<RawPostgres>>,
+}
+
+/// `"name"` (any arguments), or `{ program = "name", args = [[...], ...] }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawProgram {
+    Name(String),
+    Patterns {
+        program: String,
+        args: Vec<Vec<String>>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -486,10 +678,14 @@ fn validate_grant(
         grant.files.push(dir.into_inner());
     }
     for program in raw.process.unwrap_or_default() {
-        let name = program.get_ref();
-        let resolved = resolve_program(name).ok_or_else(|| {
+        let span = program.span();
+        let (name, args) = match program.into_inner() {
+            RawProgram::Name(name) => (name, None),
+            RawProgram::Patterns { program, args } => (program, Some(args)),
+        };
+        let resolved = resolve_program(&name).ok_or_else(|| {
             at(
-                Some(program.span()),
+                Some(span.clone()),
                 format!(
                     "target {target}: grant.process program `{name}` was not found{}",
                     if name.contains('/') {
@@ -500,8 +696,51 @@ fn validate_grant(
                 ),
             )
         })?;
-        grant.process.insert(name.clone(), resolved);
+        if let Some(why) = command_runner(&resolved) {
+            return Err(at(
+                Some(span),
+                format!("target {target}: grant.process may not include `{name}`: {why}"),
+            ));
+        }
+        if let Some(forms) = &args
+            && forms.is_empty()
+        {
+            return Err(at(
+                Some(span),
+                format!(
+                    "target {target}: grant.process `{name}`: args is empty, so nothing could run; \
+                     list the argument forms (e.g. [[\"--list\", \"*\"]]) or grant the name alone"
+                ),
+            ));
+        }
+        grant.process.insert(
+            name,
+            ProgramGrant {
+                path: resolved,
+                args,
+            },
+        );
     }
+    let env_allow: Vec<String> = match raw.process_env_allow {
+        Some(names) => {
+            let mut allowed = Vec::new();
+            for name in names {
+                if never_in_env(name.get_ref()) || name.get_ref().is_empty() {
+                    return Err(at(
+                        Some(name.span()),
+                        format!(
+                            "target {target}: grant.process_env_allow may not include `{}`: it changes how programs load or run",
+                            name.get_ref()
+                        ),
+                    ));
+                }
+                allowed.push(name.into_inner());
+            }
+            allowed
+        }
+        None => DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect(),
+    };
+    grant.process_env_allow = env_allow;
     for entry in raw.http.unwrap_or_default() {
         let parsed = parse_host_port(entry.get_ref()).map_err(|e| {
             at(
@@ -675,7 +914,7 @@ mod tests {
             .lines()
             .map(|line| {
                 if line.starts_with("process = [") {
-                    "process = [\"sh\"]".to_string()
+                    "process = [\"true\"]".to_string()
                 } else {
                     line.to_string()
                 }
@@ -730,7 +969,7 @@ http = ["127.0.0.1:8080", "api.example.com"]
             target.settings_json,
             r#"{"files":["/etc/nginx/nginx.conf"]}"#
         );
-        assert!(target.grant.process["true"].is_absolute());
+        assert!(target.grant.process["true"].path.is_absolute());
         assert!(target.grant.http[0].allows("127.0.0.1", 8080));
         assert!(!target.grant.http[0].allows("127.0.0.1", 8081));
         assert!(target.grant.http[1].allows("API.example.com", 443));
@@ -785,6 +1024,48 @@ http = ["127.0.0.1:8080", "api.example.com"]
         // No CA: the public web roots; no client certificate.
         let config = with_tls(r#""etcd:2379""#, r#"{ host = "etcd:2379" }"#).unwrap();
         assert!(config.targets["t"].grant.tls[0].applies_to("etcd", 2379));
+    }
+
+    #[test]
+    fn programs_take_argument_patterns_and_no_shell_is_granted() {
+        let config = parse_str(&format!(
+            "{BASE}\n[targets.t]\nplugin = \"files\"\ngrant = {{ process = [\"true\", {{ program = \"touch\", args = [[\"--\", \"/tmp/x*\"], [\"-c\", \"*\"]] }}] }}\n"
+        ))
+        .unwrap();
+        let grant = &config.targets["t"].grant;
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(grant.process["true"].allows(&args(&["anything", "at all"])));
+        let touch = &grant.process["touch"];
+        assert!(touch.allows(&args(&["--", "/tmp/x-1"])));
+        assert!(touch.allows(&args(&["-c", "whatever"])));
+        assert!(!touch.allows(&args(&["--", "/etc/passwd"])));
+        assert!(!touch.allows(&args(&["--", "/tmp/x/../../etc/passwd"])));
+        assert!(!touch.allows(&args(&["-c"])));
+        assert!(!touch.allows(&args(&["-c", "a", "b"])));
+        for runner in [
+            "sh", "bash", "env", "xargs", "find", "python3", "perl", "awk",
+        ] {
+            if resolve_program(runner).is_none() {
+                continue;
+            }
+            let err = parse_str(&format!(
+                "{BASE}\n[targets.t]\nplugin = \"files\"\ngrant = {{ process = [{{ program = \"{runner}\", args = [[\"-c\", \"*\"]] }}] }}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                err.message.contains("would be a way to a shell"),
+                "{runner}: {err}"
+            );
+        }
+        let err = parse_str(&format!(
+            "{BASE}\n[targets.t]\nplugin = \"files\"\ngrant = {{ process = [\"true\"], process_env_allow = [\"LD_PRELOAD\"] }}\n"
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("LD_PRELOAD"), "{err}");
+        assert_eq!(
+            config.targets["t"].grant.process_env_allow,
+            DEFAULT_ENV_ALLOW.to_vec()
+        );
     }
 
     #[test]

@@ -313,19 +313,50 @@ async fn only_allow_listed_programs_run_without_shell_or_environment() {
 [targets.shell]
 plugin = "run_program"
 settings = { program = "/bin/sh", args = ["-c", "touch {dir}/pwned"] }
-grant = { process = ["env"] }
+grant = { process = ["printenv"] }
 
 [targets.env]
 plugin = "run_program"
-settings = { program = "env" }
-grant = { process = ["env"], process_env = { LANG = "C" } }
+settings = { program = "printenv" }
+grant = { process = ["printenv"], process_env = { LANG = "C" } }
 
 [targets.slow]
 plugin = "run_program"
 settings = { program = "sleep", args = ["30"], timeout_ms = 300 }
 grant = { process = ["sleep"] }
+
+[targets.escape-args]
+plugin = "run_program"
+settings = { program = "touch", args = ["{dir}/ok/../pwned"] }
+grant = { process = [{ program = "touch", args = [["{dir}/ok/*"]] }] }
+
+[targets.other-args]
+plugin = "run_program"
+settings = { program = "touch", args = ["--reference", "/etc/passwd", "{dir}/pwned"] }
+grant = { process = [{ program = "touch", args = [["{dir}/ok/*"]] }] }
+
+[targets.good-args]
+plugin = "run_program"
+settings = { program = "touch", args = ["{dir}/ok/fine"] }
+grant = { process = [{ program = "touch", args = [["{dir}/ok/*"]] }] }
+
+[targets.preload]
+plugin = "run_program"
+settings = { program = "printenv", env = [["LD_PRELOAD", "/tmp/evil.so"]] }
+grant = { process = ["printenv"] }
+
+[targets.unlisted-env]
+plugin = "run_program"
+settings = { program = "printenv", env = [["FOO", "bar"]] }
+grant = { process = ["printenv"] }
+
+[targets.listed-env]
+plugin = "run_program"
+settings = { program = "printenv", env = [["PGPASSWORD", "s3cret"]] }
+grant = { process = ["printenv"] }
 "#,
     );
+    std::fs::create_dir_all(agent.path().join("ok")).unwrap();
     let error = agent.call("shell", restore()).await.unwrap_err();
     let CallError::Plugin { error: failure, .. } = &error else {
         panic!("{error}")
@@ -334,7 +365,7 @@ grant = { process = ["sleep"] }
     assert!(
         failure
             .message
-            .contains("program `/bin/sh` is not on the grant.process allow-list (env)"),
+            .contains("program `/bin/sh` is not on the grant.process allow-list (printenv (/usr/bin/printenv))"),
         "{error}"
     );
     assert!(
@@ -363,6 +394,41 @@ grant = { process = ["sleep"] }
         "{error}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Arguments outside the granted forms, or a path prefix escaped with
+    // `..`, are refused before anything runs.
+    for target in ["escape-args", "other-args"] {
+        let error = agent.call(target, restore()).await.unwrap_err();
+        assert!(
+            error.to_string().contains("may not run with the arguments"),
+            "{target}: {error}"
+        );
+        assert!(error.to_string().contains("/usr/bin/touch"), "{error}");
+    }
+    assert!(!agent.path().join("pwned").exists());
+    agent
+        .call("good-args", restore())
+        .await
+        .expect("arguments in a granted form run");
+    assert!(agent.path().join("ok/fine").exists());
+
+    // The environment is an allow-list: loader variables never, others
+    // only when listed (PGPASSWORD is by default).
+    for (target, name) in [("preload", "LD_PRELOAD"), ("unlisted-env", "FOO")] {
+        let error = agent.call(target, restore()).await.unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("may not set the environment variable `{name}`")),
+            "{error}"
+        );
+    }
+    let listed = agent.call("listed-env", restore()).await.unwrap();
+    let printed = serde_json::to_value(&listed.output).unwrap()["details"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(printed, "PGPASSWORD=s3cret\n");
     good_plugin_still_works(&agent).await;
 }
 

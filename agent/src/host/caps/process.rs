@@ -1,6 +1,8 @@
-//! `rewind:plugin/process`: run an allow-listed program, without a shell,
-//! with an empty environment, in the target's state directory, killed with
-//! its whole process group when its timeout or the call's deadline passes.
+//! `rewind:plugin/process`: run an allow-listed program with allow-listed
+//! arguments, without a shell, with an empty environment (plus the grant's
+//! variables and those the plugin sets from the grant's allow-list), in the
+//! target's state directory, killed with its whole process group when its
+//! timeout or the call's deadline passes.
 
 use crate::host::bindings::rewind::plugin::process::{Command, Host, Output, ProcessError};
 use crate::host::state::CallState;
@@ -11,49 +13,25 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 const MAX_OUTPUT: usize = 16 << 20;
 
-/// Variables that change how the dynamic loader or libc behave (glibc's
-/// list for set-uid programs): a plugin may not set them, or it could make
-/// an allow-listed program load code of its choosing.
-const UNSAFE_ENV: &[&str] = &[
-    "GCONV_PATH",
-    "GETCONF_DIR",
-    "GLIBC_TUNABLES",
-    "HOSTALIASES",
-    "LOCALDOMAIN",
-    "LOCPATH",
-    "MALLOC_TRACE",
-    "NIS_PATH",
-    "NLSPATH",
-    "RESOLV_HOST_CONF",
-    "RES_OPTIONS",
-    "TMPDIR",
-    "TZDIR",
-    "PATH",
-];
-
-fn unsafe_env(name: &str) -> bool {
-    name.is_empty()
-        || name.contains('=')
-        || name.starts_with("LD_")
-        || name.starts_with("DYLD_")
-        || UNSAFE_ENV.contains(&name)
-}
-
 impl Host for CallState {
     async fn run(&mut self, cmd: Command) -> Result<Output, ProcessError> {
         let target = &self.target;
         let grant = &target.grant;
-        let program = grant
+        let (name, program) = grant
             .process
-            .get(&cmd.program)
+            .get_key_value(&cmd.program)
             .or_else(|| {
                 grant
                     .process
-                    .values()
-                    .find(|p| p.as_path() == Path::new(&cmd.program))
+                    .iter()
+                    .find(|(_, p)| p.path.as_path() == Path::new(&cmd.program))
             })
             .ok_or_else(|| {
-                let allowed: Vec<&str> = grant.process.keys().map(String::as_str).collect();
+                let allowed: Vec<String> = grant
+                    .process
+                    .iter()
+                    .map(|(name, p)| format!("{name} ({})", p.path.display()))
+                    .collect();
                 ProcessError::Denied(format!(
                     "target {}: program `{}` is not on the grant.process allow-list ({})",
                     target.name,
@@ -64,13 +42,33 @@ impl Host for CallState {
                         allowed.join(", ")
                     }
                 ))
-            })?
-            .clone();
-
-        if let Some((name, _)) = cmd.env.iter().find(|(name, _)| unsafe_env(name)) {
+            })?;
+        if !program.allows(&cmd.args) {
+            let forms: Vec<String> = program
+                .args
+                .iter()
+                .flatten()
+                .map(|form| format!("[{}]", form.join(" ")))
+                .collect();
             return Err(ProcessError::Denied(format!(
-                "target {}: a plugin may not set the environment variable `{name}`",
-                target.name
+                "target {}: `{name}` ({}) may not run with the arguments [{}]; grant.process allows {}",
+                target.name,
+                program.path.display(),
+                cmd.args.join(" "),
+                forms.join(" or ")
+            )));
+        }
+        let program = program.path.clone();
+
+        if let Some((name, _)) = cmd
+            .env
+            .iter()
+            .find(|(name, _)| !grant.process_env_allow.iter().any(|a| a == name))
+        {
+            return Err(ProcessError::Denied(format!(
+                "target {}: a plugin may not set the environment variable `{name}` (grant.process_env_allow: {})",
+                target.name,
+                grant.process_env_allow.join(", ")
             )));
         }
         let requested = cmd
