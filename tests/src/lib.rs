@@ -152,3 +152,23 @@ pub mod postgres;
 pub mod providers;
 pub mod s3;
 pub mod scenarios;
+
+/// The file name the plugin SDK's `step_file_name` gives a step id (its
+/// readable part, then 12 hex digits of the id's SHA-256), to find what a
+/// plugin kept for a step.
+pub fn step_file_name(step_id: &str) -> String {
+    use sha2::Digest;
+    let readable: String = step_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    let digest = hex::encode(sha2::Sha256::digest(step_id.as_bytes()));
+    format!("{readable}-{}", &digest[..12])
+}

@@ -211,7 +211,12 @@ async fn live_files_that_are_no_stored_build_are_saved_before_the_switch() {
     let saved: Vec<String> = std::fs::read_dir(site.s3.path(BUCKET, "builds"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|name| name.starts_with("rewind-before-run-3.ui.1-"))
+        .filter(|name| {
+            name.starts_with(&format!(
+                "rewind-before-{}-",
+                rewind_tests::step_file_name("run-3.ui.1")
+            ))
+        })
         .collect();
     assert_eq!(saved.len(), 1, "one saved build: {saved:?}");
     assert_eq!(

@@ -115,10 +115,10 @@ async fn a_restore_of_a_thousand_keys_with_deletions_and_its_emergency_snapshot(
     assert!(!again.changed, "{again:?}");
 
     // The emergency snapshot taken before the first restore puts v2 back.
-    let file = agent
-        .target("config")
-        .state_dir
-        .join("emergency-step-a.json");
+    let file = agent.target("config").state_dir.join(format!(
+        "emergency-{}.json",
+        rewind_tests::step_file_name("step-a")
+    ));
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&file).expect("emergency snapshot")).unwrap();
     let emergency = SnapshotRecord {

@@ -156,10 +156,10 @@ async fn a_restore_puts_every_file_back_and_reloads() {
     assert!(agent.path().join("reloaded").exists(), "the reload ran");
 
     // What was replaced is kept, so nothing is lost.
-    let emergency = agent
-        .target("app-config")
-        .state_dir
-        .join("emergency/step-1.json");
+    let emergency = agent.target("app-config").state_dir.join(format!(
+        "emergency/{}.json",
+        rewind_tests::step_file_name("step-1")
+    ));
     let kept: serde_json::Value =
         serde_json::from_slice(&std::fs::read(emergency).unwrap()).unwrap();
     let env_sha = kept["files"][0]["sha256"].as_str().unwrap();

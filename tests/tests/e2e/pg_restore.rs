@@ -150,7 +150,10 @@ async fn a_confirmed_restore_brings_data_and_schema_back_after_an_emergency_back
     assert!(kept.ends_with(" false"), "{kept}");
 
     // The emergency backup restores to the pre-rollback state.
-    let emergency = agent.target("db").state_dir.join("emergency-step-1.dump");
+    let emergency = agent.target("db").state_dir.join(format!(
+        "emergency-{}.dump",
+        rewind_tests::step_file_name("step-1")
+    ));
     assert!(emergency.exists());
     pg.psql("rewind", "CREATE DATABASE check_emergency");
     let restored = std::process::Command::new(bin_dir().join("pg_restore"))
@@ -232,7 +235,10 @@ async fn damaged_backups_are_refused_before_anything_is_touched() {
         !agent
             .target("db")
             .state_dir
-            .join("emergency-step-2.dump")
+            .join(format!(
+                "emergency-{}.dump",
+                rewind_tests::step_file_name("step-2")
+            ))
             .exists()
     );
     let leftovers = pg.psql(

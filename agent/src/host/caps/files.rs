@@ -1,25 +1,42 @@
 //! `rewind:plugin/files`: the target's state directory and granted
-//! directories, nothing else. Paths are checked lexically (no `..`) and after
-//! resolving symbolic links, so a link inside a granted directory cannot lead
-//! a plugin out of it. Writes are atomic and keep the file's mode and owner.
+//! directories, nothing else. Paths are checked lexically (no `..`), then
+//! every operation works through descriptors opened beneath the directory
+//! it belongs to (see `beneath`), so a symbolic link, even one swapped in
+//! while the call runs, cannot lead a plugin out of it. Writes are atomic
+//! and keep the file's mode and owner.
 
+use super::beneath::{Root, escapes};
 use crate::config::TargetConfig;
 use crate::host::bindings::rewind::plugin::files::{FileError, FileInfo, Host};
 use crate::host::state::CallState;
+use rustix::fs::{Mode, OFlags};
 use sha2::{Digest, Sha256};
+use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const MAX_READ: u64 = 32 << 20;
+/// The most entries `read-dir` returns.
+const MAX_ENTRIES: usize = 100_000;
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A path a plugin may use, and whether it lies in the target's state directory.
+/// A path a plugin may use: the directory it lies beneath, and the rest.
 struct Allowed {
-    path: PathBuf,
+    root: PathBuf,
+    rel: PathBuf,
     in_state_dir: bool,
+}
+
+impl Allowed {
+    fn open_root(&self) -> io::Result<Root> {
+        if self.in_state_dir {
+            fs::create_dir_all(&self.root)?;
+        }
+        Root::open(&self.root)
+    }
 }
 
 fn denied(target: &TargetConfig, path: &str, why: &str) -> FileError {
@@ -37,6 +54,7 @@ fn denied(target: &TargetConfig, path: &str, why: &str) -> FileError {
     ))
 }
 
+/// The lexical check: which directory the path belongs to, if any.
 fn check(target: &TargetConfig, path: &str) -> Result<Allowed, FileError> {
     let requested = Path::new(path);
     if path.is_empty() {
@@ -48,52 +66,64 @@ fn check(target: &TargetConfig, path: &str) -> Result<Allowed, FileError> {
     {
         return Err(denied(target, path, "`..` is not allowed"));
     }
-    let (root, full, in_state_dir) = if requested.is_relative() {
-        fs::create_dir_all(&target.state_dir).map_err(|e| io_error(path, e))?;
-        (
-            target.state_dir.clone(),
-            target.state_dir.join(requested),
-            true,
-        )
-    } else {
-        let root = target
-            .grant
-            .files
-            .iter()
-            .find(|dir| requested.starts_with(dir))
-            .ok_or_else(|| denied(target, path, "outside the target's directories"))?;
-        (root.clone(), requested.to_path_buf(), false)
-    };
-    // Resolve links: the file itself when it exists, else its nearest
-    // existing ancestor, must stay under the (resolved) root.
-    let root = fs::canonicalize(&root).map_err(|e| io_error(&root.display().to_string(), e))?;
-    let mut probe = full.as_path();
-    let resolved = loop {
-        match fs::canonicalize(probe) {
-            Ok(resolved) => break resolved,
-            Err(_) => match probe.parent() {
-                Some(parent) => probe = parent,
-                None => return Err(denied(target, path, "cannot be resolved")),
-            },
-        }
-    };
-    if !resolved.starts_with(&root) {
-        return Err(denied(
-            target,
-            path,
-            "a symbolic link leads outside the target's directories",
-        ));
+    if requested.is_relative() {
+        return Ok(Allowed {
+            root: target.state_dir.clone(),
+            rel: requested.to_path_buf(),
+            in_state_dir: true,
+        });
     }
+    let root = target
+        .grant
+        .files
+        .iter()
+        .filter(|dir| requested.starts_with(dir))
+        .max_by_key(|dir| dir.components().count())
+        .ok_or_else(|| denied(target, path, "outside the target's directories"))?;
     Ok(Allowed {
-        path: full,
-        in_state_dir,
+        root: root.clone(),
+        rel: requested
+            .strip_prefix(root)
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+        in_state_dir: false,
     })
 }
 
-fn io_error(path: &str, e: io::Error) -> FileError {
+/// An I/O error as the plugin sees it; an escape is a denial.
+fn io_error(target: &TargetConfig, path: &str, e: io::Error) -> FileError {
+    if e.kind() == io::ErrorKind::PermissionDenied && e.to_string() == escapes().to_string() {
+        return denied(
+            target,
+            path,
+            "a symbolic link leads outside the target's directories",
+        );
+    }
     match e.kind() {
         io::ErrorKind::NotFound => FileError::NotFound(path.to_string()),
         _ => FileError::Io(format!("{path}: {e}")),
+    }
+}
+
+/// What an operation is given: the allowed path and its opened root.
+struct Place {
+    root: Root,
+    rel: PathBuf,
+    in_state_dir: bool,
+}
+
+impl Place {
+    fn open(&self, flags: OFlags) -> io::Result<fs::File> {
+        Ok(fs::File::from(self.root.open_at(
+            &self.rel,
+            flags,
+            Mode::empty(),
+        )?))
+    }
+
+    fn parent(&self) -> io::Result<(fs::File, OsString)> {
+        let (fd, name) = self.root.parent_of(&self.rel)?;
+        Ok((fs::File::from(fd), name))
     }
 }
 
@@ -103,7 +133,7 @@ impl CallState {
     fn with_file<T: Send + 'static>(
         &self,
         path: &str,
-        op: impl FnOnce(Allowed) -> Result<T, FileError> + Send + 'static,
+        op: impl FnOnce(&Place) -> io::Result<T> + Send + 'static,
     ) -> impl Future<Output = Result<T, FileError>> + Send + 'static {
         let checked = check(&self.target, path);
         let budget = self
@@ -111,104 +141,120 @@ impl CallState {
             .saturating_duration_since(Instant::now())
             .min(CALL_TIMEOUT);
         let path = path.to_string();
-        async move { run_blocking(checked?, budget, &path, op).await }
-    }
-}
-
-async fn run_blocking<T: Send + 'static>(
-    allowed: Allowed,
-    budget: Duration,
-    path: &str,
-    op: impl FnOnce(Allowed) -> Result<T, FileError> + Send + 'static,
-) -> Result<T, FileError> {
-    {
-        match tokio::time::timeout(budget, tokio::task::spawn_blocking(move || op(allowed))).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(FileError::Io(format!("{path}: {join}"))),
-            Err(_) => Err(FileError::Io(format!("{path}: timed out after {budget:?}"))),
+        let target = self.target.clone();
+        async move {
+            let allowed = checked?;
+            let name = path.clone();
+            let work = tokio::task::spawn_blocking(move || {
+                let place = Place {
+                    root: allowed.open_root()?,
+                    rel: allowed.rel,
+                    in_state_dir: allowed.in_state_dir,
+                };
+                op(&place)
+            });
+            match tokio::time::timeout(budget, work).await {
+                Ok(Ok(result)) => result.map_err(|e| io_error(&target, &name, e)),
+                Ok(Err(join)) => Err(FileError::Io(format!("{name}: {join}"))),
+                Err(_) => Err(FileError::Io(format!("{name}: timed out after {budget:?}"))),
+            }
         }
     }
 }
 
+/// Read a whole file, refusing one over `MAX_READ` (as `TooLarge`).
+fn read_all(mut file: fs::File) -> io::Result<Result<Vec<u8>, u64>> {
+    let size = file.metadata()?.len();
+    if size > MAX_READ {
+        return Ok(Err(size));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    Read::by_ref(&mut file)
+        .take(MAX_READ + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_READ {
+        return Ok(Err(bytes.len() as u64));
+    }
+    Ok(Ok(bytes))
+}
+
 impl Host for CallState {
     async fn read(&mut self, path: String) -> Result<Vec<u8>, FileError> {
-        let name = path.clone();
-        self.with_file(&path, move |a| {
-            let mut file = fs::File::open(&a.path).map_err(|e| io_error(&name, e))?;
-            let size = file.metadata().map_err(|e| io_error(&name, e))?.len();
-            if size > MAX_READ {
-                return Err(FileError::TooLarge(size));
-            }
-            let mut bytes = Vec::with_capacity(size as usize);
-            Read::by_ref(&mut file)
-                .take(MAX_READ + 1)
-                .read_to_end(&mut bytes)
-                .map_err(|e| io_error(&name, e))?;
-            if bytes.len() as u64 > MAX_READ {
-                return Err(FileError::TooLarge(bytes.len() as u64));
-            }
-            Ok(bytes)
-        })
-        .await
+        self.with_file(&path, |p| read_all(p.open(OFlags::RDONLY)?))
+            .await?
+            .map_err(FileError::TooLarge)
     }
 
     async fn write(&mut self, path: String, contents: Vec<u8>) -> Result<(), FileError> {
-        let name = path.clone();
-        self.with_file(&path, move |a| {
-            write_atomic(&a, &contents).map_err(|e| io_error(&name, e))
-        })
-        .await
+        self.with_file(&path, move |p| write_atomic(p, &contents))
+            .await
     }
 
     async fn remove(&mut self, path: String) -> Result<(), FileError> {
-        let name = path.clone();
-        self.with_file(&path, move |a| {
-            match fs::remove_file(&a.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(io_error(&name, e)),
+        self.with_file(&path, |p| {
+            let (dir, name) = p.parent()?;
+            match rustix::fs::unlinkat(&dir, name.as_os_str(), rustix::fs::AtFlags::empty()) {
+                Ok(()) => dir.sync_all(),
+                Err(rustix::io::Errno::NOENT) => Ok(()),
+                Err(e) => Err(e.into()),
             }
-            sync_parent(&a.path).map_err(|e| io_error(&name, e))
         })
         .await
     }
 
     async fn stat(&mut self, path: String) -> Result<Option<FileInfo>, FileError> {
-        let name = path.clone();
-        self.with_file(&path, move |a| match fs::metadata(&a.path) {
-            Ok(meta) => Ok(Some(FileInfo {
-                size: meta.len(),
-                modified: meta.mtime().max(0) as u64,
-                is_dir: meta.is_dir(),
-            })),
+        self.with_file(&path, |p| match p.open(OFlags::PATH) {
+            Ok(file) => {
+                let meta = file.metadata()?;
+                Ok(Some(FileInfo {
+                    size: meta.len(),
+                    modified: meta.mtime().max(0) as u64,
+                    is_dir: meta.is_dir(),
+                }))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_error(&name, e)),
+            Err(e) => Err(e),
         })
         .await
     }
 
     async fn read_dir(&mut self, dir: String) -> Result<Vec<String>, FileError> {
-        let name = dir.clone();
-        self.with_file(&dir, move |a| {
-            let mut names = Vec::new();
-            for entry in fs::read_dir(&a.path).map_err(|e| io_error(&name, e))? {
-                let entry = entry.map_err(|e| io_error(&name, e))?;
-                names.push(entry.file_name().to_string_lossy().into_owned());
-            }
-            names.sort();
-            Ok(names)
+        let shown = dir.clone();
+        let names = self
+            .with_file(&dir, |p| {
+                let fd =
+                    p.root
+                        .open_at(&p.rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
+                let mut names = Vec::new();
+                for entry in rustix::fs::Dir::read_from(&fd)? {
+                    let entry = entry?;
+                    let name = entry.file_name().to_bytes();
+                    if name == b"." || name == b".." {
+                        continue;
+                    }
+                    if names.len() == MAX_ENTRIES {
+                        return Ok(Err(()));
+                    }
+                    names.push(String::from_utf8_lossy(name).into_owned());
+                }
+                names.sort();
+                Ok(Ok(names))
+            })
+            .await?;
+        names.map_err(|()| {
+            FileError::Io(format!(
+                "{shown}: more than {MAX_ENTRIES} entries; the files capability lists at most {MAX_ENTRIES}"
+            ))
         })
-        .await
     }
 
     async fn sha256(&mut self, path: String) -> Result<String, FileError> {
-        let name = path.clone();
-        self.with_file(&path, move |a| {
-            let mut file = fs::File::open(&a.path).map_err(|e| io_error(&name, e))?;
+        self.with_file(&path, |p| {
+            let mut file = p.open(OFlags::RDONLY)?;
             let mut hasher = Sha256::new();
             let mut buffer = vec![0u8; 1 << 20];
             loop {
-                let n = file.read(&mut buffer).map_err(|e| io_error(&name, e))?;
+                let n = file.read(&mut buffer)?;
                 if n == 0 {
                     break;
                 }
@@ -220,32 +266,28 @@ impl Host for CallState {
     }
 
     async fn read_link(&mut self, path: String) -> Result<String, FileError> {
-        let name = path.clone();
-        self.with_file(&path, move |a| {
-            fs::read_link(&a.path)
-                .map(|p| p.display().to_string())
-                .map_err(|e| io_error(&name, e))
+        self.with_file(&path, |p| {
+            let (dir, name) = p.parent()?;
+            let target = rustix::fs::readlinkat(&dir, name.as_os_str(), Vec::new())?;
+            Ok(String::from_utf8_lossy(target.as_bytes()).into_owned())
         })
         .await
     }
 
     async fn set_link(&mut self, link: String, target: String) -> Result<(), FileError> {
         self.check_link_target(&link, &target)?;
-        let name = link.clone();
-        let written = PathBuf::from(&target);
-        self.with_file(&link, move |a| {
-            replace_link(&a.path, &written).map_err(|e| io_error(&name, e))
-        })
-        .await
+        self.with_file(&link, move |p| replace_link(p, Path::new(&target)))
+            .await
     }
 }
 
 impl CallState {
-    /// A link's new target must itself be a path the plugin could use.
+    /// A link's new target must itself be a path the plugin could use
+    /// (opening through it later is checked beneath the root again).
     fn check_link_target(&self, link: &str, target: &str) -> Result<(), FileError> {
         let allowed = check(&self.target, link)?;
-        let parent = allowed
-            .path
+        let link_path = allowed.root.join(&allowed.rel);
+        let parent = link_path
             .parent()
             .ok_or_else(|| FileError::Io(format!("{link}: no parent directory")))?;
         let resolved = if Path::new(target).is_absolute() {
@@ -257,75 +299,64 @@ impl CallState {
     }
 }
 
-/// Make a link beside `path` pointing at `target`, rename it over `path`,
-/// flush the directory.
-fn replace_link(path: &Path, target: &Path) -> io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other("no file name"))?;
-    let temp = path.with_file_name(format!(".{}.rewind-link", name.to_string_lossy()));
-    match fs::remove_file(&temp) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
+fn temp_name(name: &OsString, what: &str) -> OsString {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut temp = OsString::from(".");
+    temp.push(name);
+    temp.push(format!(".rewind-{what}-{}-{nanos}.tmp", std::process::id()));
+    temp
+}
+
+/// Make a link beside the path pointing at `target`, rename it over the
+/// path, flush the directory.
+fn replace_link(place: &Place, target: &Path) -> io::Result<()> {
+    let (dir, name) = place.parent()?;
+    let temp = temp_name(&name, "link");
+    rustix::fs::symlinkat(target, &dir, temp.as_os_str())?;
+    if let Err(e) = rustix::fs::renameat(&dir, temp.as_os_str(), &dir, name.as_os_str()) {
+        let _ = rustix::fs::unlinkat(&dir, temp.as_os_str(), rustix::fs::AtFlags::empty());
+        return Err(e.into());
     }
-    std::os::unix::fs::symlink(target, &temp)?;
-    if let Err(e) = fs::rename(&temp, path) {
-        let _ = fs::remove_file(&temp);
-        return Err(e);
-    }
-    sync_parent(path)
+    dir.sync_all()
 }
 
 /// Write beside the file, flush, keep mode and owner, rename over, flush the
 /// directory: readers see the old contents or the new, and a crash leaves one
 /// of the two.
-fn write_atomic(allowed: &Allowed, contents: &[u8]) -> io::Result<()> {
-    let path = &allowed.path;
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("no parent directory"))?;
-    if allowed.in_state_dir {
-        fs::create_dir_all(dir)?;
+fn write_atomic(place: &Place, contents: &[u8]) -> io::Result<()> {
+    if place.in_state_dir
+        && let Some(parent) = place.rel.parent()
+    {
+        place.root.create_dirs(parent)?;
     }
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other("no file name"))?;
-    let existing = fs::metadata(path).ok();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let temp = dir.join(format!(
-        ".{}.rewind-{}-{nanos}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let (dir, name) = place.parent()?;
+    let existing = rustix::fs::statat(&dir, name.as_os_str(), rustix::fs::AtFlags::empty()).ok();
+    let temp = temp_name(&name, "write");
+    let fd = rustix::fs::openat(
+        &dir,
+        temp.as_os_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let mut file = fs::File::from(fd);
     let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)?;
         file.write_all(contents)?;
         if let Some(meta) = &existing {
-            file.set_permissions(meta.permissions())?;
+            rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.st_mode & 0o7777))?;
             let own = file.metadata()?;
-            if own.uid() != meta.uid() || own.gid() != meta.gid() {
-                std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
+            if own.uid() != meta.st_uid || own.gid() != meta.st_gid {
+                std::os::unix::fs::fchown(&file, Some(meta.st_uid), Some(meta.st_gid))?;
             }
         }
         file.sync_all()?;
-        fs::rename(&temp, path)
+        rustix::fs::renameat(&dir, temp.as_os_str(), &dir, name.as_os_str())?;
+        Ok::<_, io::Error>(())
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&temp);
+        let _ = rustix::fs::unlinkat(&dir, temp.as_os_str(), rustix::fs::AtFlags::empty());
     }
     result?;
-    sync_parent(path)
-}
-
-fn sync_parent(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(dir) => fs::File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
+    dir.sync_all()
 }

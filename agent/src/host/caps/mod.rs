@@ -1,6 +1,7 @@
 //! Host capabilities granted to plugins, one module per WIT interface. Each
 //! checks the call's target grant itself; nothing here reaches beyond it.
 
+mod beneath;
 pub mod docker;
 pub mod files;
 pub mod http;
