@@ -7,7 +7,7 @@ use rewind_tests::{Agent, unsigned_plugin};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn restore() -> Action {
@@ -304,6 +304,73 @@ grant = {{ http = ["{allowed}"] }}
         "no connection may reach a host off the allow-list"
     );
     good_plugin_still_works(&agent).await;
+}
+
+/// A directory of the grant is swapped, thousands of times a second, with
+/// a symbolic link to a directory outside it, while the plugin reads and
+/// writes through it: nothing outside is ever read or written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_symlink_swapped_in_during_calls_never_leads_outside() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("f"), "SECRET").unwrap();
+    let agent = agent(
+        r#"
+[targets.race-read]
+plugin = "read_file"
+settings = { path = "{dir}/granted/sub/f", repeat = 3000 }
+grant = { files = ["{dir}/granted"] }
+
+[targets.race-write]
+plugin = "read_file"
+settings = { path = "{dir}/granted/sub/w", repeat = 3000, write = "pwned" }
+grant = { files = ["{dir}/granted"] }
+"#,
+    );
+    let granted = agent.path().join("granted");
+    std::fs::create_dir_all(granted.join("sub-real")).unwrap();
+    std::fs::write(granted.join("sub-real/f"), "inside").unwrap();
+    std::os::unix::fs::symlink(outside.path(), granted.join("sub-link")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (granted, stop) = (granted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for name in ["sub-real", "sub-link"] {
+                    let _ = std::fs::rename(granted.join(name), granted.join("sub"));
+                    let _ = std::fs::rename(granted.join("sub"), granted.join(name));
+                    swaps += 1;
+                }
+            }
+            swaps
+        })
+    };
+    let read = agent.call("race-read", restore()).await.unwrap();
+    let written = agent.call("race-write", restore()).await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(swaps > 1000, "the race ran ({swaps} swaps)");
+    let seen = serde_json::to_value(&read.output).unwrap()["details"].clone();
+    let seen: Vec<String> = serde_json::from_value(seen).unwrap();
+    assert!(
+        seen.iter().any(|s| s == "inside"),
+        "the granted file was read: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|s| s.contains("SECRET")),
+        "read outside the grant: {seen:?}"
+    );
+    assert!(
+        !outside.path().join("w").exists(),
+        "wrote outside the grant: {:?}",
+        serde_json::to_value(&written.output).unwrap()
+    );
+    assert!(
+        std::fs::read_dir(outside.path())
+            .unwrap()
+            .all(|e| e.unwrap().file_name() == "f"),
+        "nothing at all was created outside"
+    );
 }
 
 #[tokio::test]
