@@ -6,7 +6,10 @@
 //! comes back in PostgreSQL's text format whatever its type. Parameters
 //! (`$1`, `$2`, ...) are sent as quoted literals of unknown type, which the
 //! server types from their use, as it would a bound parameter; they are
-//! never read as SQL.
+//! never read as SQL. Literals are written as `E'...'`, whose escaping does
+//! not depend on `standard_conforming_strings`; finding the `$n` outside
+//! the statement's own strings does, so the server is asked for it before
+//! a statement with parameters is bound.
 
 use crate::config::PostgresGrant;
 use crate::host::bindings::rewind::plugin::postgres::{Host, PgError, Rows};
@@ -18,23 +21,34 @@ use std::time::{Duration, Instant};
 
 /// The most rows one query may return.
 const MAX_ROWS: usize = 100_000;
+/// The most bytes of values one query may return.
+const MAX_BYTES: usize = 32 << 20;
 
-/// `'text'`, or `E'text'` when it holds backslashes; NUL cannot be sent.
+/// `E'text'`, with backslashes and quotes escaped: read the same whatever
+/// `standard_conforming_strings` says. NUL cannot be sent.
 fn literal(value: &str) -> Result<String, String> {
     if value.contains('\0') {
         return Err("a parameter holds a NUL character, which PostgreSQL text cannot".into());
     }
-    let quoted = value.replace('\'', "''");
-    Ok(if value.contains('\\') {
-        format!("E'{}'", quoted.replace('\\', "\\\\"))
-    } else {
-        format!("'{quoted}'")
-    })
+    Ok(format!(
+        "E'{}'",
+        value.replace('\\', "\\\\").replace('\'', "''")
+    ))
+}
+
+fn is_identifier_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '$'
 }
 
 /// Put the parameters in place of `$1`, `$2`, ... outside strings, quoted
-/// identifiers, comments and dollar-quoted bodies.
-pub fn bind(sql: &str, params: &[Option<String>]) -> Result<String, String> {
+/// identifiers, comments and dollar-quoted bodies. `standard_conforming`
+/// says whether backslashes escape in plain `'...'` strings (off) or only
+/// in `E'...'` strings (on, PostgreSQL's default).
+pub fn bind(
+    sql: &str,
+    params: &[Option<String>],
+    standard_conforming: bool,
+) -> Result<String, String> {
     let chars: Vec<char> = sql.chars().collect();
     let mut out = String::with_capacity(sql.len());
     let mut i = 0;
@@ -49,7 +63,10 @@ pub fn bind(sql: &str, params: &[Option<String>]) -> Result<String, String> {
         match c {
             '\'' => {
                 // A string; E'...' strings also escape with backslashes.
-                let escapes = i > 0 && matches!(chars[i - 1], 'e' | 'E');
+                let e_prefix = i > 0
+                    && matches!(chars[i - 1], 'e' | 'E')
+                    && !(i > 1 && is_identifier_char(chars[i - 2]));
+                let escapes = e_prefix || !standard_conforming;
                 copy_until(&mut out, &mut i, &|start| {
                     let mut j = start + 1;
                     while j < chars.len() {
@@ -70,7 +87,7 @@ pub fn bind(sql: &str, params: &[Option<String>]) -> Result<String, String> {
             }),
             '-' if next == Some('-') => copy_until(&mut out, &mut i, &|start| {
                 (start..chars.len())
-                    .find(|&j| chars[j] == '\n')
+                    .find(|&j| chars[j] == '\n' || chars[j] == '\r')
                     .map(|j| j + 1)
             }),
             '/' if next == Some('*') => copy_until(&mut out, &mut i, &|start| {
@@ -93,7 +110,7 @@ pub fn bind(sql: &str, params: &[Option<String>]) -> Result<String, String> {
                 None
             }),
             '$' if next.is_some_and(|d| d.is_ascii_digit())
-                && !(i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_')) =>
+                && !(i > 0 && is_identifier_char(chars[i - 1])) =>
             {
                 let digits: String = chars[i + 1..]
                     .iter()
@@ -112,7 +129,7 @@ pub fn bind(sql: &str, params: &[Option<String>]) -> Result<String, String> {
                 }
                 i += 1 + digits.len();
             }
-            '$' if !(i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_')) => {
+            '$' if !(i > 0 && is_identifier_char(chars[i - 1])) => {
                 // A dollar-quoted body: $tag$ ... $tag$.
                 let tag_end = chars[i + 1..]
                     .iter()
@@ -241,6 +258,26 @@ impl CallState {
         Ok(self.pg.get_mut(database).expect("inserted above"))
     }
 
+    /// The statement with its parameters bound, as this connection reads it.
+    async fn pg_bind(
+        &mut self,
+        database: &str,
+        grant: &PostgresGrant,
+        sql: &str,
+        params: &[Option<String>],
+    ) -> Result<String, PgError> {
+        if params.is_empty() {
+            return Ok(sql.to_string());
+        }
+        let connection = self.pg_connection(database, grant).await?;
+        let setting: String =
+            sqlx::query_scalar("SELECT current_setting('standard_conforming_strings')")
+                .fetch_one(&mut *connection)
+                .await
+                .map_err(|e| database_error(e, grant.timeout))?;
+        bind(sql, params, setting == "on").map_err(PgError::QueryFailed)
+    }
+
     async fn pg_query(
         &mut self,
         database: &str,
@@ -248,13 +285,14 @@ impl CallState {
         params: &[Option<String>],
     ) -> Result<Rows, PgError> {
         let grant = self.pg_grant(database)?;
-        let sql = bind(sql, params).map_err(PgError::QueryFailed)?;
+        let sql = self.pg_bind(database, &grant, sql, params).await?;
         let limit = self.deadline.saturating_duration_since(Instant::now());
         let connection = self.pg_connection(database, &grant).await?;
         let work = async {
             let mut stream = sqlx::raw_sql(AssertSqlSafe(sql.clone())).fetch(&mut *connection);
             let mut columns = Vec::new();
             let mut rows = Vec::new();
+            let mut bytes = 0usize;
             while let Some(row) = stream.try_next().await? {
                 if rows.len() == MAX_ROWS {
                     return Ok(Err(PgError::QueryFailed(format!(
@@ -270,8 +308,16 @@ impl CallState {
                     values.push(if value.is_null() {
                         None
                     } else {
-                        Some(value.as_str().map_err(sqlx::Error::Decode)?.to_string())
+                        let text = value.as_str().map_err(sqlx::Error::Decode)?;
+                        bytes += text.len();
+                        Some(text.to_string())
                     });
+                }
+                if bytes > MAX_BYTES {
+                    return Ok(Err(PgError::QueryFailed(format!(
+                        "the query returns more than {} MiB of values; page it (LIMIT/OFFSET or a key range)",
+                        MAX_BYTES >> 20
+                    ))));
                 }
                 rows.push(values);
             }
@@ -309,7 +355,7 @@ impl CallState {
         params: &[Option<String>],
     ) -> Result<u64, PgError> {
         let grant = self.pg_grant(database)?;
-        let sql = bind(sql, params).map_err(PgError::QueryFailed)?;
+        let sql = self.pg_bind(database, &grant, sql, params).await?;
         let limit = self.deadline.saturating_duration_since(Instant::now());
         let connection = self.pg_connection(database, &grant).await?;
         let work = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *connection);
@@ -357,26 +403,57 @@ mod tests {
     #[test]
     fn parameters_become_quoted_literals_outside_strings_and_comments() {
         assert_eq!(
-            bind("SELECT $1, $2 WHERE x = $1", &p(&[Some("it's"), None])).unwrap(),
-            "SELECT 'it''s', NULL WHERE x = 'it''s'"
+            bind("SELECT $1, $2 WHERE x = $1", &p(&[Some("it's"), None]), true).unwrap(),
+            "SELECT E'it''s', NULL WHERE x = E'it''s'"
         );
         assert_eq!(
-            bind(r"SELECT $1", &p(&[Some(r"a\b")])).unwrap(),
+            bind(r"SELECT $1", &p(&[Some(r"a\b")]), true).unwrap(),
             r"SELECT E'a\\b'"
         );
         // Not parameters: in strings, identifiers, comments, dollar quotes.
         let untouched =
             "SELECT '$1', E'\\'$1', \"$1\", $tag$ $1 $tag$, $$ $2 $$ -- $1\n/* $1 /* $1 */ */ x$1";
-        assert_eq!(bind(untouched, &[]).unwrap(), untouched);
+        assert_eq!(bind(untouched, &[], true).unwrap(), untouched);
         assert_eq!(
-            bind("SELECT $3", &p(&[Some("a")])).unwrap_err(),
+            bind("SELECT $3", &p(&[Some("a")]), true).unwrap_err(),
             "$3 has no parameter (1 given)"
         );
-        assert!(bind("SELECT $1", &p(&[Some("a\0b")])).is_err());
+        assert!(bind("SELECT $1", &p(&[Some("a\0b")]), true).is_err());
         // An injection attempt stays data.
         assert_eq!(
-            bind("SELECT $1::text", &p(&[Some("'; DROP TABLE t; --")])).unwrap(),
-            "SELECT '''; DROP TABLE t; --'::text"
+            bind("SELECT $1::text", &p(&[Some("'; DROP TABLE t; --")]), true).unwrap(),
+            "SELECT E'''; DROP TABLE t; --'::text"
+        );
+    }
+
+    #[test]
+    fn the_lexer_reads_strings_as_the_server_does() {
+        let one = p(&[Some("x")]);
+        // `type'...'` is not an E-string: with standard strings the
+        // backslash ends nothing, so `$1` after the string is a parameter.
+        assert_eq!(
+            bind(r"SELECT type'\' , $1", &one, true).unwrap(),
+            r"SELECT type'\' , E'x'"
+        );
+        // standard_conforming_strings off: the backslash escapes the quote,
+        // so the string runs on and `$1` inside it is not a parameter.
+        assert_eq!(
+            bind(r"SELECT '\' , $1 '", &one, false).unwrap(),
+            r"SELECT '\' , $1 '"
+        );
+        assert_eq!(
+            bind(r"SELECT '\' , $1 '", &one, true).unwrap(),
+            r"SELECT '\' , E'x' '"
+        );
+        // A comment ends at a carriage return too.
+        assert_eq!(
+            bind("SELECT 1 -- note\r, $1", &one, true).unwrap(),
+            "SELECT 1 -- note\r, E'x'"
+        );
+        // Prefixed literals: U&'', B'', X'' read as plain strings.
+        assert_eq!(
+            bind("SELECT U&'$1', B'01', X'ff', $1", &one, true).unwrap(),
+            "SELECT U&'$1', B'01', X'ff', E'x'"
         );
     }
 }
