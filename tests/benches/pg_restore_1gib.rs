@@ -62,14 +62,13 @@ fn main() {
 [targets.db]
 plugin = "pg-restore"
 deadline = "2h"
-settings = {{ database = "shop", host = "{host}", user = "rewind", migration_table = "schema_migrations", jobs = {JOBS}, pg_dump = "{pg_dump}", pg_restore = "{pg_restore}", psql = "{psql}" }}
-grant = {{ process = ["{pg_dump}", "{pg_restore}", "{psql}"], process_timeout = "2h" }}
+settings = {{ database = "shop", host = "{host}", user = "rewind", migration_table = "schema_migrations", jobs = {JOBS}, pg_dump = "{pg_dump}", pg_restore = "{pg_restore}" }}
+grant = {{ process = ["{pg_dump}", "{pg_restore}"], process_timeout = "2h", postgres = {{ host = "{host}", user = "rewind", databases = ["shop", "shop_rewind_*"], admin = true, timeout = "2h" }} }}
 "#,
         unsigned_plugin("pg-restore", "pg_restore"),
         host = pg.socket_dir().display(),
         pg_dump = program("pg_dump"),
         pg_restore = program("pg_restore"),
-        psql = program("psql"),
     ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -36,7 +36,7 @@ pub struct CallState {
     /// Secret values handed to the plugin in this call, masked in its
     /// log lines and errors.
     pub(crate) revealed: Vec<String>,
-    /// This call's PostgreSQL connections, by database.
+    /// This call's PostgreSQL connection (at most one), by database.
     pub(crate) pg: std::collections::BTreeMap<String, sqlx::postgres::PgConnection>,
 }
 

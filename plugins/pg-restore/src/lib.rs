@@ -8,10 +8,20 @@
 //! the old database (renamed, not accepting connections) until the
 //! retention setting removes it.
 //!
-//! Programs (`pg_dump`, `pg_restore`, `psql`) run through the process
-//! capability; the password, if any, comes from the target's secrets and is
-//! passed in the programs' environment, never in arguments or logs.
+//! SQL goes through the `postgres` capability (the agent logs in; the grant
+//! lists the databases: the live one, its `<name>_rewind_*` copies, and
+//! `postgres` with `admin` for creating, renaming and dropping databases).
+//! `pg_dump` and `pg_restore` run through the process capability; their
+//! password, if any, comes from the target's secrets and is passed in the
+//! programs' environment, never in arguments or logs.
+//!
+//! Crash safety: before the swap the plugin writes `swap.json` (which
+//! database is being replaced by which); an agent that dies inside the swap
+//! window leaves it, and the plugin's next call (any action) first puts the
+//! live database back in service: it renames back whatever was half done and
+//! lets connections in again.
 
+use rewind_plugin_sdk::postgres;
 use rewind_plugin_sdk::process::{self, Command};
 use rewind_plugin_sdk::*;
 use serde::{Deserialize, Serialize};
@@ -51,8 +61,11 @@ struct Settings {
     pg_dump: String,
     #[serde(default = "default_pg_restore")]
     pg_restore: String,
-    #[serde(default = "default_psql")]
-    psql: String,
+    /// No longer used (SQL goes through the `postgres` capability); accepted
+    /// so that older configurations still load.
+    #[serde(default)]
+    #[allow(dead_code)]
+    psql: Option<String>,
 }
 
 fn default_host() -> String {
@@ -82,9 +95,6 @@ fn default_pg_dump() -> String {
 fn default_pg_restore() -> String {
     "pg_restore".into()
 }
-fn default_psql() -> String {
-    "psql".into()
-}
 
 /// What a snapshot records.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -111,7 +121,16 @@ struct Restored {
     oid: String,
 }
 
-const SEP: char = '\u{1f}';
+/// A swap in progress: `live` is being replaced by `staged`, and the old
+/// one parked as `parked`.
+#[derive(Serialize, Deserialize)]
+struct Swap {
+    live: String,
+    staged: String,
+    parked: String,
+}
+
+const SWAP: &str = "swap.json";
 
 struct Pg {
     settings: Settings,
@@ -155,7 +174,9 @@ impl Pg {
             )));
         }
         let password = secrets::get(&settings.password_secret);
-        Ok(Pg { settings, password })
+        let pg = Pg { settings, password };
+        pg.recover_swap()?;
+        Ok(pg)
     }
 
     fn env(&self) -> Vec<(String, String)> {
@@ -189,41 +210,73 @@ impl Pg {
         })
     }
 
-    /// Run SQL with psql on `database`; rows as fields.
+    /// Run SQL on `database` through the `postgres` capability; rows as
+    /// fields (NULL as an empty field).
     fn sql(&self, database: &str, sql: &str) -> Result<Vec<Vec<String>>, PluginError> {
-        let mut args = vec![
-            "-X".to_string(),
-            "-q".into(),
-            "-A".into(),
-            "-t".into(),
-            "-v".into(),
-            "ON_ERROR_STOP=1".into(),
-            "-F".into(),
-            SEP.to_string(),
-        ];
-        args.extend(self.connection(database));
-        args.extend(["-c".to_string(), sql.to_string()]);
-        let output = self.run(&self.settings.psql, args)?;
-        if output.status != Some(0) {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            if stderr.contains("could not connect")
-                || stderr.contains("Connection refused")
-                || stderr.contains("No such file or directory")
-            {
-                return Err(PluginError::Unavailable(format!(
-                    "PostgreSQL at {}:{} cannot be reached: {}",
-                    self.settings.host,
-                    self.settings.port,
-                    stderr.trim()
-                )));
-            }
-            return Err(fail("psql", &output));
-        }
-        Ok(String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| l.split(SEP).map(str::to_string).collect())
+        let rows = postgres::query(database, sql, &[]).map_err(|e| match e {
+            PluginError::Unavailable(t) => PluginError::Unavailable(format!(
+                "PostgreSQL at {}:{} cannot be reached: {t}",
+                self.settings.host, self.settings.port
+            )),
+            other => other,
+        })?;
+        Ok(rows
+            .rows
+            .into_iter()
+            .map(|row| row.into_iter().map(Option::unwrap_or_default).collect())
             .collect())
+    }
+
+    /// Run statements (several, separated by `;`, in one round trip).
+    fn execute(&self, database: &str, sql: &str) -> Result<(), PluginError> {
+        postgres::execute(database, sql, &[]).map(drop)
+    }
+
+    /// Put the live database back in service after a swap that an agent
+    /// stop interrupted (see the module's documentation).
+    fn recover_swap(&self) -> Result<Option<String>, PluginError> {
+        let Some(bytes) = files::read_if_exists(SWAP)? else {
+            return Ok(None);
+        };
+        let swap: Swap = serde_json::from_slice(&bytes).map_err(|e| {
+            PluginError::Failed(format!(
+                "{SWAP} in the target's state directory is damaged: {e}"
+            ))
+        })?;
+        let maintenance = self.settings.maintenance_database.clone();
+        let exists = |name: &str| -> Result<bool, PluginError> { Ok(self.oid(name)?.is_some()) };
+        let mut done = Vec::new();
+        if !exists(&swap.live)? && exists(&swap.parked)? {
+            // The two renames are one transaction, so this is not left by
+            // the swap itself; but if the live name is free and the parked
+            // copy exists, the parked copy is what was live: put it back.
+            self.execute(
+                &maintenance,
+                &format!(
+                    "ALTER DATABASE {} RENAME TO {}",
+                    ident(&swap.parked),
+                    ident(&swap.live)
+                ),
+            )?;
+            done.push(format!("renamed {} back to {}", swap.parked, swap.live));
+        }
+        if exists(&swap.live)? {
+            self.execute(
+                &maintenance,
+                &format!(
+                    "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+                    ident(&swap.live)
+                ),
+            )?;
+            done.push(format!("{} accepts connections", swap.live));
+        }
+        files::remove(SWAP)?;
+        let note = format!(
+            "a swap interrupted by an agent stop was settled: {}",
+            done.join("; ")
+        );
+        log::warn(&note);
+        Ok(Some(note))
     }
 
     fn one(&self, database: &str, sql: &str) -> Result<Option<String>, PluginError> {
@@ -593,7 +646,7 @@ impl Plugin for PgRestore {
                 pg.settings.host, pg.settings.port
             )));
         };
-        pg.sql(
+        pg.execute(
             &maintenance,
             &format!(
                 "CREATE DATABASE {} TEMPLATE template0 OWNER {} ENCODING {} LC_COLLATE {} \
@@ -606,7 +659,7 @@ impl Plugin for PgRestore {
             ),
         )?;
         let drop_staged = |pg: &Pg| {
-            let _ = pg.sql(
+            let _ = pg.execute(
                 &maintenance,
                 &format!("DROP DATABASE IF EXISTS {}", ident(&staged)),
             );
@@ -665,7 +718,18 @@ impl Plugin for PgRestore {
             parked_id = ident(&parked),
             staged_id = ident(&staged),
         );
-        pg.sql(
+        // Recorded first: an agent that dies from here on leaves it, and the
+        // next call puts the live database back in service.
+        files::write(
+            SWAP,
+            &serde_json::to_vec(&Swap {
+                live: database.clone(),
+                staged: staged.clone(),
+                parked: parked.clone(),
+            })
+            .map_err(|e| PluginError::Failed(e.to_string()))?,
+        )?;
+        pg.execute(
             &maintenance,
             &format!(
                 "ALTER DATABASE {} ALLOW_CONNECTIONS false",
@@ -674,17 +738,20 @@ impl Plugin for PgRestore {
         )?;
         let mut swapped = Err(PluginError::Failed("not tried".into()));
         for _ in 0..50 {
-            swapped = pg.sql(&maintenance, &swap);
+            swapped = pg.execute(&maintenance, &swap);
             if swapped.is_ok() {
                 break;
             }
+            // A failed rename leaves the transaction open and aborted.
+            let _ = pg.execute(&maintenance, "ROLLBACK");
             let _ = pg.sql(&maintenance, "SELECT pg_sleep(0.1)");
         }
         if let Err(e) = swapped {
-            let _ = pg.sql(
+            let _ = pg.execute(
                 &maintenance,
                 &format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", ident(&database)),
             );
+            let _ = files::remove(SWAP);
             drop_staged(&pg);
             return Err(PluginError::Failed(format!(
                 "the databases could not be swapped ({}); {database} is unchanged and accepts \
@@ -692,6 +759,7 @@ impl Plugin for PgRestore {
                 e.text()
             )));
         }
+        files::remove(SWAP)?;
         if let Some(oid) = pg.oid(&database)? {
             files::write(
                 "restored.json",
@@ -720,7 +788,7 @@ impl Plugin for PgRestore {
         let mut dropped = Vec::new();
         if old.len() > pg.settings.retention {
             for name in old.split_off(pg.settings.retention) {
-                pg.sql(
+                pg.execute(
                     &maintenance,
                     &format!("DROP DATABASE IF EXISTS {}", ident(&name)),
                 )?;

@@ -10,21 +10,42 @@ use rewind_tests::{Agent, unsigned_plugin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-fn agent(pg: &PgServer) -> Agent {
+/// The grant pg-restore needs, each program only with the arguments it uses.
+fn grant(pg: &PgServer) -> String {
     let bin = bin_dir();
-    let program = |name: &str| bin.join(name).display().to_string();
-    Agent::new(&format!(
-        r#"{}
-[targets.db]
-plugin = "pg-restore"
-settings = {{ database = "shop", host = "{host}", user = "rewind", migration_table = "schema_migrations", jobs = 2, pg_dump = "{pg_dump}", pg_restore = "{pg_restore}", psql = "{psql}" }}
-grant = {{ process = ["{pg_dump}", "{pg_restore}", "{psql}"] }}
-"#,
-        unsigned_plugin("pg-restore", "pg_restore"),
+    let (pg_dump, pg_restore) = (bin.join("pg_dump"), bin.join("pg_restore"));
+    let connection = |db: &str| {
+        format!(
+            r#""-h", "{}", "-p", "5432", "-U", "rewind", "-d", "{db}""#,
+            pg.socket_dir().display()
+        )
+    };
+    format!(
+        r#"{{ process = [{{ program = "{pg_dump}", args = [["-Fc", "-f", "snapshot-*", {live}], ["-Fc", "-f", "emergency-*", {live}]] }}, {{ program = "{pg_restore}", args = [["--list", "snapshot-*"], ["--list", "emergency-*"], ["--exit-on-error", "--jobs", "2", {staged}, "snapshot-*"]] }}], postgres = {{ host = "{host}", user = "rewind", databases = ["shop", "shop_rewind_*"], admin = true }} }}"#,
+        pg_dump = pg_dump.display(),
+        pg_restore = pg_restore.display(),
+        live = connection("shop"),
+        staged = connection("shop_rewind_*"),
         host = pg.socket_dir().display(),
-        pg_dump = program("pg_dump"),
-        pg_restore = program("pg_restore"),
-        psql = program("psql"),
+    )
+}
+
+fn settings(pg: &PgServer) -> String {
+    let bin = bin_dir();
+    format!(
+        r#"{{ database = "shop", host = "{host}", user = "rewind", migration_table = "schema_migrations", jobs = 2, pg_dump = "{pg_dump}", pg_restore = "{pg_restore}" }}"#,
+        host = pg.socket_dir().display(),
+        pg_dump = bin.join("pg_dump").display(),
+        pg_restore = bin.join("pg_restore").display(),
+    )
+}
+
+fn agent(pg: &PgServer) -> Agent {
+    Agent::new(&format!(
+        "{}\n[targets.db]\nplugin = \"pg-restore\"\nsettings = {}\ngrant = {}\n",
+        unsigned_plugin("pg-restore", "pg_restore"),
+        settings(pg),
+        grant(pg),
     ))
 }
 
@@ -304,17 +325,11 @@ async fn a_rollback_through_the_coordinator_restores_the_database() {
     let pg = PgServer::start();
     create_shop(&pg);
     let v1 = state(&pg, "shop");
-    let bin = bin_dir();
-    let program = |name: &str| bin.join(name).display().to_string();
     let targets = format!(
         "[plugins.pg-restore]\npath = \"{{plugins}}/pg_restore.wasm\"\nallow_unsigned = true\n\n\
-         [targets.shop-db]\nplugin = \"pg-restore\"\n\
-         settings = {{ database = \"shop\", host = \"{host}\", user = \"rewind\", migration_table = \"schema_migrations\", jobs = 2, pg_dump = \"{pg_dump}\", pg_restore = \"{pg_restore}\", psql = \"{psql}\" }}\n\
-         grant = {{ process = [\"{pg_dump}\", \"{pg_restore}\", \"{psql}\"] }}\n",
-        host = pg.socket_dir().display(),
-        pg_dump = program("pg_dump"),
-        pg_restore = program("pg_restore"),
-        psql = program("psql"),
+         [targets.shop-db]\nplugin = \"pg-restore\"\nsettings = {}\ngrant = {}\n",
+        settings(&pg),
+        grant(&pg),
     );
     let fleet = TestFleet::start_agents(vec![("db-1".into(), "data".into(), targets)], None).await;
     fleet.checkpoint("v1").await;
@@ -352,4 +367,39 @@ async fn a_rollback_through_the_coordinator_restores_the_database() {
     assert!(!report.steps[0].changed, "{report:?}");
     assert_eq!(report.data_loss_window_seconds, None, "{report:?}");
     assert!(!again.stdout.contains("data-loss window"), "{again}");
+}
+
+/// The agent dies inside the swap window (the live database already
+/// refuses new connections): the plugin's next call, whatever it is, puts
+/// the live database back in service.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_in_the_swap_window_leaves_the_database_accepting_connections() {
+    let pg = PgServer::start();
+    create_shop(&pg);
+    let agent = agent(&pg);
+    let v1 = state(&pg, "shop");
+    // What the agent had done when it died: the swap recorded, and the live
+    // database closed to new connections.
+    let state_dir = agent.target("db").state_dir.clone();
+    std::fs::create_dir_all(&state_dir).unwrap();
+    std::fs::write(
+        state_dir.join("swap.json"),
+        r#"{"live":"shop","staged":"shop_rewind_1","parked":"shop_rewind_old_1"}"#,
+    )
+    .unwrap();
+    pg.psql("rewind", "ALTER DATABASE shop ALLOW_CONNECTIONS false");
+    assert!(
+        pg.try_psql("shop", "SELECT 1").is_err(),
+        "shop refuses connections"
+    );
+
+    let to = agent.snapshot("db").await;
+    assert!(to.summary.contains("1302 rows"), "{}", to.summary);
+    assert_eq!(
+        pg.psql("shop", "SELECT 1"),
+        "1",
+        "shop accepts connections again"
+    );
+    assert_eq!(state(&pg, "shop"), v1, "and it is the same database");
+    assert!(!state_dir.join("swap.json").exists());
 }

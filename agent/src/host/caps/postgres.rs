@@ -181,8 +181,10 @@ impl CallState {
         let grant = self.target.grant.postgres.clone().ok_or_else(|| {
             PgError::Denied(format!("target {} has no grant.postgres", self.target.name))
         })?;
-        let allowed = grant.databases.iter().any(|d| d == database)
-            || (database == "postgres" && grant.admin);
+        let allowed = grant.databases.iter().any(|d| match d.strip_suffix('*') {
+            Some(prefix) => database.starts_with(prefix),
+            None => d == database,
+        }) || (database == "postgres" && grant.admin);
         if !allowed {
             return Err(PgError::Denied(format!(
                 "database {database} is not granted to target {} (grant.postgres.databases = [{}]{})",
@@ -198,13 +200,22 @@ impl CallState {
         Ok(grant)
     }
 
-    /// This call's connection to `database`, opened on first use.
+    /// This call's connection to `database`, opened on first use. A call
+    /// holds one connection at a time: turning to another database closes
+    /// the previous one, so the plugin's own sessions never keep a database
+    /// busy that it goes on to rename or drop.
     async fn pg_connection(
         &mut self,
         database: &str,
         grant: &PostgresGrant,
     ) -> Result<&mut PgConnection, PgError> {
         if !self.pg.contains_key(database) {
+            let others: Vec<String> = self.pg.keys().cloned().collect();
+            for other in others {
+                if let Some(connection) = self.pg.remove(&other) {
+                    let _ = connection.close().await;
+                }
+            }
             let mut options = PgConnectOptions::new_without_pgpass()
                 .port(grant.port)
                 .username(&grant.user)
@@ -403,7 +414,12 @@ mod tests {
     #[test]
     fn parameters_become_quoted_literals_outside_strings_and_comments() {
         assert_eq!(
-            bind("SELECT $1, $2 WHERE x = $1", &p(&[Some("it's"), None]), true).unwrap(),
+            bind(
+                "SELECT $1, $2 WHERE x = $1",
+                &p(&[Some("it's"), None]),
+                true
+            )
+            .unwrap(),
             "SELECT E'it''s', NULL WHERE x = E'it''s'"
         );
         assert_eq!(
