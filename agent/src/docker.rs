@@ -372,10 +372,15 @@ impl Engine {
         let name = container_name(&old);
         let parked = format!("{name}{OLD_SUFFIX}");
         if self.docker.inspect_container(&parked, None).await.is_ok() {
-            // The container under `name` replaced it: it is superseded.
-            self.remove(&parked).await?;
+            // A previous recreate whose health was never confirmed: keep its
+            // container if it is healthy, else put the old one back.
+            if self.is_healthy(&name).await {
+                self.remove(&parked).await?;
+            } else {
+                self.put_back(&name).await?;
+            }
         }
-
+        let old = self.granted_container(&name).await?;
         // Nothing is stopped unless the new image is here.
         let Some(new_image) = self.inspect_image(image).await? else {
             return Err(DockerError::NotFound(format!(
@@ -476,7 +481,8 @@ impl Engine {
                     .unwrap_or_default()
             )));
         }
-        self.remove(&parked).await?;
+        // The old container stays (stopped, as `<name>-rewind-old`) until
+        // `wait_healthy` sees the new one healthy; otherwise it comes back.
 
         let inspect = self
             .docker
@@ -492,6 +498,36 @@ impl Engine {
                 .unwrap_or_default(),
         };
         self.describe(&inspect, depends_on).await
+    }
+
+    /// Whether a container runs and passes its healthcheck (if it has one).
+    async fn is_healthy(&self, name: &str) -> bool {
+        let Ok(inspect) = self.docker.inspect_container(name, None).await else {
+            return false;
+        };
+        let state = inspect.state.unwrap_or_default();
+        let health = state
+            .health
+            .as_ref()
+            .and_then(|h| h.status)
+            .map(|s| enum_text(&s))
+            .filter(|s| !s.is_empty() && s != "none");
+        state.running.unwrap_or(false) && matches!(health.as_deref(), None | Some("healthy"))
+    }
+
+    /// Put the container parked by a recreate back under `name`, in place of
+    /// its replacement, and start it.
+    async fn put_back(&self, name: &str) -> Result<(), DockerError> {
+        let parked = format!("{name}{OLD_SUFFIX}");
+        if self.docker.inspect_container(name, None).await.is_ok() {
+            self.remove(name).await?;
+        }
+        self.rename(&parked, name).await?;
+        self.docker
+            .start_container(name, None)
+            .await
+            .or_else(not_modified)
+            .map_err(|e| self.error(&format!("starting {name} again"), e))
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<(), DockerError> {
@@ -542,7 +578,34 @@ impl Engine {
     }
 
     /// Wait until a container's healthcheck passes, or it runs without one.
+    /// A container just recreated settles here: healthy, its old container
+    /// is removed; not healthy in time, the old one is put back and the
+    /// error says so.
     pub async fn wait_healthy(&self, name: &str, timeout: Duration) -> Result<(), DockerError> {
+        let waited = self.wait_healthy_only(name, timeout).await;
+        let parked = format!("{name}{OLD_SUFFIX}");
+        if self.docker.inspect_container(&parked, None).await.is_err() {
+            return waited;
+        }
+        match waited {
+            Ok(()) => self.remove(&parked).await,
+            Err(error) => {
+                let restored = self.put_back(name).await;
+                let what = match restored {
+                    Ok(()) => "the old container was put back and started".to_string(),
+                    Err(e) => format!("putting the old container back failed too: {e}"),
+                };
+                Err(match error {
+                    DockerError::Unhealthy(t) => DockerError::Unhealthy(format!("{t}; {what}")),
+                    DockerError::TimedOut(t) => DockerError::TimedOut(format!("{t}; {what}")),
+                    DockerError::Failed(t) => DockerError::Failed(format!("{t}; {what}")),
+                    other => other,
+                })
+            }
+        }
+    }
+
+    async fn wait_healthy_only(&self, name: &str, timeout: Duration) -> Result<(), DockerError> {
         self.granted_container(name).await?;
         let until = Instant::now() + timeout;
         loop {

@@ -264,6 +264,21 @@ grant = {{ docker = ["{name}"] }}
         text.contains(&format!("serving build {tag}")),
         "carries the container's last log lines: {text}"
     );
+    // The old web container, kept aside until its replacement was healthy,
+    // is back: on v1, running and healthy, and nothing is left aside.
+    assert!(text.contains("the old container was put back"), "{text}");
+    let (v1, _) = docker::v1_v2().clone();
+    let web = inspect(&project.container("web"));
+    assert_eq!(web["Image"], v1.as_str());
+    project.wait_healthy(std::time::Duration::from_secs(60));
+    assert!(
+        project
+            .containers()
+            .iter()
+            .all(|(name, _)| !name.contains("rewind-old") && !name.contains("rewind-new")),
+        "{:?}",
+        project.containers()
+    );
     // db and api were left alone: they were already on the snapshot's image.
     assert_eq!(
         inspect(&project.container("db"))["State"]["Health"]["Status"],
