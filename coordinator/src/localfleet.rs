@@ -28,6 +28,8 @@ pub struct LocalFleet {
     agent_bin: PathBuf,
     plugins: PathBuf,
     pub database: String,
+    /// The `[environments.*]` tables of the coordinator's configuration.
+    pub environments: String,
     coordinator: Option<Child>,
     /// The coordinator's address once it listens (kept across restarts).
     pub address: Option<String>,
@@ -72,6 +74,7 @@ impl LocalFleet {
             agent_bin: agent_bin.to_path_buf(),
             plugins: plugins.to_path_buf(),
             database: format!("sqlite://{}", dir.join("rewind.db").display()),
+            environments: "[environments.production]\nprotected = true\n".into(),
             coordinator: None,
             address: None,
             agents: BTreeMap::new(),
@@ -119,10 +122,8 @@ admin = "admin"
 ops = "operator"
 viewer = "viewer"
 
-[environments.production]
-protected = true
-"#,
-            self.database
+{}"#,
+            self.database, self.environments
         );
         std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
         Ok(path)

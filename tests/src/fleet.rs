@@ -20,6 +20,8 @@ pub struct Host {
     pub tier: &'static str,
     /// Extra recorder settings, e.g. `delay_ms = 500, fail = true`.
     pub settings: String,
+    /// Its `env` label (`staging` unless said).
+    pub env: &'static str,
 }
 
 pub fn host(name: &'static str, tier: &'static str) -> Host {
@@ -27,12 +29,18 @@ pub fn host(name: &'static str, tier: &'static str) -> Host {
         name,
         tier,
         settings: String::new(),
+        env: "staging",
     }
 }
 
 impl Host {
     pub fn with(mut self, settings: &str) -> Host {
         self.settings = settings.to_string();
+        self
+    }
+
+    pub fn in_env(mut self, env: &'static str) -> Host {
+        self.env = env;
         self
     }
 }
@@ -95,6 +103,18 @@ impl TestFleet {
     /// Start a coordinator (SQLite journal, or `database`) and the hosts as
     /// agents running the recorder, and wait until all are connected.
     pub async fn start(hosts: Vec<Host>, database: Option<&str>) -> TestFleet {
+        TestFleet::start_in(hosts, database, None, None).await
+    }
+
+    /// `start` with the coordinator's `[environments.*]` tables given, and
+    /// waiting for `connected` of the hosts (some may be refused).
+    pub async fn start_in(
+        hosts: Vec<Host>,
+        database: Option<&str>,
+        environments: Option<&str>,
+        connected: Option<usize>,
+    ) -> TestFleet {
+        let count = connected.unwrap_or(hosts.len());
         let specs = hosts
             .iter()
             .map(|h| {
@@ -109,10 +129,18 @@ impl TestFleet {
                      grant = {{ files = [\"{{records}}\"] }}\n",
                     name = h.name,
                 );
-                (h.name.to_string(), h.tier.to_string(), targets)
+                (
+                    h.name.to_string(),
+                    [
+                        ("tier".to_string(), h.tier.to_string()),
+                        ("env".to_string(), h.env.to_string()),
+                    ]
+                    .into(),
+                    targets,
+                )
             })
             .collect();
-        TestFleet::start_agents(specs, database).await
+        TestFleet::launch(specs, database, environments, count).await
     }
 
     /// Start a coordinator and agents given as (name, tier, plugins and
@@ -120,6 +148,30 @@ impl TestFleet {
     pub async fn start_agents(
         agents: Vec<(String, String, String)>,
         database: Option<&str>,
+    ) -> TestFleet {
+        let count = agents.len();
+        let specs = agents
+            .into_iter()
+            .map(|(name, tier, targets)| {
+                (
+                    name,
+                    [
+                        ("tier".to_string(), tier),
+                        ("env".to_string(), "staging".to_string()),
+                    ]
+                    .into(),
+                    targets,
+                )
+            })
+            .collect();
+        TestFleet::launch(specs, database, None, count).await
+    }
+
+    async fn launch(
+        agents: Vec<(String, std::collections::BTreeMap<String, String>, String)>,
+        database: Option<&str>,
+        environments: Option<&str>,
+        count: usize,
     ) -> TestFleet {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut fleet = LocalFleet::create(
@@ -132,19 +184,17 @@ impl TestFleet {
         if let Some(url) = database {
             fleet = fleet.with_database(url);
         }
+        if let Some(environments) = environments {
+            fleet.environments = environments.to_string();
+        }
         let records = dir.path().join("records");
         std::fs::create_dir_all(&records).unwrap();
         fleet.start_coordinator().expect("coordinator");
-        let count = agents.len();
-        for (name, tier, targets) in agents {
+        for (name, labels, targets) in agents {
             fleet
                 .add_agent(AgentSpec {
                     name,
-                    labels: [
-                        ("tier".to_string(), tier),
-                        ("env".to_string(), "staging".to_string()),
-                    ]
-                    .into(),
+                    labels,
                     plugins_and_targets: targets
                         .replace("{records}", &records.display().to_string()),
                 })

@@ -356,3 +356,145 @@ fn tokio_stream_once(
 ) -> impl tokio_stream::Stream<Item = AgentMessage> + Send + 'static {
     tokio_stream::iter(vec![message])
 }
+
+/// Protected environments hold whatever labels say: db-1 is a production
+/// host by the coordinator's configuration even though its label says
+/// staging, so its data-loss step needs the admin role; an agent claiming
+/// an environment that does not list it is refused; a stopped agent can be
+/// retired, by an admin only.
+#[tokio::test(flavor = "multi_thread")]
+async fn protected_environments_and_retiring_agents_hold() {
+    let environments = "[environments.production]\nprotected = true\nagents = [\"db-*\"]\n\n\
+                        [environments.staging]\n";
+    let mut fleet = TestFleet::start_in(
+        vec![
+            host("db-1", "data").with("risk = \"data-loss\""),
+            host("api-1", "core"),
+            host("web-9", "core").in_env("production"),
+        ],
+        None,
+        Some(environments),
+        Some(2),
+    )
+    .await;
+    // web-9 claims production, which does not list it: refused and counted.
+    let mut viewer = fleet.client("viewer").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fleet
+        .refused()
+        .await
+        .get("env-not-allowed")
+        .copied()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web-9 was never refused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let agents = viewer
+        .fleet(FleetRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .agents;
+    assert!(!agents.iter().any(|a| a.name == "web-9" && a.connected));
+    let log = std::fs::read_to_string(fleet.fleet.host_dir("web-9").join("agent.log")).unwrap();
+    assert!(
+        log.contains(
+            "agent web-9 has the label env = \"production\", but [environments.production] agents"
+        ),
+        "{log}"
+    );
+    fleet.fleet.kill_agent("web-9");
+
+    fleet.checkpoint("v1").await;
+    let plan = "[[stage]]\nname = \"data\"\nselect = { tier = \"data\" }\ntarget = \"app\"\n";
+    let refused = fleet.rollback_cli(plan, "v1", &["--confirm-data-loss"]);
+    assert!(!refused.success, "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("data-loss steps on protected environments need the admin role")
+            && refused
+                .stderr
+                .contains("host db-1 target app (environment production)"),
+        "{refused}"
+    );
+    assert!(fleet.records("db-1").is_empty(), "nothing ran");
+    let path = fleet.fleet.dir.join("plan.toml").display().to_string();
+    let admin = fleet.rewind(
+        "admin",
+        &[
+            "rollback",
+            &path,
+            "--to",
+            "v1",
+            "--yes",
+            "--confirm-data-loss",
+        ],
+    );
+    assert!(admin.success, "{admin}");
+    assert_eq!(
+        fleet
+            .records("db-1")
+            .iter()
+            .filter(|(k, _)| k == "start")
+            .count(),
+        1
+    );
+
+    // A viewer may not preview (plugins do work for a preview).
+    let preview = fleet.rewind("viewer", &["plan", &path, "--to", "v1"]);
+    assert!(!preview.success);
+    assert!(
+        preview
+            .stderr
+            .contains("previewing a plan needs the operator role"),
+        "{preview}"
+    );
+
+    // Retiring: not while connected, not by an operator, then by an admin.
+    let connected = fleet.rewind("admin", &["fleet", "remove", "api-1"]);
+    assert!(
+        !connected.success && connected.stderr.contains("is connected"),
+        "{connected}"
+    );
+    fleet.fleet.kill_agent("api-1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let agents = viewer
+            .fleet(FleetRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .agents;
+        if agents.iter().any(|a| a.name == "api-1" && !a.connected) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "api-1 still connected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let by_operator = fleet.rewind("ops", &["fleet", "remove", "api-1"]);
+    assert!(
+        !by_operator.success
+            && by_operator
+                .stderr
+                .contains("retiring an agent needs the admin role"),
+        "{by_operator}"
+    );
+    let retired = fleet.rewind("admin", &["fleet", "remove", "api-1"]);
+    assert!(retired.success, "{retired}");
+    let agents = viewer
+        .fleet(FleetRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .agents;
+    assert!(!agents.iter().any(|a| a.name == "api-1"), "{agents:?}");
+}
