@@ -149,6 +149,15 @@ pub enum CallError {
         context: Context,
         logs: Vec<LogLine>,
     },
+    #[error("{context} was stopped: it passed more than {} between the plugin and the agent in one call{}", ByteSize(*limit as u64),
+        if context.action == "snapshot" {
+            " (snapshot data is limited to 16 MiB: keep large data in the target's state directory and record its name and checksum)"
+        } else { "" })]
+    TooLarge {
+        context: Context,
+        limit: usize,
+        logs: Vec<LogLine>,
+    },
     #[error("{context} crashed: {message}")]
     Crashed {
         context: Context,
@@ -167,6 +176,10 @@ impl CallError {
             CallError::Deadline { .. } => "deadline",
             CallError::MemoryLimit { .. } => "memory-limit",
             CallError::StackOverflow { .. } => "stack-overflow",
+            CallError::TooLarge { context, .. } if context.action == "snapshot" => {
+                "snapshot-too-large"
+            }
+            CallError::TooLarge { .. } => "too-large",
             CallError::Crashed { .. } => "crashed",
         }
     }
@@ -178,6 +191,7 @@ impl CallError {
             | CallError::Deadline { logs, .. }
             | CallError::MemoryLimit { logs, .. }
             | CallError::StackOverflow { logs, .. }
+            | CallError::TooLarge { logs, .. }
             | CallError::Crashed { logs, .. } => logs,
             CallError::NotGranted { .. } | CallError::Instantiate { .. } => &[],
         }

@@ -43,6 +43,10 @@ use wasmtime::{
 /// How many plugin calls one agent runs at once (the size of the pools).
 pub const MAX_CONCURRENT_CALLS: u32 = 32;
 
+/// The most bytes one call may pass between the plugin and the agent (its
+/// arguments and its result): wasmtime's hostcall fuel, set explicitly.
+pub const HOSTCALL_COPY_LIMIT: usize = 128 << 20;
+
 /// How often the engine's epoch advances: the resolution of deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// How long past its deadline a call stuck in a host function may take
@@ -427,6 +431,7 @@ impl PluginHost {
             CallState::new(&plugin.name, target.clone(), progress, deadline),
         );
         store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(HOSTCALL_COPY_LIMIT);
         store.set_epoch_deadline(ticks(target.deadline));
         store.epoch_deadline_trap();
 
@@ -467,11 +472,11 @@ impl PluginHost {
         let elapsed = started.elapsed();
         let state = store.into_data();
         let logs: Vec<LogLine> = if state.revealed.is_empty() {
-            state.log.lines.clone()
+            state.log.finish()
         } else {
             state
                 .log
-                .lines
+                .finish()
                 .iter()
                 .map(|l| LogLine {
                     level: l.level,
@@ -525,6 +530,14 @@ fn classify(
             context,
             limit: target.memory_limit,
             wanted: wanted as u64,
+            logs,
+        };
+    }
+    if format!("{error:#}").contains("too much data is being copied between the host and the guest")
+    {
+        return CallError::TooLarge {
+            context,
+            limit: HOSTCALL_COPY_LIMIT,
             logs,
         };
     }

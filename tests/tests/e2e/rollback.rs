@@ -122,3 +122,67 @@ async fn sigterm_drains_and_exits_within_its_bound() {
     assert_eq!(report.status, "succeeded", "{report:?}");
     assert_ran_once_in_stage_order(&fleet);
 }
+
+/// A plugin that logs 80 MiB, and one that returns a 200 MiB snapshot: the
+/// agent bounds both, stays connected, and the limit is named where it bit.
+#[tokio::test(flavor = "multi_thread")]
+async fn floods_end_with_their_named_limit_and_the_agent_stays_connected() {
+    let target = |settings: &str| {
+        format!(
+            "[plugins.flood]\npath = \"{{plugins}}/fixture_flood.wasm\"\nallow_unsigned = true\n\n\
+             [targets.app]\nplugin = \"flood\"\nmemory_limit = \"1GiB\"\nsettings = {{ {settings} }}\n"
+        )
+    };
+    let mut fleet = TestFleet::start_agents(
+        vec![
+            (
+                "log-1".into(),
+                "core".into(),
+                target("log_mib = 80, progress = 100000"),
+            ),
+            ("big-1".into(), "data".into(), target("snapshot_mib = 200")),
+        ],
+        None,
+    )
+    .await;
+    let mut ops = fleet.client("ops").await;
+    let error = ops
+        .checkpoint(rewind_proto::v1::CheckpointRequest {
+            release: "v1".into(),
+            env: String::new(),
+        })
+        .await
+        .expect_err("a 200 MiB snapshot is refused");
+    assert!(
+        error.message().contains("snapshot-too-large")
+            && error.message().contains("limited to 16 MiB"),
+        "{}",
+        error.message()
+    );
+    fleet.wait_connected(2).await;
+
+    // The log flood: a release of log-1 alone (big-1 retired from it by
+    // its tier: the plan selects core only, the release needs only log-1).
+    fleet.fleet.kill_agent("big-1");
+    let admin = fleet.rewind("admin", &["fleet", "remove", "big-1"]);
+    assert!(
+        admin.success || admin.stderr.contains("is connected"),
+        "{admin}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !fleet
+        .rewind("admin", &["fleet", "remove", "big-1"])
+        .stderr
+        .contains("no agent big-1")
+    {
+        assert!(std::time::Instant::now() < deadline, "big-1 not retired");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    fleet.checkpoint("v1").await;
+    let plan = "[[stage]]\nname = \"core\"\nselect = { tier = \"core\" }\ntarget = \"app\"\n";
+    let output = fleet.rollback_cli(plan, "v1", &[]);
+    assert!(output.success, "{output}");
+    let report = fleet.report(&TestFleet::run_id_of(&output)).await;
+    assert_eq!(report.steps[0].summary, "logged 80 MiB");
+    fleet.wait_connected(1).await;
+}

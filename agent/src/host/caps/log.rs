@@ -7,6 +7,8 @@ use serde::Serialize;
 
 const MAX_LINE: usize = 8 * 1024;
 const MAX_LINES: usize = 10_000;
+/// The most bytes of log lines one call keeps.
+const MAX_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct LogLine {
@@ -19,11 +21,12 @@ pub struct LogLine {
 pub struct CallLog {
     pub lines: Vec<LogLine>,
     pub dropped: u64,
+    bytes: usize,
 }
 
 impl CallLog {
     pub fn push(&mut self, level: &'static str, mut message: String) {
-        if self.lines.len() >= MAX_LINES {
+        if self.lines.len() >= MAX_LINES || self.bytes >= MAX_BYTES {
             self.dropped += 1;
             return;
         }
@@ -35,7 +38,24 @@ impl CallLog {
             message.truncate(cut);
             message.push_str(" [cut]");
         }
+        self.bytes += message.len();
         self.lines.push(LogLine { level, message });
+    }
+
+    /// The lines kept, and a last line saying how many were dropped.
+    pub fn finish(&self) -> Vec<LogLine> {
+        let mut lines = self.lines.clone();
+        if self.dropped > 0 {
+            lines.push(LogLine {
+                level: "warn",
+                message: format!(
+                    "{} more log lines dropped: a call keeps at most {MAX_LINES} lines and {} MiB",
+                    self.dropped,
+                    MAX_BYTES >> 20
+                ),
+            });
+        }
+        lines
     }
 }
 
