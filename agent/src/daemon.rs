@@ -336,7 +336,7 @@ impl Agent {
                         tokio::spawn(self.clone().handle(step));
                     }
                     Some(coordinator_message::Body::Cancel(cancel)) => {
-                        self.cancel(&cancel.step_id, cancel.attempt)
+                        tokio::spawn(self.clone().cancel(cancel));
                     }
                     Some(coordinator_message::Body::Welcome(_)) | None => {}
                 },
@@ -357,20 +357,62 @@ impl Agent {
             .clone()
     }
 
-    /// Drop a step that still waits for its turn; one already acting finishes.
-    fn cancel(&self, step_id: &str, attempt: u32) {
-        let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        match in_flight.get(step_id) {
-            Some(step) if step.attempt <= attempt && !step.acting => {
-                tracing::info!(step = step_id, "cancelled before it started acting");
-                step.cancel.notify_one();
+    /// Drop a step that still waits for its turn; one already acting
+    /// finishes. A step this process does not hold is answered from the
+    /// ledger, or recorded as cancelled there (so that a late delivery of
+    /// that attempt does not act) and answered `cancelled`.
+    async fn cancel(self: Arc<Self>, cancel: wire::CancelStep) {
+        let (step_id, attempt) = (cancel.step_id.clone(), cancel.attempt);
+        {
+            let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            match in_flight.get(&step_id) {
+                Some(step) if step.acting => {
+                    tracing::info!(
+                        step = step_id,
+                        "cancel arrived while the step acts; it finishes (stopping a restore halfway could leave its target half-restored)"
+                    );
+                    return;
+                }
+                Some(step) if step.attempt <= attempt => {
+                    tracing::info!(step = step_id, "cancelled before it started acting");
+                    step.cancel.notify_one();
+                    return;
+                }
+                Some(_) => return,
+                None => {}
             }
-            Some(step) if step.acting => tracing::info!(
-                step = step_id,
-                "cancel arrived while the step acts; it finishes (stopping a restore halfway could leave its target half-restored)"
-            ),
-            _ => {}
         }
+        let request = StepRequest {
+            run_id: cancel.run_id.clone(),
+            step_id: step_id.clone(),
+            attempt,
+            ..Default::default()
+        };
+        let known = {
+            let request = request.clone();
+            self.ledger_do(move |l| Ok(l.check(&request))).await
+        };
+        let result = match known {
+            Ok(Some(Begin::Done(result))) => result,
+            Ok(Some(Begin::Unsure(why))) => self.settle_and_record(&request, why).await,
+            Ok(_) => {
+                let result = self.error_result(
+                    &request,
+                    "cancelled",
+                    "cancelled by the coordinator before it reached this agent; nothing was done"
+                        .into(),
+                );
+                self.record(result).await
+            }
+            Err(e) => {
+                tracing::error!(
+                    step = step_id,
+                    "cannot read the ledger to answer a cancel: {e}"
+                );
+                return;
+            }
+        };
+        self.send_result(result).await;
     }
 
     async fn send_result(&self, result: StepResult) {

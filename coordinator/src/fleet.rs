@@ -173,14 +173,16 @@ impl Fleet {
         )
     }
 
-    /// Tell an agent to drop a step's attempt if it has not started acting.
-    pub fn cancel_step(&self, agent: &str, step_id: &str, attempt: u32) {
+    /// Tell an agent to drop a step's attempt if it has not started acting;
+    /// it answers with the step's result or `cancelled`.
+    pub fn cancel_step(&self, agent: &str, run_id: &str, step_id: &str, attempt: u32) {
         self.send(
             agent,
             CoordinatorMessage {
                 body: Some(coordinator_message::Body::Cancel(CancelStep {
                     step_id: step_id.to_string(),
                     attempt,
+                    run_id: run_id.to_string(),
                 })),
             },
         );
@@ -214,7 +216,7 @@ impl Fleet {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(format!("agent {agent}: the step was dropped")),
             Err(_) => {
-                self.cancel_step(agent, &step_id, attempt);
+                self.cancel_step(agent, "", &step_id, attempt);
                 Err(format!(
                     "agent {agent}: no result within {}",
                     humantime::format_duration(timeout)

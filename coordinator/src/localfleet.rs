@@ -180,6 +180,11 @@ viewer = "viewer"
         }
     }
 
+    /// The coordinator's process id, while it runs.
+    pub fn coordinator_pid(&self) -> Option<u32> {
+        self.coordinator.as_ref().map(Child::id)
+    }
+
     /// SIGKILL the coordinator: no shutdown, no goodbye.
     pub fn kill_coordinator(&mut self) {
         if let Some(mut child) = self.coordinator.take() {

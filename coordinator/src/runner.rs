@@ -572,6 +572,7 @@ async fn drive(
                 Command::Cancel { step, attempt } => {
                     shared.fleet.cancel_step(
                         &state.steps[step].agent,
+                        &run_id,
                         &context.step_ids[step],
                         attempt,
                     );
@@ -600,6 +601,17 @@ async fn drive(
             for (step, spec) in state.steps.iter().enumerate() {
                 if spec.agent == agent && matches!(state.step_status[step], StepStatus::Sent { .. })
                 {
+                    if state.cancelling {
+                        // Never deliver after a cancel: ask for the outcome,
+                        // which is `cancelled` if the step never reached it.
+                        shared.fleet.cancel_step(
+                            &agent,
+                            &run_id,
+                            &context.step_ids[step],
+                            state.attempts[step],
+                        );
+                        continue;
+                    }
                     let mut request = context.requests[step].clone();
                     request.attempt = state.attempts[step];
                     shared.fleet.send_step(&agent, request);

@@ -152,6 +152,7 @@ pub mod postgres;
 pub mod providers;
 pub mod s3;
 pub mod scenarios;
+pub mod sweep;
 
 /// The file name the plugin SDK's `step_file_name` gives a step id (its
 /// readable part, then 12 hex digits of the id's SHA-256), to find what a

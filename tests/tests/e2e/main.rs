@@ -8,6 +8,7 @@ mod cdn_providers;
 mod compose;
 mod errors;
 mod etcd_plugin;
+mod fault_sweep;
 mod files_plugin;
 mod forgery;
 mod journal_postgres;
