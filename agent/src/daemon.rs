@@ -630,6 +630,12 @@ fn status_text(status: &tonic::Status) -> String {
     }
 }
 
+/// `action_of`, for the property tests of what arrives on the wire.
+#[cfg(test)]
+pub(crate) fn action_of_for_tests(step: &StepRequest) -> Result<Action, String> {
+    action_of(step)
+}
+
 fn action_of(step: &StepRequest) -> Result<Action, String> {
     let to = || -> Result<SnapshotRecord, String> {
         let snapshot = step

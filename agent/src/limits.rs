@@ -218,3 +218,102 @@ mod tests {
         assert_eq!(fit(result.clone()), result);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Whatever a plugin returns and whatever bytes arrive, a result fits
+    //! the wire and decoding never panics.
+    use super::*;
+    use proptest::prelude::*;
+    use prost::Message;
+    use rewind_proto::v1::{Captured, Change, Outcome, Preview, StepRequest};
+
+    fn result() -> impl Strategy<Value = StepResult> {
+        let text = || prop::string::string_regex(".{0,300}").unwrap();
+        let logs = prop::collection::vec((text(), 0usize..200_000), 0..50).prop_map(|lines| {
+            lines
+                .into_iter()
+                .map(|(m, pad)| LogLine {
+                    level: "info".into(),
+                    message: format!("{m}{}", "x".repeat(pad)),
+                })
+                .collect::<Vec<_>>()
+        });
+        let outcome = prop_oneof![
+            (text(), 0usize..(20 << 20)).prop_map(|(s, n)| step_result::Outcome::Captured(
+                Captured {
+                    data: "d".repeat(n),
+                    summary: s
+                }
+            )),
+            prop::collection::vec((text(), 0usize..100_000), 0..200).prop_map(|changes| {
+                step_result::Outcome::Preview(Preview {
+                    changes: changes
+                        .into_iter()
+                        .map(|(s, n)| Change {
+                            subject: s.clone(),
+                            summary: s,
+                            detail: "y".repeat(n),
+                            risk: 0,
+                        })
+                        .collect(),
+                    risk: 0,
+                    data_loss_window_seconds: None,
+                })
+            }),
+            (text(), prop::collection::vec(text(), 0..100)).prop_map(|(s, d)| {
+                step_result::Outcome::Done(Outcome {
+                    changed: true,
+                    summary: s,
+                    details: d,
+                })
+            }),
+        ];
+        (logs, outcome).prop_map(|(logs, outcome)| StepResult {
+            logs,
+            outcome: Some(outcome),
+            ..Default::default()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn every_result_fits_one_message(result in result()) {
+            let fitted = fit(result);
+            prop_assert!(fitted.encoded_len() <= MAX_MESSAGE);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_any_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+            if let Ok(request) = StepRequest::decode(bytes.as_slice()) {
+                let _ = crate::daemon::action_of_for_tests(&request);
+            }
+            if let Ok(result) = StepResult::decode(bytes.as_slice()) {
+                let _ = fit(result);
+            }
+            let _ = rewind_proto::v1::CoordinatorMessage::decode(bytes.as_slice());
+        }
+
+        #[test]
+        fn the_agent_config_parser_never_panics(text in ".{0,400}") {
+            let _ = crate::config::parse(&text, std::path::Path::new("/etc/rewind/agent.toml"));
+        }
+
+        #[test]
+        fn config_like_text_never_panics(
+            name in "[a-z0-9._-]{0,10}",
+            program in "(\"[a-z/]{0,12}\"|\\{ program = \"[a-z/]{0,12}\", args = \\[\\[(\"[a-z*./-]{0,6}\", ?){0,3}\\]\\] \\})",
+            files in "\"[a-z/.]{0,12}\"",
+            http in "\"[a-z0-9.:\\[\\]/]{0,16}\"",
+        ) {
+            let text = format!(
+                "[agent]\nname = \"{name}\"\nstate_dir = \"/var/lib/rewind\"\n\n[plugins.p]\npath = \"p.wasm\"\n\n\
+                 [targets.t]\nplugin = \"p\"\ngrant = {{ process = [{program}], files = [{files}], http = [{http}] }}\n"
+            );
+            let _ = crate::config::parse(&text, std::path::Path::new("/etc/rewind/agent.toml"));
+        }
+    }
+}

@@ -667,3 +667,41 @@ async fn run_gates(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod properties {
+    //! Whatever an agent sends, the coordinator's handling of it never
+    //! panics: decoding, reading an outcome, routing with any ids.
+    use super::*;
+    use proptest::prelude::*;
+    use prost::Message;
+    use rewind_proto::v1::{AgentMessage, agent_message};
+
+    proptest! {
+        #[test]
+        fn any_agent_message_is_handled_without_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..2048),
+            from in "[a-z0-9-]{0,8}",
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let fleet = Fleet::default();
+                if let Ok(AgentMessage { body: Some(body) }) = AgentMessage::decode(bytes.as_slice()) {
+                    match body {
+                        agent_message::Body::Result(result) => {
+                            let _ = outcome_of(&result);
+                            fleet.route_result(&from, result).await;
+                        }
+                        agent_message::Body::Progress(progress) => fleet.route_progress(&from, progress),
+                        agent_message::Body::Hello(hello) => {
+                            for result in hello.finished {
+                                fleet.route_result(&from, result).await;
+                            }
+                        }
+                        agent_message::Body::Heartbeat(_) => {}
+                    }
+                }
+            });
+        }
+    }
+}

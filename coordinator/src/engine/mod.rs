@@ -27,6 +27,8 @@
 
 mod model;
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
 
 pub use model::{Corrupt, RunStatus, StageStatus, StepWord};
