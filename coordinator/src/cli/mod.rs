@@ -238,6 +238,23 @@ pub async fn rollback(
                 release: release.to_string(),
                 confirm_data_loss: options.confirm_data_loss,
                 force: options.force,
+                // The run starts only if the targets still preview as shown.
+                approved: preview
+                    .stages
+                    .iter()
+                    .flat_map(|stage| {
+                        stage.steps.iter().map(|step| {
+                            (
+                                crate::server::operator::approval_key(
+                                    &stage.stage,
+                                    &step.agent,
+                                    &step.target,
+                                ),
+                                step.fingerprint.clone(),
+                            )
+                        })
+                    })
+                    .collect(),
             },
             PREVIEW,
         )),

@@ -217,12 +217,14 @@ impl OperatorApi {
                 }
                 Err(e) => (None, Some(e)),
             };
+            let fingerprint = fingerprint(preview.as_ref(), error.as_ref());
             stages[stage].steps[step] = StepPreview {
                 agent,
                 target,
                 action: action.as_str().into(),
                 preview,
                 error,
+                fingerprint,
             };
         }
         PreviewReply { stages, risk }
@@ -289,6 +291,33 @@ impl OperatorApi {
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("no run {run_id} (see `rewind history`)")))
     }
+}
+
+/// A digest of what a step's preview says (changes and risks, or its
+/// error), not of when it was taken.
+fn fingerprint(preview: Option<&Preview>, error: Option<&StepError>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    if let Some(p) = preview {
+        hash.update(p.risk.to_le_bytes());
+        for change in &p.changes {
+            for part in [&change.subject, &change.summary, &change.detail] {
+                hash.update((part.len() as u64).to_le_bytes());
+                hash.update(part.as_bytes());
+            }
+            hash.update(change.risk.to_le_bytes());
+        }
+    }
+    if let Some(e) = error {
+        hash.update(b"error");
+        hash.update(e.kind.as_bytes());
+    }
+    hex::encode(&hash.finalize()[..16])
+}
+
+/// The key of a step in `RunRequest.approved`.
+pub fn approval_key(stage: &str, agent: &str, target: &str) -> String {
+    format!("{stage}/{agent}/{target}")
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<RunEvent, Status>> + Send>>;
@@ -518,6 +547,7 @@ impl OperatorService for OperatorApi {
             release,
             confirm_data_loss,
             force,
+            approved,
         } = request.into_inner();
         let (plan, resolved, snapshots) = self.prepare(&plan_toml, &plan_path, &release).await?;
         let offline: Vec<&str> = {
@@ -606,6 +636,26 @@ impl OperatorService for OperatorApi {
                 "the preview failed, nothing was started:\n  {}",
                 problems.join("\n  ")
             )));
+        }
+        if !approved.is_empty() && !force {
+            let mut changed = Vec::new();
+            for stage in &preview.stages {
+                for step in &stage.steps {
+                    let key = approval_key(&stage.stage, &step.agent, &step.target);
+                    if approved.get(&key) != Some(&step.fingerprint) {
+                        changed.push(format!(
+                            "stage {} host {} target {}",
+                            stage.stage, step.agent, step.target
+                        ));
+                    }
+                }
+            }
+            if !changed.is_empty() {
+                return Err(Status::failed_precondition(format!(
+                    "the targets changed since the preview you approved, nothing was started: {}; preview again (or run with --force)",
+                    changed.join("; ")
+                )));
+            }
         }
         if !data_loss.is_empty() && !confirm_data_loss {
             return Err(Status::failed_precondition(format!(

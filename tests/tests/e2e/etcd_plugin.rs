@@ -381,3 +381,86 @@ async fn a_rollback_through_the_coordinator_puts_the_keys_back() {
         "secret values never shown: {output}"
     );
 }
+
+/// The preview the operator approved guards the run: a key changed between
+/// the approval and the start stops the run before anything is written,
+/// naming the step; `force` goes ahead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_starts_only_on_the_preview_its_operator_approved() {
+    use rewind_proto::v1::{PlanRequest, RunRequest};
+    use rewind_tests::fleet::TestFleet;
+    let etcd = EtcdServer::start();
+    etcd.put_many(&release(20, "v1"));
+    let targets = format!(
+        "[plugins.etcd]\npath = \"{{plugins}}/etcd.wasm\"\nallow_unsigned = true\n\n\
+         [targets.config]\nplugin = \"etcd\"\n\
+         settings = {{ endpoint = \"{endpoint}\", prefixes = [\"/shop/\"] }}\n\
+         grant = {{ http = [\"127.0.0.1:{port}\"] }}\n",
+        endpoint = etcd.endpoint(),
+        port = etcd.port,
+    );
+    let fleet =
+        TestFleet::start_agents(vec![("cfg-1".into(), "config".into(), targets)], None).await;
+    fleet.checkpoint("v1").await;
+    etcd.put_many(&release(20, "v2"));
+    let plan =
+        "[[stage]]\nname = \"config\"\nselect = { tier = \"config\" }\ntarget = \"config\"\n";
+    let mut ops = fleet.client("ops").await;
+    let preview = ops
+        .preview(PlanRequest {
+            plan_toml: plan.into(),
+            plan_path: "plan.toml".into(),
+            release: "v1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let approved: std::collections::HashMap<String, String> = preview
+        .stages
+        .iter()
+        .flat_map(|s| {
+            s.steps.iter().map(|step| {
+                (
+                    format!("{}/{}/{}", s.stage, step.agent, step.target),
+                    step.fingerprint.clone(),
+                )
+            })
+        })
+        .collect();
+    // Someone writes after the operator read the preview.
+    etcd.put("/shop/key-00003", "written later");
+    let request = |force| RunRequest {
+        plan_toml: plan.into(),
+        plan_path: "plan.toml".into(),
+        release: "v1".into(),
+        force,
+        approved: approved.clone(),
+        ..Default::default()
+    };
+    let refused = ops
+        .start_run(request(false))
+        .await
+        .expect_err("the targets changed since the approval");
+    assert!(
+        refused
+            .message()
+            .contains("changed since the preview you approved")
+            && refused
+                .message()
+                .contains("stage config host cfg-1 target config"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        etcd.get("/shop/key-00003").as_deref(),
+        Some("written later")
+    );
+    let run = ops
+        .start_run(request(true))
+        .await
+        .unwrap()
+        .into_inner()
+        .run_id;
+    assert_eq!(fleet.finish(&run).await.status, "succeeded");
+    assert_eq!(etcd.get("/shop/key-00003").as_deref(), Some("v1-value-3"));
+}
