@@ -185,3 +185,61 @@ impl Ledger {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(step: &str, attempt: u32) -> StepRequest {
+        StepRequest {
+            step_id: step.into(),
+            attempt,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_read_never_means_act() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert!(matches!(
+            ledger.begin(&request("s", 1)).unwrap(),
+            Begin::Act
+        ));
+        ledger
+            .finish(&StepResult {
+                step_id: "s".into(),
+                attempt: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(matches!(
+            ledger.check(&request("s", 1)),
+            Some(Begin::Done(_))
+        ));
+        // The finished record is damaged: the step is not run again.
+        std::fs::write(ledger.done_path("s"), b"\xff\xff\xff garbage").unwrap();
+        assert!(matches!(
+            ledger.begin(&request("s", 1)).unwrap(),
+            Begin::Unsure(_)
+        ));
+        // A running record left by a previous process: not run again either.
+        std::fs::write(ledger.running_path("t"), b"\x00").unwrap();
+        let Begin::Unsure(why) = ledger.begin(&request("t", 1)).unwrap() else {
+            panic!("a step a previous process was running must not act")
+        };
+        assert!(why.contains("previous agent process"), "{why}");
+        // A later attempt of a finished step is a deliberate retry.
+        ledger
+            .finish(&StepResult {
+                step_id: "u".into(),
+                attempt: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(matches!(
+            ledger.begin(&request("u", 2)).unwrap(),
+            Begin::Act
+        ));
+    }
+}

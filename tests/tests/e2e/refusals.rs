@@ -498,3 +498,52 @@ async fn protected_environments_and_retiring_agents_hold() {
         .agents;
     assert!(!agents.iter().any(|a| a.name == "api-1"), "{agents:?}");
 }
+
+/// A certificate that expires while its agent's stream is open ends that
+/// stream; reconnecting with it is refused at the handshake.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_ends_when_its_certificate_expires() {
+    let mut fleet = fleet().await;
+    fleet.fleet.kill_agent("api-1");
+    let stem = certs::stem(Kind::Agent, "api-1");
+    for ext in ["pem", "key"] {
+        std::fs::remove_file(fleet.fleet.certs.join(format!("{stem}.{ext}"))).unwrap();
+    }
+    let now = OffsetDateTime::now_utc();
+    certs::issue(
+        &fleet.fleet.certs,
+        Kind::Agent,
+        "api-1",
+        &[],
+        now - Duration::minutes(1),
+        now + Duration::seconds(6),
+    )
+    .unwrap();
+    fleet.fleet.start_agent("api-1").unwrap();
+    fleet.wait_connected(2).await;
+    let mut viewer = fleet.client("viewer").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let agents = viewer
+            .fleet(FleetRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .agents;
+        if agents.iter().any(|a| a.name == "api-1" && !a.connected) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "api-1 still connected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let log = std::fs::read_to_string(fleet.fleet.host_dir("api-1").join("agent.log")).unwrap();
+    assert!(log.contains("its certificate expired"), "{log}");
+    assert!(
+        log.contains("received fatal alert: CertificateExpired"),
+        "{log}"
+    );
+}

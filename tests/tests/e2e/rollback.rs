@@ -186,3 +186,35 @@ async fn floods_end_with_their_named_limit_and_the_agent_stays_connected() {
     assert_eq!(report.steps[0].summary, "logged 80 MiB");
     fleet.wait_connected(1).await;
 }
+
+/// One action per target at a time: a checkpoint asked for while a run's
+/// restore of the same target is in flight waits for it (the plugin's own
+/// records show the two never overlap).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_during_a_restore_of_the_same_target_waits_for_it() {
+    let fleet = TestFleet::start(vec![host("db-1", "data").with("delay_ms = 2000")], None).await;
+    fleet.checkpoint("v1").await;
+    let plan = "[[stage]]\nname = \"data\"\nselect = { tier = \"data\" }\ntarget = \"app\"\n";
+    let run = fleet.start_run(plan, "v1").await;
+    fleet.events_until(&run, |e| e.kind == "step-sent").await;
+    // Give the agent the step first, then ask for a snapshot of the target.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    fleet.checkpoint("v2").await;
+    assert_eq!(fleet.finish(&run).await.status, "succeeded");
+    let restore = fleet.records("db-1");
+    let (start, end) = (
+        restore.iter().find(|(k, _)| k == "start").unwrap().1,
+        restore.iter().find(|(k, _)| k == "end").unwrap().1,
+    );
+    let snapshots = rewind_tests::fleet::read_records(&fleet.records.join("db-1.log.snapshots"));
+    let second = snapshots
+        .iter()
+        .filter(|(k, _)| k == "start")
+        .nth(1)
+        .unwrap()
+        .1;
+    assert!(
+        second > end,
+        "the checkpoint's snapshot ({second}) began before the restore ({start}..{end}) ended"
+    );
+}
