@@ -194,7 +194,7 @@ pub fn send(
         .body()
         .map_err(|_| failed(url, "request body unavailable"))?;
     let pending = outgoing_handler::handle(request, None).map_err(|e| error_code(url, e))?;
-    {
+    let written = (|| {
         let stream = outgoing_body
             .write()
             .map_err(|_| failed(url, "request body stream"))?;
@@ -203,6 +203,17 @@ pub fn send(
                 .blocking_write_and_flush(chunk)
                 .map_err(|e| failed(url, &format!("writing the request body: {e:?}")))?;
         }
+        Ok(())
+    })();
+    if let Err(write_error) = written {
+        // The connection ended while the body was written (e.g. the server
+        // refused the TLS session after the handshake): its reason is in
+        // the response's error, which says more than "closed".
+        pending.subscribe().block();
+        return Err(match pending.get() {
+            Some(Ok(Err(code))) => error_code(url, code),
+            _ => write_error,
+        });
     }
     OutgoingBody::finish(outgoing_body, None).map_err(|e| error_code(url, e))?;
 
