@@ -79,11 +79,11 @@ pub fn fit(mut result: StepResult) -> StepResult {
                 cut(&mut change.summary, MAX_TEXT);
                 cut(&mut change.detail, MAX_TEXT);
             }
-            if dropped > 0 {
-                if let Some(last) = preview.changes.last_mut() {
-                    last.detail
-                        .push_str(&format!(" [{dropped} more changes not shown]"));
-                }
+            if dropped > 0
+                && let Some(last) = preview.changes.last_mut()
+            {
+                last.detail
+                    .push_str(&format!(" [{dropped} more changes not shown]"));
             }
         }
         Some(step_result::Outcome::Done(outcome)) => {
