@@ -132,6 +132,19 @@ impl Fleet {
         self.lock().agents.contains_key(name)
     }
 
+    /// Wait up to `patience` for an agent to be connected (after a
+    /// coordinator restart, agents take a few seconds to come back).
+    pub async fn wait_for(&self, name: &str, patience: Duration) -> bool {
+        let until = tokio::time::Instant::now() + patience;
+        while !self.is_connected(name) {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true
+    }
+
     pub fn connected(&self) -> BTreeMap<String, ConnectedAgent> {
         self.lock()
             .agents

@@ -28,6 +28,8 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
 const TICK: Duration = Duration::from_millis(250);
+/// How long a verify gate waits for its agent to be connected.
+const GATE_PATIENCE: Duration = Duration::from_secs(60);
 const MAX_BATCH: usize = 4096;
 
 /// What every part of the coordinator shares.
@@ -645,6 +647,9 @@ async fn run_gates(
             } => health::http_gate(url, *status, body.as_deref(), *within).await?,
             Gate::Verify => {
                 for (agent, request) in &steps {
+                    // After a coordinator restart the gates run again at
+                    // once: give the agents time to reconnect.
+                    fleet.wait_for(agent, GATE_PATIENCE).await;
                     let verify = StepRequest {
                         run_id: String::new(),
                         step_id: format!("{}/verify/{}", request.step_id, nonce()),

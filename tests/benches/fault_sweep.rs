@@ -26,11 +26,12 @@ fn main() {
         println!(
             "coordinator SIGKILLed: {} runs of a 4-stage plan on 8 agents, {} kills \
              (random, during gates, after cancel, after a halt with a parallel stage in flight), \
-             {:.0} s: {} ended ({:?}); applied twice: {}; applied after cancel: {}; sent after cancel: {}",
+             {:.0} s: {} ended, {} otherwise than expected ({:?}); applied twice: {}; applied after cancel: {}; sent after cancel: {}",
             kills.runs,
             kills.kills,
             kills.seconds,
             kills.ended,
+            kills.unexpected,
             kills.statuses,
             kills.applied_twice,
             kills.applied_after_cancel,
@@ -53,6 +54,7 @@ fn main() {
             flood.latency_during_ms
         );
         let violations = kills.runs - kills.ended
+            + kills.unexpected
             + kills.applied_twice
             + kills.applied_after_cancel
             + kills.sent_after_cancel

@@ -240,6 +240,41 @@ impl TestFleet {
         }
     }
 
+    /// Wait until the coordinator lists `agent` as known but not connected.
+    pub async fn wait_disconnected(&self, agent: &str) {
+        let mut client = self.client("viewer").await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let agents = client
+                .fleet(FleetRequest {})
+                .await
+                .expect("fleet")
+                .into_inner()
+                .agents;
+            if agents.iter().any(|a| a.name == agent && !a.connected) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{agent} is still connected after 30 s: {agents:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether the coordinator lists `agent` as connected now.
+    pub async fn is_connected(&self, agent: &str) -> bool {
+        self.client("viewer")
+            .await
+            .fleet(FleetRequest {})
+            .await
+            .expect("fleet")
+            .into_inner()
+            .agents
+            .iter()
+            .any(|a| a.name == agent && a.connected)
+    }
+
     pub async fn checkpoint(&self, release: &str) {
         self.client("ops")
             .await

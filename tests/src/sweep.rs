@@ -124,6 +124,11 @@ pub struct Tally {
     pub applied_after_cancel: usize,
     /// Steps the journal dispatched after the cancel.
     pub sent_after_cancel: usize,
+    /// Runs that ended otherwise than their kill point allows (a run the
+    /// kill did not fault must succeed; the halt's must fail).
+    pub unexpected: usize,
+    /// Why runs did not succeed: (kill point, what failed) and how often.
+    pub failures: BTreeMap<String, usize>,
     pub seconds: f64,
 }
 
@@ -219,7 +224,43 @@ pub async fn coordinator_kills(runs: usize, database: Option<&str>) -> Tally {
         if matches!(report.status.as_str(), "succeeded" | "failed" | "cancelled") {
             tally.ended += 1;
         }
-        *tally.statuses.entry(report.status.clone()).or_default() += 1;
+        *tally
+            .statuses
+            .entry(format!("{point:?}: {}", report.status))
+            .or_default() += 1;
+        let expected = match point {
+            KillPoint::Random | KillPoint::DuringGates => report.status == "succeeded",
+            KillPoint::AfterHalt => report.status == "failed",
+            // A cancel that came after the last step finds a run succeeded.
+            KillPoint::AfterCancel => matches!(report.status.as_str(), "cancelled" | "succeeded"),
+        };
+        if !expected {
+            tally.unexpected += 1;
+        }
+        if report.status != "succeeded" {
+            let why = report
+                .steps
+                .iter()
+                .filter_map(|s| {
+                    s.error
+                        .as_ref()
+                        .map(|e| format!("{}: {}", e.kind, e.message))
+                })
+                .next()
+                .unwrap_or_else(|| {
+                    let stages: Vec<String> = report
+                        .stages
+                        .iter()
+                        .map(|s| format!("{} {}", s.name, s.status))
+                        .collect();
+                    stages.join(", ")
+                });
+            let why: String = why.chars().take(120).collect();
+            *tally
+                .failures
+                .entry(format!("{point:?}: {} ({why})", report.status))
+                .or_default() += 1;
+        }
         for host in fleet.fleet.agent_names() {
             let mut per_step: BTreeMap<String, usize> = BTreeMap::new();
             for (step, ns) in starts(&fleet, &host) {

@@ -87,43 +87,6 @@ fn inputs() -> impl Strategy<Value = Vec<Input>> {
     )
 }
 
-fn reload(run: &RunState, now: u64) -> RunState {
-    let stages: Vec<&str> = run.stage_status.iter().map(|s| s.as_str()).collect();
-    let steps: Vec<StepRow<'_>> = run
-        .step_status
-        .iter()
-        .zip(&run.attempts)
-        .map(|(status, &attempt)| {
-            let (summary, changed, kind, message) = match status {
-                StepStatus::Succeeded(d) => (d.summary.as_str(), d.changed, "", ""),
-                StepStatus::Failed(f) => ("", false, f.kind.as_str(), f.message.as_str()),
-                _ => ("", false, "", ""),
-            };
-            StepRow {
-                status: status.as_str(),
-                attempt,
-                summary,
-                changed,
-                error_kind: kind,
-                error_message: message,
-            }
-        })
-        .collect();
-    RunState::from_journal(
-        run.stages.clone(),
-        run.steps.clone(),
-        &RunRow {
-            status: run.status.as_str(),
-            halting: run.halting,
-            cancelling: run.cancelling,
-        },
-        &stages,
-        &steps,
-        now,
-    )
-    .expect("a journal the engine wrote reads back")
-}
-
 proptest! {
     #[test]
     fn the_engine_keeps_its_promises_under_any_events((stages, steps) in spec(), inputs in inputs()) {
@@ -171,7 +134,7 @@ proptest! {
                     outcome: if ok { Ok(()) } else { Err("gate".into()) },
                 },
                 Input::Restart => {
-                    run = reload(&run, now);
+                    run = super::tests::reload(&run, now).expect("a journal the engine wrote reads back");
                     Event::Resumed
                 }
             };

@@ -279,7 +279,7 @@ fn gates_decide_the_stage() {
 }
 
 /// The journal rows of a run as the store would hand them back.
-fn rows(run: &RunState) -> (Vec<&'static str>, Vec<StepRow<'_>>) {
+pub(super) fn rows(run: &RunState) -> (Vec<&'static str>, Vec<StepRow<'_>>) {
     let stages = run.stage_status.iter().map(|s| s.as_str()).collect();
     let steps = run
         .step_status
@@ -304,7 +304,8 @@ fn rows(run: &RunState) -> (Vec<&'static str>, Vec<StepRow<'_>>) {
     (stages, steps)
 }
 
-fn reload(run: &RunState, now: u64) -> Result<RunState, Corrupt> {
+/// The run rebuilt from its journal rows, as a restarted coordinator does.
+pub(super) fn reload(run: &RunState, now: u64) -> Result<RunState, Corrupt> {
     let (stages, steps) = rows(run);
     RunState::from_journal(
         run.stages.clone(),

@@ -7,8 +7,9 @@ use rewind_tests::sweep;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn coordinator_killed_at_each_kill_point_every_run_ends_nothing_applied_twice() {
-    let tally = sweep::coordinator_kills(sweep::KILL_POINTS.len(), None).await;
-    assert_eq!(tally.ended, tally.runs, "{tally:?}");
+    let tally = sweep::coordinator_kills(sweep::KILL_POINTS.len() * 2, None).await;
+    assert_eq!(tally.ended, tally.runs, "{tally:#?}");
+    assert_eq!(tally.unexpected, 0, "{tally:#?}");
     assert_eq!(tally.applied_twice, 0, "{tally:?}");
     assert_eq!(tally.applied_after_cancel, 0, "{tally:?}");
     assert_eq!(tally.sent_after_cancel, 0, "{tally:?}");
