@@ -121,13 +121,6 @@ impl Fleet {
         }
     }
 
-    /// End one agent's stream (it was retired, or its certificate ended).
-    pub fn close(&self, name: &str, status: Status) {
-        if let Some(connection) = self.lock().agents.remove(name) {
-            let _ = connection.sender.try_send(Err(status));
-        }
-    }
-
     pub fn is_connected(&self, name: &str) -> bool {
         self.lock().agents.contains_key(name)
     }
@@ -244,10 +237,6 @@ impl Fleet {
 
     pub fn unregister_run(&self, run_id: &str) {
         self.lock().runs.remove(run_id);
-    }
-
-    pub fn active_runs(&self) -> Vec<String> {
-        self.lock().runs.keys().cloned().collect()
     }
 
     /// Tell a run's driver something; false when the run is not active here.
