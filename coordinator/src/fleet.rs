@@ -43,9 +43,15 @@ pub enum RunInput {
     AgentConnected(String),
     Cancel,
     Approve,
+    /// A stage's health gates: what each passed gate said, or why one failed.
     GatesDone {
         stage: usize,
-        outcome: Result<(), String>,
+        outcome: Result<Vec<String>, String>,
+    },
+    HookDone {
+        hook: usize,
+        attempt: u32,
+        outcome: Result<String, String>,
     },
 }
 

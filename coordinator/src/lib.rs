@@ -8,6 +8,7 @@ pub mod demo;
 pub mod engine;
 pub mod fleet;
 pub mod health;
+pub mod hooks;
 pub mod localfleet;
 pub mod plan;
 pub mod runner;

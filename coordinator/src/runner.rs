@@ -11,14 +11,16 @@
 //! next coordinator when their agents reconnect.
 
 use crate::engine::{
-    self, Command, Corrupt, Done, Event, Failure, RunRow, RunState, StageSpec, StepRow, StepSpec,
-    StepStatus,
+    self, Command, Corrupt, Done, Event, Failure, HookRow, HookSpec, RunRow, RunState, StageSpec,
+    StepRow, StepSpec, StepStatus,
 };
 use crate::fleet::{Fleet, RUN_QUEUE, RunInput};
 use crate::health;
-use crate::plan::{Gate, Plan, StepAction, StepPlan};
+use crate::hooks;
+use crate::plan::{Gate, HookCall, Plan, StepAction, StepPlan};
 use crate::store::{
-    self, EventRecord, RunRecord, SnapshotRecord, StageRecord, StepRecord, Store, StoreError,
+    self, EventRecord, HookRecord, RunRecord, SnapshotRecord, StageRecord, StepRecord, Store,
+    StoreError,
 };
 use rewind_proto::v1::{Action, Snapshot, StepRequest, StepResult, step_result};
 use std::collections::HashMap;
@@ -76,6 +78,11 @@ struct RunContext {
     step_ids: Vec<String>,
     requests: Vec<StepRequest>,
     index: HashMap<String, usize>,
+    /// What an agent hook sends (None for HTTP hooks), by hook index.
+    hook_requests: Vec<Option<StepRequest>>,
+    /// What a smoke check sends, by stage, in gate order.
+    smoke_requests: Vec<Vec<StepRequest>>,
+    facts: hooks::Facts,
 }
 
 impl RunContext {
@@ -214,14 +221,101 @@ fn build(
         .enumerate()
         .map(|(i, id)| (id.clone(), i))
         .collect();
+    // Smoke checks and agent hooks: a one-off request each, with the
+    // release's snapshot of their target where the action needs it.
+    let one_off = |agent: &str,
+                   target: &str,
+                   action: StepAction,
+                   parts: &[String],
+                   id: String,
+                   line: usize,
+                   what: &str|
+     -> Result<StepRequest, String> {
+        let snapshot = snapshots
+            .iter()
+            .find(|s| s.agent == agent && s.target == target);
+        if snapshot.is_none() && action == StepAction::Verify {
+            return Err(format!(
+                "{}:{line}: {what}: release {} has no snapshot of target {target} on agent {agent}, which its verify needs",
+                plan.path, run.release
+            ));
+        }
+        Ok(StepRequest {
+            run_id: String::new(),
+            step_id: id,
+            attempt: 1,
+            target: target.to_string(),
+            action: action_of(action) as i32,
+            snapshot: snapshot.map(snapshot_of),
+            confirm_data_loss: false,
+            force: false,
+            parts: parts.to_vec(),
+        })
+    };
+    let mut smoke_requests = Vec::new();
+    for stage in &plan.stages {
+        let mut requests = Vec::new();
+        for gate in &stage.health {
+            if let Gate::Target { agent, target } = gate {
+                requests.push(one_off(
+                    agent,
+                    target,
+                    StepAction::Verify,
+                    &[],
+                    format!("{}/{}/smoke/{agent}/{target}", run.id, stage.name),
+                    stage.line,
+                    &format!("stage {}: smoke check", stage.name),
+                )?);
+            }
+        }
+        smoke_requests.push(requests);
+    }
+    let mut hook_requests = Vec::new();
+    for hook in &plan.hooks {
+        hook_requests.push(match &hook.call {
+            HookCall::Http(_) => None,
+            HookCall::Agent {
+                agent,
+                target,
+                action,
+                parts,
+            } => Some(one_off(
+                agent,
+                target,
+                *action,
+                parts,
+                format!("{}/hook/{}", run.id, hook.name),
+                hook.line,
+                &format!("hook {}", hook.name),
+            )?),
+        });
+    }
+    let hook_specs = plan
+        .hooks
+        .iter()
+        .map(|h| HookSpec {
+            name: h.name.clone(),
+            when: h.when,
+            optional: h.optional,
+        })
+        .collect();
     let context = RunContext {
         run_id: run.id.clone(),
         plan: plan.clone(),
         step_ids,
         requests,
         index,
+        hook_requests,
+        smoke_requests,
+        facts: hooks::Facts {
+            run: run.id.clone(),
+            release: run.release.clone(),
+            plan: plan.name.clone(),
+            started_by: run.started_by.clone(),
+            verdict: "running".into(),
+        },
     };
-    Ok((context, RunState::new(stages, steps)))
+    Ok((context, RunState::new(stages, steps).with_hooks(hook_specs)))
 }
 
 /// Journal a new run and start driving it.
@@ -269,11 +363,27 @@ pub async fn start(
             started_ms: None,
             finished_ms: None,
             data_loss_window: windows.get(idx).copied().flatten(),
+            details: Vec::new(),
+        })
+        .collect();
+    let hooks: Vec<HookRecord> = plan
+        .hooks
+        .iter()
+        .enumerate()
+        .map(|(idx, h)| HookRecord {
+            idx,
+            name: h.name.clone(),
+            phase: h.when.as_str().into(),
+            status: "pending".into(),
+            attempt: 0,
+            answer: String::new(),
+            started_ms: None,
+            finished_ms: None,
         })
         .collect();
     shared
         .store
-        .create_run(&run, &stages, &steps)
+        .create_run(&run, &stages, &steps, &hooks)
         .await
         .map_err(StartError::Store)?;
     spawn_driver(shared, context, state, 0, Event::Start);
@@ -367,18 +477,29 @@ async fn rebuild(
             changed: s.changed,
             error_kind: &s.error_kind,
             error_message: &s.error_message,
+            details: &s.details,
+        })
+        .collect();
+    let hook_records = shared.store.hooks(&run.id).await?;
+    let hook_rows: Vec<HookRow<'_>> = hook_records
+        .iter()
+        .map(|h| HookRow {
+            status: &h.status,
+            attempt: h.attempt,
+            answer: &h.answer,
         })
         .collect();
     let state = RunState::from_journal(
-        fresh.stages,
-        fresh.steps,
+        fresh,
         &RunRow {
             status: &run.status,
             halting: run.halting,
             cancelling: run.cancelling,
+            verdict: &run.verdict,
         },
         &stage_words,
         &step_rows,
+        &hook_rows,
         now_ms(),
     );
     let state = match state {
@@ -413,11 +534,13 @@ fn outcome_of(result: &StepResult) -> Result<Done, Failure> {
     let unchanged = |summary: String| Done {
         summary,
         changed: false,
+        details: Vec::new(),
     };
     match &result.outcome {
         Some(step_result::Outcome::Done(outcome)) => Ok(Done {
             summary: format!("{}{recovered}", outcome.summary),
             changed: outcome.changed,
+            details: outcome.details.clone(),
         }),
         Some(step_result::Outcome::Captured(captured)) => Ok(unchanged(captured.summary.clone())),
         Some(step_result::Outcome::Preview(preview)) => {
@@ -426,10 +549,12 @@ fn outcome_of(result: &StepResult) -> Result<Done, Failure> {
         Some(step_result::Outcome::Error(error)) => Err(Failure {
             kind: error.kind.clone(),
             message: error.message.clone(),
+            details: Vec::new(),
         }),
         None => Err(Failure {
             kind: "protocol".into(),
             message: "the agent sent a result without an outcome".into(),
+            details: Vec::new(),
         }),
     }
 }
@@ -506,6 +631,15 @@ async fn drive(
                 RunInput::Cancel => Event::Cancel,
                 RunInput::Approve => Event::Approve,
                 RunInput::GatesDone { stage, outcome } => Event::GatesDone { stage, outcome },
+                RunInput::HookDone {
+                    hook,
+                    attempt,
+                    outcome,
+                } => Event::HookDone {
+                    hook,
+                    attempt,
+                    outcome,
+                },
             };
             commands.extend(engine::next(&mut state, event, now));
         }
@@ -588,11 +722,36 @@ async fn drive(
                         .filter(|(_, s)| s.stage == stage)
                         .map(|(i, s)| (s.agent.clone(), context.requests[i].clone()))
                         .collect();
+                    let smoke = context.smoke_requests[stage].clone();
                     let fleet = shared.fleet.clone();
                     let tx = tx.clone();
                     tokio::spawn(async move {
-                        let outcome = run_gates(&fleet, &gates, targets).await;
+                        let outcome = run_gates(&fleet, &gates, targets, smoke).await;
                         let _ = tx.send(RunInput::GatesDone { stage, outcome }).await;
+                    });
+                }
+                Command::RunHook { hook, attempt } => {
+                    if draining {
+                        // The next coordinator runs it again when it resumes the run.
+                        continue;
+                    }
+                    let spec = context.plan.hooks[hook].clone();
+                    let request = context.hook_requests[hook].clone();
+                    let mut facts = context.facts.clone();
+                    if let Some(verdict) = state.verdict {
+                        facts.verdict = verdict.as_str().into();
+                    }
+                    let fleet = shared.fleet.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let outcome = hooks::run(&fleet, &spec, &facts, request).await;
+                        let _ = tx
+                            .send(RunInput::HookDone {
+                                hook,
+                                attempt,
+                                outcome,
+                            })
+                            .await;
                     });
                 }
                 Command::Finished(_) => finished = true,
@@ -636,7 +795,10 @@ async fn run_gates(
     fleet: &Fleet,
     gates: &[Gate],
     steps: Vec<(String, StepRequest)>,
-) -> Result<(), String> {
+    smoke: Vec<StepRequest>,
+) -> Result<Vec<String>, String> {
+    let mut passed = Vec::new();
+    let mut smoke = smoke.into_iter();
     for gate in gates {
         match gate {
             Gate::Http {
@@ -644,7 +806,37 @@ async fn run_gates(
                 status,
                 body,
                 within,
-            } => health::http_gate(url, *status, body.as_deref(), *within).await?,
+            } => {
+                health::http_gate(url, *status, body.as_deref(), *within).await?;
+                passed.push(format!("GET {url}: {status}"));
+            }
+            Gate::Target { agent, target } => {
+                let Some(mut request) = smoke.next() else {
+                    return Err(format!("smoke check {target} on {agent}: no request was built"));
+                };
+                fleet.wait_for(agent, GATE_PATIENCE).await;
+                request.step_id = format!("{}/{}", request.step_id, nonce());
+                let result = fleet
+                    .request(agent, request, Duration::from_secs(30 * 60))
+                    .await
+                    .map_err(|e| format!("smoke check {target} on {agent}: {e}"))?;
+                match outcome_of(&result) {
+                    Ok(done) => {
+                        let mut line = format!("smoke check {target} on {agent}: {}", done.summary);
+                        for detail in done.details {
+                            line.push_str("\n  ");
+                            line.push_str(&detail);
+                        }
+                        passed.push(line);
+                    }
+                    Err(failure) => {
+                        return Err(format!(
+                            "smoke check {target} on {agent}: {}: {}",
+                            failure.kind, failure.message
+                        ));
+                    }
+                }
+            }
             Gate::Verify => {
                 for (agent, request) in &steps {
                     // After a coordinator restart the gates run again at
@@ -666,11 +858,12 @@ async fn run_gates(
                             request.target, failure.kind, failure.message
                         ));
                     }
+                    passed.push(format!("verify of {} on {agent}", request.target));
                 }
             }
         }
     }
-    Ok(())
+    Ok(passed)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! A run's state is written in one transaction per batch of engine events,
 //! before the steps it dispatches are sent.
 
-use crate::engine::{Note, RunState, StepStatus};
+use crate::engine::{HookStatus, Note, RunState, StepStatus};
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -75,6 +75,21 @@ pub struct RunRecord {
     pub data_loss_window: Option<u64>,
     pub halting: bool,
     pub cancelling: bool,
+    /// What the stages decided, once over (empty before).
+    pub verdict: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct HookRecord {
+    pub idx: usize,
+    pub name: String,
+    /// before, after or finally.
+    pub phase: String,
+    pub status: String,
+    pub attempt: u32,
+    pub answer: String,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +111,8 @@ pub struct StepRecord {
     pub finished_ms: Option<u64>,
     /// The data-loss window the step's preview announced (data steps only).
     pub data_loss_window: Option<u64>,
+    /// Further lines of the outcome, e.g. a command's exit code and output.
+    pub details: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -124,7 +141,7 @@ pub struct EventRecord {
 macro_rules! run_columns {
     () => {
         "id, plan_name, plan_path, plan_toml, release_name, status, started_by, started_ms, finished_ms, \
-         confirm_data_loss, force_apply, data_loss_window, halting, cancelling"
+         confirm_data_loss, force_apply, data_loss_window, halting, cancelling, verdict"
     };
 }
 
@@ -323,6 +340,7 @@ impl Store {
         run: &RunRecord,
         stages: &[StageRecord],
         steps: &[StepRecord],
+        hooks: &[HookRecord],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -369,6 +387,19 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        for hook in hooks {
+            sqlx::query(
+                "INSERT INTO hooks (run_id, idx, name, phase, status, attempt, answer, started_ms, finished_ms) \
+                 VALUES ($1, $2, $3, $4, $5, 0, '', NULL, NULL)",
+            )
+            .bind(&run.id)
+            .bind(hook.idx as i64)
+            .bind(&hook.name)
+            .bind(&hook.phase)
+            .bind(&hook.status)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -393,12 +424,21 @@ impl Store {
                 StepStatus::Failed(f) => ("", false, f.kind.as_str(), f.message.as_str()),
                 _ => ("", false, "", ""),
             };
+            let details = match status {
+                StepStatus::Succeeded(done) if !done.details.is_empty() => {
+                    serde_json::to_string(&done.details).unwrap_or_default()
+                }
+                StepStatus::Failed(f) if !f.details.is_empty() => {
+                    serde_json::to_string(&f.details).unwrap_or_default()
+                }
+                _ => String::new(),
+            };
             let started = matches!(status, StepStatus::Sent { .. });
             let finished = matches!(status, StepStatus::Succeeded(_) | StepStatus::Failed(_));
             sqlx::query(
                 "UPDATE steps SET status = $1, attempt = $2, summary = $3, error_kind = $4, error_message = $5, \
                  started_ms = CASE WHEN $6 = 1 THEN $7 ELSE started_ms END, \
-                 finished_ms = CASE WHEN $8 = 1 THEN $7 ELSE finished_ms END, changed = $11 \
+                 finished_ms = CASE WHEN $8 = 1 THEN $7 ELSE finished_ms END, changed = $11, details = $12 \
                  WHERE run_id = $9 AND idx = $10",
             )
             .bind(status.as_str())
@@ -412,6 +452,31 @@ impl Store {
             .bind(run_id)
             .bind(idx as i64)
             .bind(changed as i64)
+            .bind(details)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut hooks = std::mem::take(&mut state.dirty_hooks);
+        hooks.sort_unstable();
+        hooks.dedup();
+        for idx in hooks {
+            let status = &state.hook_status[idx];
+            let started = *status == HookStatus::Running;
+            let finished = matches!(status, HookStatus::Succeeded(_) | HookStatus::Failed(_));
+            sqlx::query(
+                "UPDATE hooks SET status = $1, attempt = $2, answer = $3, \
+                 started_ms = CASE WHEN $4 = 1 AND started_ms IS NULL THEN $5 ELSE started_ms END, \
+                 finished_ms = CASE WHEN $6 = 1 THEN $5 ELSE finished_ms END \
+                 WHERE run_id = $7 AND idx = $8",
+            )
+            .bind(status.as_str())
+            .bind(state.hook_attempts[idx] as i64)
+            .bind(status.answer())
+            .bind(started as i64)
+            .bind(now_ms as i64)
+            .bind(finished as i64)
+            .bind(run_id)
+            .bind(idx as i64)
             .execute(&mut *tx)
             .await?;
         }
@@ -442,12 +507,13 @@ impl Store {
         }
         let finished = state.status.is_terminal().then_some(now_ms as i64);
         sqlx::query(
-            "UPDATE runs SET status = $1, finished_ms = $2, halting = $3, cancelling = $4 WHERE id = $5",
+            "UPDATE runs SET status = $1, finished_ms = $2, halting = $3, cancelling = $4, verdict = $5 WHERE id = $6",
         )
         .bind(state.status.as_str())
         .bind(finished)
         .bind(state.halting as i64)
         .bind(state.cancelling as i64)
+        .bind(state.verdict.map_or("", |v| v.as_str()))
         .bind(run_id)
             .execute(&mut *tx)
             .await?;
@@ -502,6 +568,7 @@ impl Store {
             data_loss_window: opt_u(row, "data_loss_window")?,
             halting: u(row, "halting")? != 0,
             cancelling: u(row, "cancelling")? != 0,
+            verdict: s(row, "verdict")?,
         })
     }
 
@@ -545,7 +612,7 @@ impl Store {
     pub async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT idx, id, stage, agent, target, action, status, attempt, summary, changed, error_kind, error_message, \
-             started_ms, finished_ms, data_loss_window FROM steps WHERE run_id = $1 ORDER BY idx",
+             started_ms, finished_ms, data_loss_window, details FROM steps WHERE run_id = $1 ORDER BY idx",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -568,6 +635,36 @@ impl Store {
                     started_ms: opt_u(row, "started_ms")?,
                     finished_ms: opt_u(row, "finished_ms")?,
                     data_loss_window: opt_u(row, "data_loss_window")?,
+                    details: match s(row, "details")?.as_str() {
+                        "" => Vec::new(),
+                        text => serde_json::from_str(text).map_err(|e| {
+                            StoreError::Corrupt(format!("details of step {}: {e}", s(row, "id").unwrap_or_default()))
+                        })?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    pub async fn hooks(&self, run_id: &str) -> Result<Vec<HookRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT idx, name, phase, status, attempt, answer, started_ms, finished_ms FROM hooks \
+             WHERE run_id = $1 ORDER BY idx",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(HookRecord {
+                    idx: u(row, "idx")? as usize,
+                    name: s(row, "name")?,
+                    phase: s(row, "phase")?,
+                    status: s(row, "status")?,
+                    attempt: u(row, "attempt")? as u32,
+                    answer: s(row, "answer")?,
+                    started_ms: opt_u(row, "started_ms")?,
+                    finished_ms: opt_u(row, "finished_ms")?,
                 })
             })
             .collect()

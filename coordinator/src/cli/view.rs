@@ -2,7 +2,7 @@
 //! while it runs (a redrawn table on a terminal, plain lines otherwise), and
 //! the report at the end.
 
-use rewind_proto::v1::{PreviewReply, Risk, RunEvent, RunReport};
+use rewind_proto::v1::{HookReport, PreviewReply, Risk, RunEvent, RunReport};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
@@ -225,6 +225,24 @@ pub fn print_report(report: &RunReport, out: &mut impl Write) -> std::io::Result
         report.release,
         report.started_by
     )?;
+    let hook_line = |hook: &HookReport| {
+        let answer = hook.answer.lines().next().unwrap_or("");
+        format!(
+            "  hook  {:<12} {:<10} {:>7}  {}{}",
+            hook.name,
+            hook.status,
+            seconds(hook.started_ms, hook.finished_ms),
+            hook.phase,
+            if answer.is_empty() {
+                String::new()
+            } else {
+                format!(": {answer}")
+            }
+        )
+    };
+    for hook in report.hooks.iter().filter(|h| h.phase == "before") {
+        writeln!(out, "{}", hook_line(hook))?;
+    }
     for stage in &report.stages {
         let hosts = report
             .steps
@@ -238,6 +256,37 @@ pub fn print_report(report: &RunReport, out: &mut impl Write) -> std::io::Result
             stage.status,
             seconds(stage.started_ms, stage.finished_ms)
         )?;
+    }
+    for hook in report.hooks.iter().filter(|h| h.phase != "before") {
+        writeln!(out, "{}", hook_line(hook))?;
+    }
+    if report.status != "succeeded" && !report.steps.is_empty() {
+        // Where each host was left: what changed, what failed, what never started.
+        writeln!(out, "hosts:")?;
+        let mut agents: Vec<&str> = report.steps.iter().map(|s| s.agent.as_str()).collect();
+        agents.sort_unstable();
+        agents.dedup();
+        for agent in agents {
+            let states: Vec<String> = report
+                .steps
+                .iter()
+                .filter(|s| s.agent == agent)
+                .map(|s| {
+                    let state = match s.status.as_str() {
+                        "succeeded" if s.changed => format!("{} (changed)", s.action),
+                        "succeeded" => format!("{}: already in place", s.action),
+                        "failed" => format!(
+                            "failed ({})",
+                            s.error.as_ref().map_or("", |e| e.kind.as_str())
+                        ),
+                        "skipped" | "pending" => "not started".into(),
+                        other => other.into(),
+                    };
+                    format!("{}/{} {state}", s.stage, s.target)
+                })
+                .collect();
+            writeln!(out, "  {agent}: {}", states.join("; "))?;
+        }
     }
     if let Some(window) = report.data_loss_window_seconds {
         writeln!(
@@ -256,6 +305,19 @@ pub fn print_report(report: &RunReport, out: &mut impl Write) -> std::io::Result
                 "  stage {} host {} target {}: {}: {}",
                 step.stage, step.agent, step.target, error.kind, error.message
             )?;
+        }
+    }
+    let failed_hooks: Vec<_> = report.hooks.iter().filter(|h| h.status == "failed").collect();
+    if !failed_hooks.is_empty() {
+        writeln!(out, "hook failures:")?;
+        for hook in failed_hooks {
+            writeln!(out, "  hook {} ({}): {}", hook.name, hook.phase, hook.answer)?;
+        }
+    }
+    for step in report.steps.iter().filter(|s| !s.details.is_empty()) {
+        writeln!(out, "{} on {} ({}):", step.target, step.agent, step.stage)?;
+        for line in &step.details {
+            writeln!(out, "  {line}")?;
         }
     }
     let skipped = report

@@ -20,6 +20,14 @@
 //! is cancelled, is also cancelled on its agent (which drops it if it has
 //! not started acting).
 //!
+//! Hooks: `before` hooks run one after another ahead of the first stage; a
+//! failing one stops the run before any step is sent. `after` hooks run once
+//! every stage passed. `finally` hooks always run at the end (success,
+//! failure, cancel), each of them even when one before it failed. A hook
+//! that is not `optional` and fails makes the run fail. The run's verdict
+//! (what its stages and hooks decided) is journaled before the `finally`
+//! hooks run, so they see it, and a restart resumes them.
+//!
 //! Resume: a coordinator restarted mid-run rebuilds the state from the
 //! journal (`RunState::from_journal`) and feeds `Event::Resumed`, which
 //! restarts the clocks of steps in flight and re-runs the health gates of a
@@ -33,12 +41,14 @@ mod tests;
 
 pub use model::{Corrupt, RunStatus, StageStatus, StepWord};
 
-use crate::plan::OnFailure;
+use crate::plan::{HookWhen, OnFailure};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub kind: String,
     pub message: String,
+    /// Further lines, e.g. a failed smoke test's last output.
+    pub details: Vec<String>,
 }
 
 /// What a step that succeeded reports.
@@ -48,6 +58,8 @@ pub struct Done {
     /// Whether the step changed its target (a restore that found the target
     /// already in place did not).
     pub changed: bool,
+    /// Further lines for the report.
+    pub details: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +115,60 @@ pub struct StepSpec {
 }
 
 #[derive(Debug, Clone)]
+pub struct HookSpec {
+    pub name: String,
+    pub when: HookWhen,
+    pub optional: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookStatus {
+    Pending,
+    Running,
+    /// With the hook's answer, e.g. `HTTP 200: {"ok":true}`.
+    Succeeded(String),
+    Failed(String),
+    /// Never run: a `before` hook after a failure, an `after` hook of a run
+    /// that did not succeed.
+    Skipped,
+}
+
+impl HookStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HookStatus::Pending => "pending",
+            HookStatus::Running => "running",
+            HookStatus::Succeeded(_) => "succeeded",
+            HookStatus::Failed(_) => "failed",
+            HookStatus::Skipped => "skipped",
+        }
+    }
+
+    pub fn answer(&self) -> &str {
+        match self {
+            HookStatus::Succeeded(a) | HookStatus::Failed(a) => a,
+            _ => "",
+        }
+    }
+
+    fn parse(word: &str, answer: &str) -> Result<HookStatus, Corrupt> {
+        Ok(match word {
+            "pending" => HookStatus::Pending,
+            "running" => HookStatus::Running,
+            "succeeded" => HookStatus::Succeeded(answer.to_string()),
+            "failed" => HookStatus::Failed(answer.to_string()),
+            "skipped" => HookStatus::Skipped,
+            other => {
+                return Err(Corrupt {
+                    what: "hook status",
+                    value: other.to_string(),
+                });
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct RunState {
     pub stages: Vec<StageSpec>,
     pub steps: Vec<StepSpec>,
@@ -114,9 +180,17 @@ pub struct RunState {
     /// A halt-policy failure happened: dispatch nothing more.
     pub halting: bool,
     pub cancelling: bool,
-    /// Steps and stages changed since the shell last journaled them.
+    pub hooks: Vec<HookSpec>,
+    pub hook_status: Vec<HookStatus>,
+    pub hook_attempts: Vec<u32>,
+    /// What the stages decided, once they are over; the `after` and
+    /// `finally` hooks run with it, and a failing hook may still turn a
+    /// success into a failure.
+    pub verdict: Option<RunStatus>,
+    /// Steps, stages and hooks changed since the shell last journaled them.
     pub dirty_steps: Vec<usize>,
     pub dirty_stages: Vec<usize>,
+    pub dirty_hooks: Vec<usize>,
 }
 
 pub enum Event {
@@ -127,9 +201,16 @@ pub enum Event {
         attempt: u32,
         outcome: Result<Done, Failure>,
     },
+    /// A hook's answer, or why it failed (after its retries).
+    HookDone {
+        hook: usize,
+        attempt: u32,
+        outcome: Result<String, String>,
+    },
     GatesDone {
         stage: usize,
-        outcome: Result<(), String>,
+        /// What each passed gate said, or why one failed.
+        outcome: Result<Vec<String>, String>,
     },
     /// Time passed: check step timeouts.
     Tick,
@@ -144,6 +225,15 @@ pub struct RunRow<'a> {
     pub status: &'a str,
     pub halting: bool,
     pub cancelling: bool,
+    /// The journaled verdict, empty while the stages are not over.
+    pub verdict: &'a str,
+}
+
+/// A hook as its journal row has it.
+pub struct HookRow<'a> {
+    pub status: &'a str,
+    pub attempt: u32,
+    pub answer: &'a str,
 }
 
 /// A step as its journal row has it.
@@ -154,6 +244,7 @@ pub struct StepRow<'a> {
     pub changed: bool,
     pub error_kind: &'a str,
     pub error_message: &'a str,
+    pub details: &'a [String],
 }
 
 /// Something worth journaling and showing, e.g. `stage-started`.
@@ -180,6 +271,11 @@ pub enum Command {
         step: usize,
         attempt: u32,
     },
+    /// Journal, then make this attempt of the hook's call.
+    RunHook {
+        hook: usize,
+        attempt: u32,
+    },
     Note(Note),
     Finished(RunStatus),
 }
@@ -195,22 +291,40 @@ impl RunState {
             status: RunStatus::Running,
             halting: false,
             cancelling: false,
+            hooks: Vec::new(),
+            hook_status: Vec::new(),
+            hook_attempts: Vec::new(),
+            verdict: None,
             dirty_steps: Vec::new(),
             dirty_stages: Vec::new(),
+            dirty_hooks: Vec::new(),
         }
+    }
+
+    pub fn with_hooks(mut self, hooks: Vec<HookSpec>) -> RunState {
+        self.hook_status = vec![HookStatus::Pending; hooks.len()];
+        self.hook_attempts = vec![0; hooks.len()];
+        self.hooks = hooks;
+        self
     }
 
     /// Rebuild a run's state from its journal rows. Every status must be
     /// one the engine knows and the rows must fit the plan; steps in flight
     /// get a fresh clock (`now_ms`), since their agents must reconnect first.
     pub fn from_journal(
-        stages: Vec<StageSpec>,
-        steps: Vec<StepSpec>,
+        fresh: RunState,
         run: &RunRow<'_>,
         stage_rows: &[&str],
         step_rows: &[StepRow<'_>],
+        hook_rows: &[HookRow<'_>],
         now_ms: u64,
     ) -> Result<RunState, Corrupt> {
+        let RunState {
+            stages,
+            steps,
+            hooks,
+            ..
+        } = fresh;
         let shape = |what: &'static str, found: usize, wanted: usize| Corrupt {
             what,
             value: format!("{found} rows for {wanted} in the plan"),
@@ -221,10 +335,21 @@ impl RunState {
         if step_rows.len() != steps.len() {
             return Err(shape("step count", step_rows.len(), steps.len()));
         }
-        let mut state = RunState::new(stages, steps);
+        if hook_rows.len() != hooks.len() {
+            return Err(shape("hook count", hook_rows.len(), hooks.len()));
+        }
+        let mut state = RunState::new(stages, steps).with_hooks(hooks);
         state.status = RunStatus::parse(run.status)?;
         state.halting = run.halting;
         state.cancelling = run.cancelling;
+        state.verdict = match run.verdict {
+            "" => None,
+            word => Some(RunStatus::parse(word)?),
+        };
+        for (i, row) in hook_rows.iter().enumerate() {
+            state.hook_attempts[i] = row.attempt;
+            state.hook_status[i] = HookStatus::parse(row.status, row.answer)?;
+        }
         for (i, word) in stage_rows.iter().enumerate() {
             state.stage_status[i] = StageStatus::parse(word)?;
         }
@@ -236,10 +361,12 @@ impl RunState {
                 StepWord::Succeeded => StepStatus::Succeeded(Done {
                     summary: row.summary.to_string(),
                     changed: row.changed,
+                    details: row.details.to_vec(),
                 }),
                 StepWord::Failed => StepStatus::Failed(Failure {
                     kind: row.error_kind.to_string(),
                     message: row.error_message.to_string(),
+                    details: row.details.to_vec(),
                 }),
                 StepWord::Skipped => StepStatus::Skipped,
             };
@@ -250,6 +377,16 @@ impl RunState {
     fn set_step(&mut self, step: usize, status: StepStatus) {
         self.step_status[step] = status;
         self.dirty_steps.push(step);
+    }
+
+    fn set_hook(&mut self, hook: usize, status: HookStatus) {
+        self.hook_status[hook] = status;
+        self.dirty_hooks.push(hook);
+    }
+
+    /// Steps in flight or a hook running: the run cannot end yet.
+    fn busy(&self) -> bool {
+        self.in_flight() > 0 || self.hook_status.contains(&HookStatus::Running)
     }
 
     fn set_stage(&mut self, stage: usize, status: StageStatus) {
@@ -323,11 +460,34 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
                 }
             }
         }
+        Event::HookDone {
+            hook,
+            attempt,
+            outcome,
+        } => {
+            if state.hook_status[hook] != HookStatus::Running || state.hook_attempts[hook] != attempt
+            {
+                return out;
+            }
+            let spec = &state.hooks[hook];
+            let said = format!("hook {} ({})", spec.name, spec.when.as_str());
+            match outcome {
+                Ok(answer) => {
+                    out.push(note("hook-succeeded", None, None, format!("{said}: {answer}")));
+                    state.set_hook(hook, HookStatus::Succeeded(answer));
+                }
+                Err(why) => {
+                    let optional = if spec.optional { " (optional)" } else { "" };
+                    out.push(note("hook-failed", None, None, format!("{said}{optional}: {why}")));
+                    state.set_hook(hook, HookStatus::Failed(why));
+                }
+            }
+        }
         Event::GatesDone { stage, outcome } => {
             if state.stage_status[stage] == StageStatus::Gating {
                 match outcome {
-                    Ok(()) => {
-                        out.push(note("health-passed", Some(stage), None, String::new()));
+                    Ok(passed) => {
+                        out.push(note("health-passed", Some(stage), None, passed.join("\n")));
                         out.push(note("stage-succeeded", Some(stage), None, String::new()));
                         state.set_stage(stage, StageStatus::Succeeded);
                     }
@@ -353,6 +513,7 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
                                     timeout
                                 ))
                             ),
+                            details: Vec::new(),
                         };
                         out.push(note(
                             "step-failed",
@@ -406,6 +567,16 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
                     out.push(Command::RunGates { stage });
                 }
             }
+            // A hook cut off by the restart runs again (hooks must be safe
+            // to repeat; HTTP hooks carry an idempotency key).
+            for hook in 0..state.hooks.len() {
+                if state.hook_status[hook] == HookStatus::Running {
+                    out.push(Command::RunHook {
+                        hook,
+                        attempt: state.hook_attempts[hook],
+                    });
+                }
+            }
         }
         Event::Approve => {
             if state.status == RunStatus::Paused {
@@ -441,20 +612,37 @@ fn pump(state: &mut RunState, now_ms: u64, out: &mut Vec<Command>) {
     if state.status.is_terminal() {
         return;
     }
+    if state.verdict.is_some() {
+        return end_hooks(state, out);
+    }
     if state.cancelling || (state.halting && state.status == RunStatus::Running) {
-        if state.in_flight() == 0 {
+        if !state.busy() {
             let status = if state.cancelling {
                 RunStatus::Cancelled
             } else {
                 RunStatus::Failed
             };
             skip_the_rest(state);
-            finish(state, status, out);
+            conclude(state, status, out);
         }
         return;
     }
     if state.status == RunStatus::Paused {
         return;
+    }
+    match hook_phase(state, HookWhen::Before, out) {
+        Phase::Busy => return,
+        Phase::Failed => {
+            out.push(note(
+                "run-halting",
+                None,
+                None,
+                "a before hook failed: no stage starts".into(),
+            ));
+            state.halting = true;
+            return pump(state, now_ms, out);
+        }
+        Phase::Done => {}
     }
     // Start stages whose dependencies are done and run them, until nothing
     // changes (a stage that settles may let the next one start).
@@ -481,7 +669,7 @@ fn pump(state: &mut RunState, now_ms: u64, out: &mut Vec<Command>) {
     if settled && state.in_flight() == 0 {
         let failed = state.stage_status.contains(&StageStatus::Failed);
         skip_the_rest(state);
-        finish(
+        conclude(
             state,
             if failed {
                 RunStatus::Failed
@@ -491,6 +679,104 @@ fn pump(state: &mut RunState, now_ms: u64, out: &mut Vec<Command>) {
             out,
         );
     }
+}
+
+enum Phase {
+    /// A hook of the phase is running (or was just started).
+    Busy,
+    /// A hook that is not optional failed; the phase's others are skipped.
+    Failed,
+    Done,
+}
+
+/// Run the hooks of one phase one after another. `finally` hooks all run,
+/// whatever the ones before them did.
+fn hook_phase(state: &mut RunState, when: HookWhen, out: &mut Vec<Command>) -> Phase {
+    let mut failed = false;
+    for hook in 0..state.hooks.len() {
+        if state.hooks[hook].when != when {
+            continue;
+        }
+        match &state.hook_status[hook] {
+            HookStatus::Running => return Phase::Busy,
+            HookStatus::Failed(_) if !state.hooks[hook].optional => {
+                if when != HookWhen::Finally {
+                    skip_hooks(state, when);
+                    return Phase::Failed;
+                }
+                failed = true;
+            }
+            HookStatus::Pending => {
+                state.hook_attempts[hook] += 1;
+                let attempt = state.hook_attempts[hook];
+                state.set_hook(hook, HookStatus::Running);
+                out.push(note(
+                    "hook-started",
+                    None,
+                    None,
+                    format!("hook {} ({})", state.hooks[hook].name, when.as_str()),
+                ));
+                out.push(Command::RunHook { hook, attempt });
+                return Phase::Busy;
+            }
+            _ => {}
+        }
+    }
+    if failed { Phase::Failed } else { Phase::Done }
+}
+
+fn skip_hooks(state: &mut RunState, when: HookWhen) {
+    for hook in 0..state.hooks.len() {
+        if state.hooks[hook].when == when && state.hook_status[hook] == HookStatus::Pending {
+            state.set_hook(hook, HookStatus::Skipped);
+        }
+    }
+}
+
+/// The stages are over: journal the verdict, then run the closing hooks.
+fn conclude(state: &mut RunState, verdict: RunStatus, out: &mut Vec<Command>) {
+    state.verdict = Some(verdict);
+    skip_hooks(state, HookWhen::Before);
+    if verdict != RunStatus::Succeeded {
+        skip_hooks(state, HookWhen::After);
+    }
+    end_hooks(state, out);
+}
+
+/// `after` hooks (a succeeded run), then every `finally` hook, then the end.
+fn end_hooks(state: &mut RunState, out: &mut Vec<Command>) {
+    if state.hook_status.contains(&HookStatus::Running) {
+        return;
+    }
+    let mut verdict = state.verdict.unwrap_or(RunStatus::Failed);
+    if verdict == RunStatus::Succeeded {
+        if state.cancelling
+            && state
+                .hooks
+                .iter()
+                .zip(&state.hook_status)
+                .any(|(h, s)| h.when == HookWhen::After && *s == HookStatus::Pending)
+        {
+            skip_hooks(state, HookWhen::After);
+            verdict = RunStatus::Cancelled;
+            state.verdict = Some(verdict);
+        }
+        match hook_phase(state, HookWhen::After, out) {
+            Phase::Busy => return,
+            Phase::Failed => {
+                verdict = RunStatus::Failed;
+                state.verdict = Some(verdict);
+            }
+            Phase::Done => {}
+        }
+    }
+    match hook_phase(state, HookWhen::Finally, out) {
+        Phase::Busy => return,
+        Phase::Failed if verdict == RunStatus::Succeeded => verdict = RunStatus::Failed,
+        Phase::Failed => {}
+        Phase::Done => {}
+    }
+    finish(state, verdict, out);
 }
 
 fn start_ready_stages(state: &mut RunState, out: &mut Vec<Command>) {
@@ -606,6 +892,7 @@ fn stage_failed(state: &mut RunState, stage: usize, out: &mut Vec<Command>) {
 }
 
 fn skip_the_rest(state: &mut RunState) {
+    skip_hooks(state, HookWhen::Before);
     for step in 0..state.steps.len() {
         if state.step_status[step] == StepStatus::Pending {
             state.set_step(step, StepStatus::Skipped);

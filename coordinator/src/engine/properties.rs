@@ -1,15 +1,34 @@
 //! Properties of the engine under random plans and random event sequences
 //! (results for any step and attempt, late and repeated ones, ticks,
 //! cancels, approvals, gate outcomes, and coordinator restarts rebuilt from
-//! the journal): it never panics, a step is never sent twice for one
-//! attempt, nothing is sent once a cancel or a halt began, and a finished
-//! run has nothing in flight.
+//! the journal, hook answers): it never panics, a step is never sent twice
+//! for one attempt, nothing is sent once a cancel or a halt began, a
+//! finished run has nothing in flight and no hook running, no step is sent
+//! before every `before` hook succeeded, and every `finally` hook has run
+//! when a run finishes.
 //!
 //! `PROPTEST_CASES=N cargo test -p rewind-coordinator engine::properties`
 //! runs more cases (docs/RELIABILITY.md).
 
 use super::*;
 use proptest::prelude::*;
+
+fn hook_specs() -> impl Strategy<Value = Vec<HookSpec>> {
+    prop::collection::vec((0u8..3, any::<bool>()), 0..4).prop_map(|raw| {
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, (when, optional))| HookSpec {
+                name: format!("k{i}"),
+                when: match when {
+                    0 => HookWhen::Before,
+                    1 => HookWhen::After,
+                    _ => HookWhen::Finally,
+                },
+                optional,
+            })
+            .collect()
+    })
+}
 
 fn spec() -> impl Strategy<Value = (Vec<StageSpec>, Vec<StepSpec>)> {
     (1usize..5)
@@ -69,6 +88,7 @@ enum Input {
     Cancel,
     Approve,
     Gates(usize, bool),
+    Hook(usize, u32, bool),
     Restart,
 }
 
@@ -82,6 +102,7 @@ fn inputs() -> impl Strategy<Value = Vec<Input>> {
             1 => Just(Input::Approve),
             2 => (0usize..5, any::<bool>()).prop_map(|(s, ok)| Input::Gates(s, ok)),
             1 => Just(Input::Restart),
+            3 => (0usize..4, 0u32..3, any::<bool>()).prop_map(|(h, a, ok)| Input::Hook(h, a, ok)),
         ],
         0..80,
     )
@@ -89,8 +110,12 @@ fn inputs() -> impl Strategy<Value = Vec<Input>> {
 
 proptest! {
     #[test]
-    fn the_engine_keeps_its_promises_under_any_events((stages, steps) in spec(), inputs in inputs()) {
-        let mut run = RunState::new(stages, steps);
+    fn the_engine_keeps_its_promises_under_any_events(
+        (stages, steps) in spec(),
+        hooks in hook_specs(),
+        inputs in inputs(),
+    ) {
+        let mut run = RunState::new(stages, steps).with_hooks(hooks);
         let mut now = 0u64;
         let mut sent: Vec<Vec<u32>> = vec![Vec::new(); run.steps.len()];
         let mut commands = next(&mut run, Event::Start, now);
@@ -102,11 +127,26 @@ proptest! {
                     prop_assert!(!sent[*step].contains(attempt), "step {step} attempt {attempt} sent twice");
                     sent[*step].push(*attempt);
                     prop_assert!(!run.cancelling, "sent after a cancel");
+                    prop_assert!(
+                        run.hooks.iter().zip(&run.hook_status).all(|(h, s)| h.when != HookWhen::Before
+                            || matches!(s, HookStatus::Succeeded(_))
+                            || (h.optional && matches!(s, HookStatus::Failed(_)))),
+                        "a step was sent before the before hooks succeeded"
+                    );
                 }
                 if let Command::Finished(status) = command {
                     prop_assert!(status.is_terminal());
                     prop_assert!(run.step_status.iter().all(|s| !matches!(s, StepStatus::Sent { .. })),
                         "finished with steps in flight");
+                    prop_assert!(!run.hook_status.contains(&HookStatus::Running), "finished with a hook running");
+                    prop_assert!(
+                        run.hooks.iter().zip(&run.hook_status).all(|(h, s)| h.when != HookWhen::Finally
+                            || matches!(s, HookStatus::Succeeded(_) | HookStatus::Failed(_))),
+                        "finished without running every finally hook"
+                    );
+                    let failed_hook = run.hooks.iter().zip(&run.hook_status)
+                        .any(|(h, s)| !h.optional && matches!(s, HookStatus::Failed(_)));
+                    prop_assert!(!(failed_hook && *status == RunStatus::Succeeded), "succeeded with a failed hook");
                 }
             }
             let _ = stopping;
@@ -116,12 +156,12 @@ proptest! {
                 Input::Ok(s, a, changed) => Event::StepDone {
                     step: s % steps,
                     attempt: a,
-                    outcome: Ok(Done { summary: "ok".into(), changed }),
+                    outcome: Ok(Done { summary: "ok".into(), changed, details: Vec::new() }),
                 },
                 Input::Fail(s, a) => Event::StepDone {
                     step: s % steps,
                     attempt: a,
-                    outcome: Err(Failure { kind: "failed".into(), message: "no".into() }),
+                    outcome: Err(Failure { kind: "failed".into(), message: "no".into(), details: Vec::new() }),
                 },
                 Input::Tick(dt) => {
                     now += dt;
@@ -131,8 +171,19 @@ proptest! {
                 Input::Approve => Event::Approve,
                 Input::Gates(s, ok) => Event::GatesDone {
                     stage: s % stage_count,
-                    outcome: if ok { Ok(()) } else { Err("gate".into()) },
+                    outcome: if ok { Ok(Vec::new()) } else { Err("gate".into()) },
                 },
+                Input::Hook(h, a, ok) => {
+                    if run.hooks.is_empty() {
+                        commands.clear();
+                        continue;
+                    }
+                    Event::HookDone {
+                        hook: h % run.hooks.len(),
+                        attempt: a,
+                        outcome: if ok { Ok("HTTP 200".into()) } else { Err("HTTP 503".into()) },
+                    }
+                }
                 Input::Restart => {
                     run = super::tests::reload(&run, now).expect("a journal the engine wrote reads back");
                     Event::Resumed

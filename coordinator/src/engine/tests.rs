@@ -52,6 +52,7 @@ fn ok(step: usize, attempt: u32) -> Event {
         outcome: Ok(Done {
             summary: "done".into(),
             changed: true,
+            details: Vec::new(),
         }),
     }
 }
@@ -63,6 +64,7 @@ fn fail(step: usize, attempt: u32) -> Event {
         outcome: Err(Failure {
             kind: "failed".into(),
             message: "boom".into(),
+            details: Vec::new(),
         }),
     }
 }
@@ -279,7 +281,8 @@ fn gates_decide_the_stage() {
 }
 
 /// The journal rows of a run as the store would hand them back.
-pub(super) fn rows(run: &RunState) -> (Vec<&'static str>, Vec<StepRow<'_>>) {
+#[allow(clippy::type_complexity)]
+pub(super) fn rows(run: &RunState) -> (Vec<&'static str>, Vec<StepRow<'_>>, Vec<HookRow<'_>>) {
     let stages = run.stage_status.iter().map(|s| s.as_str()).collect();
     let steps = run
         .step_status
@@ -291,6 +294,11 @@ pub(super) fn rows(run: &RunState) -> (Vec<&'static str>, Vec<StepRow<'_>>) {
                 StepStatus::Failed(f) => ("", false, f.kind.as_str(), f.message.as_str()),
                 _ => ("", false, "", ""),
             };
+            let details: &[String] = match status {
+                StepStatus::Succeeded(d) => &d.details,
+                StepStatus::Failed(f) => &f.details,
+                _ => &[],
+            };
             StepRow {
                 status: status.as_str(),
                 attempt,
@@ -298,27 +306,44 @@ pub(super) fn rows(run: &RunState) -> (Vec<&'static str>, Vec<StepRow<'_>>) {
                 changed,
                 error_kind: kind,
                 error_message: message,
+                details,
             }
         })
         .collect();
-    (stages, steps)
+    let hooks = run
+        .hook_status
+        .iter()
+        .zip(&run.hook_attempts)
+        .map(|(status, &attempt)| HookRow {
+            status: status.as_str(),
+            attempt,
+            answer: status.answer(),
+        })
+        .collect();
+    (stages, steps, hooks)
 }
 
 /// The run rebuilt from its journal rows, as a restarted coordinator does.
 pub(super) fn reload(run: &RunState, now: u64) -> Result<RunState, Corrupt> {
-    let (stages, steps) = rows(run);
+    let (stages, steps, hooks) = rows(run);
     RunState::from_journal(
-        run.stages.clone(),
-        run.steps.clone(),
+        fresh(run),
         &RunRow {
             status: run.status.as_str(),
             halting: run.halting,
             cancelling: run.cancelling,
+            verdict: run.verdict.map_or("", |v| v.as_str()),
         },
         &stages,
         &steps,
+        &hooks,
         now,
     )
+}
+
+/// The plan's shape of a run, as a restarted coordinator builds it before reading the journal.
+fn fresh(run: &RunState) -> RunState {
+    RunState::new(run.stages.clone(), run.steps.clone()).with_hooks(run.hooks.clone())
 }
 
 #[test]
@@ -363,7 +388,7 @@ fn a_stage_that_was_gating_runs_its_gates_again_after_a_restart() {
         &mut resumed,
         Event::GatesDone {
             stage: 0,
-            outcome: Ok(()),
+            outcome: Ok(Vec::new()),
         },
         11,
     );
@@ -404,34 +429,160 @@ fn halting_and_cancelling_survive_a_restart() {
 #[test]
 fn a_journal_the_engine_cannot_read_is_an_error() {
     let run = RunState::new(vec![stage("a", &[], 1, 0, OnFailure::Halt)], steps(&[1]));
-    let (stages, mut step_rows) = rows(&run);
+    let (stages, mut step_rows, _) = rows(&run);
     step_rows[0].status = "half-done";
     let error = RunState::from_journal(
-        run.stages.clone(),
-        run.steps.clone(),
+        fresh(&run),
         &RunRow {
             status: "running",
             halting: false,
             cancelling: false,
+            verdict: "",
         },
         &stages,
         &step_rows,
+        &[],
         0,
     )
     .unwrap_err();
     assert_eq!(error.what, "step status");
     let error = RunState::from_journal(
-        run.stages.clone(),
-        run.steps.clone(),
+        fresh(&run),
         &RunRow {
             status: "running",
             halting: false,
             cancelling: false,
+            verdict: "",
         },
         &stages,
+        &[],
         &[],
         0,
     )
     .unwrap_err();
     assert_eq!(error.what, "step count");
+}
+
+fn hook(name: &str, when: HookWhen, optional: bool) -> HookSpec {
+    HookSpec {
+        name: name.into(),
+        when,
+        optional,
+    }
+}
+
+fn hooks_run(commands: &[Command]) -> Vec<(usize, u32)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::RunHook { hook, attempt } => Some((*hook, *attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn hook_done(hook: usize, ok: bool) -> Event {
+    Event::HookDone {
+        hook,
+        attempt: 1,
+        outcome: if ok {
+            Ok("HTTP 200".into())
+        } else {
+            Err("HTTP 503".into())
+        },
+    }
+}
+
+#[test]
+fn hooks_run_before_after_and_finally_in_order() {
+    let mut run = RunState::new(vec![stage("a", &[], 10, 0, OnFailure::Halt)], steps(&[1]))
+        .with_hooks(vec![
+            hook("maintenance-on", HookWhen::Before, false),
+            hook("maintenance-off", HookWhen::Finally, false),
+            hook("chat", HookWhen::After, true),
+        ]);
+    let out = next(&mut run, Event::Start, 0);
+    assert_eq!(hooks_run(&out), [(0, 1)]);
+    assert_eq!(sent(&out), [], "no step before the before hook answered");
+    let out = next(&mut run, hook_done(0, true), 1);
+    assert_eq!(sent(&out), [(0, 1)]);
+    let out = next(&mut run, ok(0, 1), 2);
+    assert_eq!(hooks_run(&out), [(2, 1)], "after hooks first");
+    assert_eq!(run.verdict, Some(RunStatus::Succeeded));
+    let out = next(&mut run, hook_done(2, false), 3);
+    assert_eq!(hooks_run(&out), [(1, 1)], "an optional failure goes on to finally");
+    let out = next(&mut run, hook_done(1, true), 4);
+    assert_eq!(finished(&out), Some(RunStatus::Succeeded));
+}
+
+#[test]
+fn a_failing_before_hook_changes_nothing_and_finally_still_runs() {
+    let mut run = RunState::new(vec![stage("a", &[], 10, 0, OnFailure::Halt)], steps(&[2]))
+        .with_hooks(vec![
+            hook("status-page", HookWhen::Before, false),
+            hook("maintenance-on", HookWhen::Before, false),
+            hook("done", HookWhen::After, false),
+            hook("maintenance-off", HookWhen::Finally, false),
+        ]);
+    next(&mut run, Event::Start, 0);
+    let out = next(&mut run, hook_done(0, false), 1);
+    assert_eq!(sent(&out), []);
+    assert_eq!(hooks_run(&out), [(3, 1)], "straight to the finally hook");
+    assert_eq!(run.hook_status[1], HookStatus::Skipped);
+    assert_eq!(run.hook_status[2], HookStatus::Skipped);
+    let out = next(&mut run, hook_done(3, true), 2);
+    assert_eq!(finished(&out), Some(RunStatus::Failed));
+    assert!(run.step_status.iter().all(|s| *s == StepStatus::Skipped));
+}
+
+#[test]
+fn finally_hooks_run_after_a_failure_and_a_cancel_and_a_failed_one_fails_the_run() {
+    let mut run = RunState::new(vec![stage("a", &[], 10, 0, OnFailure::Halt)], steps(&[1]))
+        .with_hooks(vec![
+            hook("off", HookWhen::Finally, false),
+            hook("chat", HookWhen::Finally, false),
+        ]);
+    next(&mut run, Event::Start, 0);
+    let out = next(&mut run, fail(0, 1), 1);
+    assert_eq!(hooks_run(&out), [(0, 1)]);
+    assert_eq!(run.verdict, Some(RunStatus::Failed));
+    let out = next(&mut run, hook_done(0, false), 2);
+    assert_eq!(hooks_run(&out), [(1, 1)], "every finally hook runs");
+    let out = next(&mut run, hook_done(1, true), 3);
+    assert_eq!(finished(&out), Some(RunStatus::Failed));
+
+    let mut run = RunState::new(vec![stage("a", &[], 10, 0, OnFailure::Halt)], steps(&[1]))
+        .with_hooks(vec![hook("off", HookWhen::Finally, false)]);
+    next(&mut run, Event::Start, 0);
+    let out = next(&mut run, Event::Cancel, 1);
+    assert_eq!(hooks_run(&out), [], "the step in flight finishes first");
+    let out = next(&mut run, ok(0, 1), 2);
+    assert_eq!(hooks_run(&out), [(0, 1)]);
+    let out = next(&mut run, hook_done(0, true), 3);
+    assert_eq!(finished(&out), Some(RunStatus::Cancelled));
+
+    let mut run = RunState::new(vec![stage("a", &[], 10, 0, OnFailure::Halt)], steps(&[1]))
+        .with_hooks(vec![hook("off", HookWhen::Finally, false)]);
+    next(&mut run, Event::Start, 0);
+    next(&mut run, ok(0, 1), 1);
+    let out = next(&mut run, hook_done(0, false), 2);
+    assert_eq!(
+        finished(&out),
+        Some(RunStatus::Failed),
+        "maintenance mode left on fails the run"
+    );
+}
+
+#[test]
+fn a_hook_cut_off_by_a_restart_runs_again() {
+    let mut run = RunState::new(vec![stage("a", &[], 10, 0, OnFailure::Halt)], steps(&[1]))
+        .with_hooks(vec![hook("off", HookWhen::Finally, false)]);
+    next(&mut run, Event::Start, 0);
+    next(&mut run, ok(0, 1), 1);
+    let mut resumed = reload(&run, 5).unwrap();
+    assert_eq!(resumed.verdict, Some(RunStatus::Succeeded));
+    let out = next(&mut resumed, Event::Resumed, 5);
+    assert_eq!(hooks_run(&out), [(0, 1)]);
+    let out = next(&mut resumed, hook_done(0, true), 6);
+    assert_eq!(finished(&out), Some(RunStatus::Succeeded));
 }

@@ -88,6 +88,73 @@ pub enum Gate {
     },
     /// Every step's plugin `verify` against the release's snapshot.
     Verify,
+    /// A smoke check: the `verify` of a named target on a named agent (e.g.
+    /// a `command` target running `pytest -m smoke`), against the release's
+    /// snapshot of that target.
+    Target { agent: String, target: String },
+}
+
+/// When a hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookWhen {
+    /// Ahead of the first stage; a failure stops the run before anything changes.
+    Before,
+    /// Once every stage passed.
+    After,
+    /// Always at the end: after success, failure or cancel.
+    Finally,
+}
+
+impl HookWhen {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookWhen::Before => "before",
+            HookWhen::After => "after",
+            HookWhen::Finally => "finally",
+        }
+    }
+}
+
+/// An HTTP call the coordinator makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCall {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// The body, with `{{run}}`, `{{release}}`, `{{plan}}`, `{{verdict}}`
+    /// and `{{started_by}}` replaced (escaped for a JSON string).
+    pub body: Option<String>,
+    /// A file on the coordinator holding a token sent as `Authorization: Bearer`.
+    pub token_secret: Option<String>,
+    /// A PEM file of the CA to trust for an https:// URL instead of the public roots.
+    pub ca: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookCall {
+    Http(HttpCall),
+    /// An action of a target on an agent: `restart` with parts, or `verify`
+    /// against the release's snapshot.
+    Agent {
+        agent: String,
+        target: String,
+        action: StepAction,
+        parts: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub name: String,
+    pub line: usize,
+    pub when: HookWhen,
+    pub call: HookCall,
+    /// Further tries after a failed one.
+    pub retries: u32,
+    /// Per try.
+    pub timeout: Duration,
+    /// A failure is reported but does not fail the run.
+    pub optional: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +179,7 @@ pub struct Plan {
     pub path: String,
     pub name: String,
     pub stages: Vec<Stage>,
+    pub hooks: Vec<Hook>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +188,37 @@ struct RawPlan {
     name: Option<String>,
     #[serde(rename = "stage", default)]
     stages: Vec<Spanned<RawStage>>,
+    #[serde(rename = "hook", default)]
+    hooks: Vec<Spanned<RawHook>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHook {
+    name: Spanned<String>,
+    when: Spanned<String>,
+    http: Option<Spanned<RawHttp>>,
+    agent: Option<Spanned<String>>,
+    target: Option<Spanned<String>>,
+    action: Option<Spanned<String>>,
+    #[serde(default)]
+    parts: Vec<String>,
+    retries: Option<u32>,
+    timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    optional: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    method: Option<String>,
+    url: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    body: Option<String>,
+    token_secret: Option<String>,
+    ca: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -153,7 +252,15 @@ struct RawGate {
     status: Option<u16>,
     body: Option<String>,
     within: Option<String>,
-    verify: Option<bool>,
+    verify: Option<RawVerify>,
+    agent: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawVerify {
+    Steps(bool),
+    Target(String),
 }
 
 struct Source<'a> {
@@ -181,14 +288,14 @@ impl Source<'_> {
 fn duration(
     source: &Source,
     span: &Range<usize>,
-    stage: &str,
+    whose: &str,
     key: &str,
     text: &str,
 ) -> Result<Duration, PlanError> {
     humantime::parse_duration(text).map_err(|e| {
         source.error(
             span,
-            format!("stage {stage}: {key} `{text}` is not a duration ({e}; e.g. 30s, 5m)"),
+            format!("{whose}: {key} `{text}` is not a duration ({e}; e.g. 30s, 5m)"),
         )
     })
 }
@@ -277,15 +384,16 @@ pub fn parse(text: &str, path: &str) -> Result<Plan, PlanError> {
             }
         };
         let timeout = match &raw_stage.timeout {
-            Some(t) => duration(&source, &t.span(), &name, "timeout", t.get_ref())?,
+            Some(t) => duration(&source, &t.span(), &format!("stage {name}"), "timeout", t.get_ref())?,
             None => DEFAULT_STEP_TIMEOUT,
         };
         let mut health = Vec::new();
         for gate in &raw_stage.health {
             let span = gate.span();
             let g = gate.get_ref();
-            match (&g.http, g.verify) {
-                (Some(url), None) => {
+            let plain = g.status.is_none() && g.body.is_none() && g.within.is_none();
+            match (&g.http, &g.verify) {
+                (Some(url), None) if g.agent.is_none() => {
                     if !url.starts_with("http://") {
                         return Err(source.error(
                             &span,
@@ -293,7 +401,7 @@ pub fn parse(text: &str, path: &str) -> Result<Plan, PlanError> {
                         ));
                     }
                     let within = match &g.within {
-                        Some(w) => duration(&source, &span, &name, "health within", w)?,
+                        Some(w) => duration(&source, &span, &format!("stage {name}"), "health within", w)?,
                         None => Duration::from_secs(30),
                     };
                     health.push(Gate::Http {
@@ -303,15 +411,25 @@ pub fn parse(text: &str, path: &str) -> Result<Plan, PlanError> {
                         within,
                     });
                 }
-                (None, Some(true))
-                    if g.status.is_none() && g.body.is_none() && g.within.is_none() =>
-                {
+                (None, Some(RawVerify::Steps(true))) if plain && g.agent.is_none() => {
                     health.push(Gate::Verify)
+                }
+                (None, Some(RawVerify::Target(target))) if plain => {
+                    let Some(agent) = &g.agent else {
+                        return Err(source.error(
+                            &span,
+                            format!("stage {name}: the smoke check {{ verify = \"{target}\" }} needs `agent`, the host whose target runs it"),
+                        ));
+                    };
+                    health.push(Gate::Target {
+                        agent: agent.clone(),
+                        target: target.clone(),
+                    })
                 }
                 _ => {
                     return Err(source.error(
                         &span,
-                        format!("stage {name}: a health gate is either {{ http = \"http://...\", status, body, within }} or {{ verify = true }}"),
+                        format!("stage {name}: a health gate is {{ http = \"http://...\", status, body, within }}, {{ verify = true }} (every step's target) or {{ verify = \"<target>\", agent = \"<agent>\" }} (a smoke check)"),
                     ));
                 }
             }
@@ -373,11 +491,135 @@ pub fn parse(text: &str, path: &str) -> Result<Plan, PlanError> {
             ),
         });
     }
+    let hooks = hooks(&source, &raw.hooks)?;
     Ok(Plan {
         path: path.to_string(),
         name: raw.name.unwrap_or_else(|| path.to_string()),
         stages,
+        hooks,
     })
+}
+
+fn hooks(source: &Source, raw: &[Spanned<RawHook>]) -> Result<Vec<Hook>, PlanError> {
+    let mut hooks: Vec<Hook> = Vec::new();
+    for spanned in raw {
+        let raw_hook = spanned.get_ref();
+        let name = raw_hook.name.get_ref().clone();
+        let here = spanned.span();
+        let error = |span: &Range<usize>, message: String| {
+            source.error(span, format!("hook {name}: {message}"))
+        };
+        if hooks.iter().any(|h| h.name == name) {
+            return Err(error(
+                &raw_hook.name.span(),
+                "a hook with this name already exists".into(),
+            ));
+        }
+        let when = match raw_hook.when.get_ref().as_str() {
+            "before" => HookWhen::Before,
+            "after" => HookWhen::After,
+            "finally" => HookWhen::Finally,
+            other => {
+                return Err(error(
+                    &raw_hook.when.span(),
+                    format!("when `{other}` is not before, after or finally"),
+                ));
+            }
+        };
+        let call = match (&raw_hook.http, &raw_hook.agent, &raw_hook.target) {
+            (Some(http), None, None) if raw_hook.action.is_none() && raw_hook.parts.is_empty() => {
+                let raw_http = http.get_ref();
+                let url = raw_http.url.clone();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(error(
+                        &http.span(),
+                        format!("url `{url}` must be an http:// or https:// URL"),
+                    ));
+                }
+                if let Err(e) = url.parse::<hyper::Uri>() {
+                    return Err(error(&http.span(), format!("url `{url}`: {e}")));
+                }
+                let method = raw_http
+                    .method
+                    .clone()
+                    .unwrap_or_else(|| "POST".into())
+                    .to_ascii_uppercase();
+                if hyper::Method::from_bytes(method.as_bytes()).is_err() {
+                    return Err(error(
+                        &http.span(),
+                        format!("method `{method}` is not an HTTP method"),
+                    ));
+                }
+                for (header, value) in &raw_http.headers {
+                    if hyper::header::HeaderName::from_bytes(header.as_bytes()).is_err()
+                        || hyper::header::HeaderValue::from_str(value).is_err()
+                    {
+                        return Err(error(
+                            &http.span(),
+                            format!("header `{header}` is not a valid HTTP header name and value"),
+                        ));
+                    }
+                }
+                HookCall::Http(HttpCall {
+                    method,
+                    url,
+                    headers: raw_http
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    body: raw_http.body.clone(),
+                    token_secret: raw_http.token_secret.clone(),
+                    ca: raw_http.ca.clone(),
+                })
+            }
+            (None, Some(agent), Some(target)) => {
+                let action = match raw_hook
+                    .action
+                    .as_ref()
+                    .map(|a| (a.get_ref().as_str(), a.span()))
+                {
+                    None | Some(("restart", _)) => StepAction::Restart,
+                    Some(("verify", _)) if raw_hook.parts.is_empty() => StepAction::Verify,
+                    Some(("verify", span)) => {
+                        return Err(error(&span, "`parts` go with action restart only".into()));
+                    }
+                    Some((other, span)) => {
+                        return Err(error(
+                            &span,
+                            format!("action `{other}` is not restart or verify (a hook changes no release)"),
+                        ));
+                    }
+                };
+                HookCall::Agent {
+                    agent: agent.get_ref().clone(),
+                    target: target.get_ref().clone(),
+                    action,
+                    parts: raw_hook.parts.clone(),
+                }
+            }
+            _ => {
+                return Err(error(
+                    &here,
+                    "a hook is either http = { url = \"https://...\", method, headers, body, token_secret } or agent = \"<agent>\" with target = \"<target>\" (and action, parts)".into(),
+                ));
+            }
+        };
+        let timeout = match &raw_hook.timeout {
+            Some(t) => duration(source, &t.span(), &format!("hook {name}"), "timeout", t.get_ref())?,
+            None => Duration::from_secs(30),
+        };
+        hooks.push(Hook {
+            line: source.line(&here),
+            when,
+            call,
+            retries: raw_hook.retries.unwrap_or(2),
+            timeout,
+            optional: raw_hook.optional,
+            name,
+        });
+    }
+    Ok(hooks)
 }
 
 /// A cycle in the `after` graph, as stage names from its first stage back to it.
@@ -487,6 +729,32 @@ impl Plan {
                 .collect();
             steps.sort_by(|a, b| a.agent.cmp(&b.agent));
             resolved.push(steps);
+        }
+        // Smoke checks and agent hooks name their agent and target: both must exist.
+        let named = |agent: &str, target: &str, line: usize, what: String| {
+            match agents.iter().find(|a| a.name == agent) {
+                None => Err(error(line, format!("{what}: agent `{agent}` is not in the fleet"))),
+                Some(a) if !a.targets.iter().any(|t| t == target) => Err(error(
+                    line,
+                    format!(
+                        "{what}: target `{target}` is unknown on {agent} (its targets: {})",
+                        a.targets.join(", ")
+                    ),
+                )),
+                Some(_) => Ok(()),
+            }
+        };
+        for stage in &self.stages {
+            for gate in &stage.health {
+                if let Gate::Target { agent, target } = gate {
+                    named(agent, target, stage.line, format!("stage {}: smoke check", stage.name))?;
+                }
+            }
+        }
+        for hook in &self.hooks {
+            if let HookCall::Agent { agent, target, .. } = &hook.call {
+                named(agent, target, hook.line, format!("hook {}", hook.name))?;
+            }
         }
         Ok(resolved)
     }

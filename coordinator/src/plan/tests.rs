@@ -139,3 +139,82 @@ fn the_example_plan_parses() {
     assert_eq!(plan.stages.len(), 4);
     assert_eq!(plan.stages[1].on_failure, OnFailure::Pause);
 }
+
+#[test]
+fn hooks_and_smoke_checks_parse_and_resolve() {
+    let text = format!(
+        "{GOOD}\n[[hook]]\nname = \"maintenance-on\"\nwhen = \"before\"\nhttp = {{ url = \"https://api.example.com/admin/maintenance/enable\", token_secret = \"/etc/rewind/admin-token\", body = '{{\"run\":\"{{{{run}}}}\"}}' }}\n\n[[hook]]\nname = \"maintenance-off\"\nwhen = \"finally\"\nagent = \"api-1\"\ntarget = \"maintenance\"\nparts = [\"off\"]\nretries = 5\ntimeout = \"1m\"\n\n[[stage]]\nname = \"smoke\"\nafter = [\"core\"]\nselect = {{ tier = \"core\" }}\ntarget = \"api\"\naction = \"verify\"\nhealth = [{{ verify = \"smoke-tests\", agent = \"api-1\" }}]\n"
+    );
+    let plan = parse(&text, "shop.toml").unwrap();
+    assert_eq!(plan.hooks.len(), 2);
+    assert_eq!(plan.hooks[0].when, HookWhen::Before);
+    assert_eq!(plan.hooks[0].retries, 2);
+    match &plan.hooks[0].call {
+        HookCall::Http(call) => {
+            assert_eq!(call.method, "POST");
+            assert_eq!(call.body.as_deref(), Some("{\"run\":\"{{run}}\"}"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        plan.hooks[1].call,
+        HookCall::Agent {
+            agent: "api-1".into(),
+            target: "maintenance".into(),
+            action: StepAction::Restart,
+            parts: vec!["off".into()],
+        }
+    );
+    assert_eq!(plan.hooks[1].timeout, Duration::from_secs(60));
+    assert_eq!(
+        plan.stages[2].health,
+        [Gate::Target {
+            agent: "api-1".into(),
+            target: "smoke-tests".into()
+        }]
+    );
+    let fleet = [
+        agent("db-1", "data", &["db"]),
+        agent("api-1", "core", &["api", "maintenance"]),
+    ];
+    let missing = plan.resolve(&fleet).unwrap_err();
+    assert!(
+        missing
+            .to_string()
+            .contains("stage smoke: smoke check: target `smoke-tests` is unknown on api-1"),
+        "{missing}"
+    );
+    let fleet = [
+        agent("db-1", "data", &["db"]),
+        agent("api-1", "core", &["api", "maintenance", "smoke-tests"]),
+    ];
+    plan.resolve(&fleet).unwrap();
+    let fleet = [
+        agent("db-1", "data", &["db"]),
+        agent("api-2", "core", &["api", "smoke-tests"]),
+    ];
+    let gone = plan.resolve(&fleet).unwrap_err();
+    assert!(gone.to_string().contains("agent `api-1` is not in the fleet"), "{gone}");
+}
+
+#[test]
+fn bad_hooks_name_the_line() {
+    let base = "[[stage]]\nname = \"a\"\ntarget = \"t\"\n\n";
+    let when = error(&format!(
+        "{base}[[hook]]\nname = \"h\"\nwhen = \"later\"\nhttp = {{ url = \"http://x/\" }}\n"
+    ));
+    assert_eq!(when.line, Some(7), "{when}");
+    assert!(when.to_string().contains("hook h: when `later` is not before, after or finally"));
+    let neither = error(&format!("{base}[[hook]]\nname = \"h\"\nwhen = \"before\"\n"));
+    assert!(neither.to_string().contains("hook h: a hook is either"), "{neither}");
+    let scheme = error(&format!(
+        "{base}[[hook]]\nname = \"h\"\nwhen = \"before\"\nhttp = {{ url = \"ftp://x/\" }}\n"
+    ));
+    assert!(scheme.to_string().contains("must be an http:// or https:// URL"), "{scheme}");
+    let restore = error(&format!(
+        "{base}[[hook]]\nname = \"h\"\nwhen = \"after\"\nagent = \"a\"\ntarget = \"t\"\naction = \"restore\"\n"
+    ));
+    assert!(restore.to_string().contains("action `restore` is not restart or verify"), "{restore}");
+    let smoke = error("[[stage]]\nname = \"a\"\ntarget = \"t\"\nhealth = [{ verify = \"smoke\" }]\n");
+    assert!(smoke.to_string().contains("needs `agent`"), "{smoke}");
+}

@@ -241,6 +241,7 @@ impl OperatorApi {
             .filter_map(|s| s.data_loss_window)
             .max();
         let steps = if with_steps { steps } else { Vec::new() };
+        let hooks = self.shared.store.hooks(&run.id).await.map_err(internal)?;
         Ok(RunReport {
             run_id: run.id.clone(),
             plan: run.plan_name.clone(),
@@ -277,9 +278,22 @@ impl OperatorApi {
                     finished_ms: s.finished_ms.unwrap_or(0),
                     changed: s.changed,
                     data_loss_window_seconds: s.data_loss_window,
+                    details: s.details,
                 })
                 .collect(),
             data_loss_window_seconds: data_loss_window,
+            hooks: hooks
+                .into_iter()
+                .map(|h| HookReport {
+                    name: h.name,
+                    phase: h.phase,
+                    status: h.status,
+                    attempt: h.attempt,
+                    answer: h.answer,
+                    started_ms: h.started_ms.unwrap_or(0),
+                    finished_ms: h.finished_ms.unwrap_or(0),
+                })
+                .collect(),
         })
     }
 
@@ -690,6 +704,7 @@ impl OperatorService for OperatorApi {
             data_loss_window: window,
             halting: false,
             cancelling: false,
+            verdict: String::new(),
         };
         let run_id = run.id.clone();
         runner::start(self.shared.clone(), run, plan, resolved, snapshots, windows)

@@ -1,0 +1,245 @@
+//! Run hooks: the calls a runbook makes around a rollback (maintenance mode
+//! on and off, the status page, a chat message). An HTTP hook is made by the
+//! coordinator; an agent hook is an action (`restart` with parts, or
+//! `verify`) of a target on a named agent, e.g. a `command` target that runs
+//! `./scripts/maintenance.sh on`.
+//!
+//! Each try has the hook's timeout; failed tries are retried with a growing
+//! pause. A hook may run again after a coordinator restart, so receivers
+//! should treat it as idempotent: HTTP hooks carry `Idempotency-Key:
+//! <run>/<hook>` for that.
+
+use crate::fleet::Fleet;
+use crate::plan::{Hook, HookCall, HttpCall};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rewind_proto::v1::{StepRequest, step_result};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use std::time::Duration;
+
+/// How long an agent hook waits for its agent to be connected.
+const AGENT_PATIENCE: Duration = Duration::from_secs(60);
+/// The most of an answer kept for the report.
+const ANSWER_CHARS: usize = 300;
+
+/// What a hook's body template may use.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub run: String,
+    pub release: String,
+    pub plan: String,
+    pub started_by: String,
+    /// `running` for `before` hooks; then the run's verdict so far.
+    pub verdict: String,
+}
+
+impl Facts {
+    /// Replace `{{run}}`, `{{release}}`, `{{plan}}`, `{{verdict}}` and
+    /// `{{started_by}}`, each escaped for a JSON string.
+    pub fn render(&self, template: &str) -> String {
+        let escape = |value: &str| {
+            let quoted = serde_json::to_string(value).unwrap_or_default();
+            quoted[1..quoted.len() - 1].to_string()
+        };
+        template
+            .replace("{{run}}", &escape(&self.run))
+            .replace("{{release}}", &escape(&self.release))
+            .replace("{{plan}}", &escape(&self.plan))
+            .replace("{{verdict}}", &escape(&self.verdict))
+            .replace("{{started_by}}", &escape(&self.started_by))
+    }
+}
+
+/// Make the hook's call, with its retries. `request` is the agent step an
+/// agent hook sends (its target, action, parts and snapshot).
+pub async fn run(
+    fleet: &Fleet,
+    hook: &Hook,
+    facts: &Facts,
+    request: Option<StepRequest>,
+) -> Result<String, String> {
+    let tries = hook.retries + 1;
+    let mut last = String::new();
+    for attempt in 1..=tries {
+        let once = async {
+            match (&hook.call, &request) {
+                (HookCall::Http(call), _) => http(call, hook, facts).await,
+                (HookCall::Agent { agent, .. }, Some(request)) => {
+                    agent_action(fleet, agent, request.clone(), hook.timeout).await
+                }
+                (HookCall::Agent { .. }, None) => Err("no request was built for this hook".into()),
+            }
+        };
+        match tokio::time::timeout(hook.timeout, once).await {
+            Ok(Ok(answer)) => {
+                let again = if attempt > 1 {
+                    format!(" (try {attempt} of {tries})")
+                } else {
+                    String::new()
+                };
+                return Ok(format!("{answer}{again}"));
+            }
+            Ok(Err(why)) => last = why,
+            Err(_) => {
+                last = format!(
+                    "no answer within {}",
+                    humantime::format_duration(hook.timeout)
+                )
+            }
+        }
+        if attempt < tries {
+            tracing::warn!(hook = hook.name, "try {attempt} of {tries} failed: {last}");
+            let pause = Duration::from_secs(1 << (attempt - 1).min(4));
+            tokio::time::sleep(pause).await;
+        }
+    }
+    Err(if tries > 1 {
+        format!("{last} (after {tries} tries)")
+    } else {
+        last
+    })
+}
+
+fn cut(text: &str) -> String {
+    let text = text.trim();
+    if text.chars().count() > ANSWER_CHARS {
+        format!("{}...", text.chars().take(ANSWER_CHARS).collect::<String>())
+    } else {
+        text.to_string()
+    }
+}
+
+fn tls_config(ca: Option<&str>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("ca {path}: {e}"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("ca {path}: {e}"))?;
+            if certs.is_empty() {
+                return Err(format!("ca {path}: no PEM certificate in the file"));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("ca {path}: {e}"))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+async fn http(call: &HttpCall, hook: &Hook, facts: &Facts) -> Result<String, String> {
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(call.ca.as_deref())?)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
+    let body = call
+        .body
+        .as_deref()
+        .map(|b| facts.render(b))
+        .unwrap_or_default();
+    let mut request = hyper::Request::builder()
+        .method(call.method.as_str())
+        .uri(call.url.as_str())
+        .header("user-agent", concat!("rewind/", env!("CARGO_PKG_VERSION")))
+        .header("idempotency-key", format!("{}/{}", facts.run, hook.name));
+    let has_type = call
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+    if !has_type && !body.is_empty() {
+        let json = body.trim_start().starts_with(['{', '[']);
+        request = request.header(
+            "content-type",
+            if json { "application/json" } else { "text/plain; charset=utf-8" },
+        );
+    }
+    for (name, value) in &call.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    if let Some(path) = &call.token_secret {
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| format!("token_secret {path}: {e}"))?;
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(format!("token_secret {path} is empty"));
+        }
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| format!("{} {}: {e}", call.method, call.url))?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| format!("{} {}: {}", call.method, call.url, error_chain(&e)))?;
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{} {}: reading the answer: {e}", call.method, call.url))?
+        .to_bytes();
+    let text = cut(&String::from_utf8_lossy(&bytes));
+    let answer = if text.is_empty() {
+        format!("HTTP {}", status.as_u16())
+    } else {
+        format!("HTTP {}: {text}", status.as_u16())
+    };
+    if status.is_success() {
+        Ok(answer)
+    } else {
+        Err(format!("{} {} answered {answer}", call.method, call.url))
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+async fn agent_action(
+    fleet: &Fleet,
+    agent: &str,
+    mut request: StepRequest,
+    timeout: Duration,
+) -> Result<String, String> {
+    if !fleet.wait_for(agent, AGENT_PATIENCE).await {
+        return Err(format!("agent {agent} is not connected"));
+    }
+    request.step_id = format!("{}/{}", request.step_id, crate::runner::nonce());
+    let result = fleet.request(agent, request, timeout).await?;
+    match result.outcome {
+        Some(step_result::Outcome::Done(done)) => {
+            let mut answer = done.summary;
+            for line in done.details {
+                answer.push_str("\n  ");
+                answer.push_str(&line);
+            }
+            Ok(answer)
+        }
+        Some(step_result::Outcome::Error(error)) => {
+            Err(format!("on {agent}: {}: {}", error.kind, error.message))
+        }
+        _ => Err(format!("agent {agent} answered without an outcome")),
+    }
+}
