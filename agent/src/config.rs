@@ -107,6 +107,9 @@ pub struct Grant {
     pub process_env: BTreeMap<String, String>,
     /// The environment variables a plugin may set for a program.
     pub process_env_allow: Vec<String>,
+    /// The working directory of programs (default: the target's state
+    /// directory), e.g. the application whose `alembic.ini` or tests they use.
+    pub process_dir: Option<PathBuf>,
     /// Whether outgoing HTTP is granted (`http = [...]` present, even empty).
     pub http_granted: bool,
     /// Hosts (`host` or `host:port`) outgoing HTTP may reach.
@@ -415,6 +418,7 @@ struct RawGrant {
     #[serde(default)]
     process_env: BTreeMap<String, String>,
     process_env_allow: Option<Vec<Spanned<String>>>,
+    process_dir: Option<Spanned<PathBuf>>,
     http: Option<Vec<Spanned<String>>>,
     docker: Option<Vec<Spanned<String>>>,
     docker_socket: Option<Spanned<PathBuf>>,
@@ -667,6 +671,18 @@ fn validate_grant(
         docker_granted: raw.docker.is_some(),
         ..Grant::default()
     };
+    if let Some(dir) = raw.process_dir {
+        if !dir.get_ref().is_absolute() {
+            return Err(at(
+                Some(dir.span()),
+                format!(
+                    "target {target}: grant.process_dir {} must be an absolute directory",
+                    dir.get_ref().display()
+                ),
+            ));
+        }
+        grant.process_dir = Some(dir.into_inner());
+    }
     for dir in raw.files {
         if !dir.get_ref().is_absolute() {
             return Err(at(

@@ -124,9 +124,7 @@ fn tls_config(ca: Option<&str>) -> Result<rustls::ClientConfig, String> {
                 return Err(format!("ca {path}: no PEM certificate in the file"));
             }
             for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("ca {path}: {e}"))?;
+                roots.add(cert).map_err(|e| format!("ca {path}: {e}"))?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -164,15 +162,19 @@ async fn http(call: &HttpCall, hook: &Hook, facts: &Facts) -> Result<String, Str
         let json = body.trim_start().starts_with(['{', '[']);
         request = request.header(
             "content-type",
-            if json { "application/json" } else { "text/plain; charset=utf-8" },
+            if json {
+                "application/json"
+            } else {
+                "text/plain; charset=utf-8"
+            },
         );
     }
     for (name, value) in &call.headers {
         request = request.header(name.as_str(), value.as_str());
     }
     if let Some(path) = &call.token_secret {
-        let token = std::fs::read_to_string(path)
-            .map_err(|e| format!("token_secret {path}: {e}"))?;
+        let token =
+            std::fs::read_to_string(path).map_err(|e| format!("token_secret {path}: {e}"))?;
         let token = token.trim();
         if token.is_empty() {
             return Err(format!("token_secret {path} is empty"));

@@ -812,7 +812,9 @@ async fn run_gates(
             }
             Gate::Target { agent, target } => {
                 let Some(mut request) = smoke.next() else {
-                    return Err(format!("smoke check {target} on {agent}: no request was built"));
+                    return Err(format!(
+                        "smoke check {target} on {agent}: no request was built"
+                    ));
                 };
                 fleet.wait_for(agent, GATE_PATIENCE).await;
                 request.step_id = format!("{}/{}", request.step_id, nonce());

@@ -638,7 +638,10 @@ impl Store {
                     details: match s(row, "details")?.as_str() {
                         "" => Vec::new(),
                         text => serde_json::from_str(text).map_err(|e| {
-                            StoreError::Corrupt(format!("details of step {}: {e}", s(row, "id").unwrap_or_default()))
+                            StoreError::Corrupt(format!(
+                                "details of step {}: {e}",
+                                s(row, "id").unwrap_or_default()
+                            ))
                         })?,
                     },
                 })

@@ -307,11 +307,19 @@ pub fn print_report(report: &RunReport, out: &mut impl Write) -> std::io::Result
             )?;
         }
     }
-    let failed_hooks: Vec<_> = report.hooks.iter().filter(|h| h.status == "failed").collect();
+    let failed_hooks: Vec<_> = report
+        .hooks
+        .iter()
+        .filter(|h| h.status == "failed")
+        .collect();
     if !failed_hooks.is_empty() {
         writeln!(out, "hook failures:")?;
         for hook in failed_hooks {
-            writeln!(out, "  hook {} ({}): {}", hook.name, hook.phase, hook.answer)?;
+            writeln!(
+                out,
+                "  hook {} ({}): {}",
+                hook.name, hook.phase, hook.answer
+            )?;
         }
     }
     for step in report.steps.iter().filter(|s| !s.details.is_empty()) {

@@ -465,7 +465,8 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
             attempt,
             outcome,
         } => {
-            if state.hook_status[hook] != HookStatus::Running || state.hook_attempts[hook] != attempt
+            if state.hook_status[hook] != HookStatus::Running
+                || state.hook_attempts[hook] != attempt
             {
                 return out;
             }
@@ -473,12 +474,22 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
             let said = format!("hook {} ({})", spec.name, spec.when.as_str());
             match outcome {
                 Ok(answer) => {
-                    out.push(note("hook-succeeded", None, None, format!("{said}: {answer}")));
+                    out.push(note(
+                        "hook-succeeded",
+                        None,
+                        None,
+                        format!("{said}: {answer}"),
+                    ));
                     state.set_hook(hook, HookStatus::Succeeded(answer));
                 }
                 Err(why) => {
                     let optional = if spec.optional { " (optional)" } else { "" };
-                    out.push(note("hook-failed", None, None, format!("{said}{optional}: {why}")));
+                    out.push(note(
+                        "hook-failed",
+                        None,
+                        None,
+                        format!("{said}{optional}: {why}"),
+                    ));
                     state.set_hook(hook, HookStatus::Failed(why));
                 }
             }

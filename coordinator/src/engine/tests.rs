@@ -510,7 +510,11 @@ fn hooks_run_before_after_and_finally_in_order() {
     assert_eq!(hooks_run(&out), [(2, 1)], "after hooks first");
     assert_eq!(run.verdict, Some(RunStatus::Succeeded));
     let out = next(&mut run, hook_done(2, false), 3);
-    assert_eq!(hooks_run(&out), [(1, 1)], "an optional failure goes on to finally");
+    assert_eq!(
+        hooks_run(&out),
+        [(1, 1)],
+        "an optional failure goes on to finally"
+    );
     let out = next(&mut run, hook_done(1, true), 4);
     assert_eq!(finished(&out), Some(RunStatus::Succeeded));
 }

@@ -384,7 +384,13 @@ pub fn parse(text: &str, path: &str) -> Result<Plan, PlanError> {
             }
         };
         let timeout = match &raw_stage.timeout {
-            Some(t) => duration(&source, &t.span(), &format!("stage {name}"), "timeout", t.get_ref())?,
+            Some(t) => duration(
+                &source,
+                &t.span(),
+                &format!("stage {name}"),
+                "timeout",
+                t.get_ref(),
+            )?,
             None => DEFAULT_STEP_TIMEOUT,
         };
         let mut health = Vec::new();
@@ -401,7 +407,9 @@ pub fn parse(text: &str, path: &str) -> Result<Plan, PlanError> {
                         ));
                     }
                     let within = match &g.within {
-                        Some(w) => duration(&source, &span, &format!("stage {name}"), "health within", w)?,
+                        Some(w) => {
+                            duration(&source, &span, &format!("stage {name}"), "health within", w)?
+                        }
                         None => Duration::from_secs(30),
                     };
                     health.push(Gate::Http {
@@ -587,7 +595,9 @@ fn hooks(source: &Source, raw: &[Spanned<RawHook>]) -> Result<Vec<Hook>, PlanErr
                     Some((other, span)) => {
                         return Err(error(
                             &span,
-                            format!("action `{other}` is not restart or verify (a hook changes no release)"),
+                            format!(
+                                "action `{other}` is not restart or verify (a hook changes no release)"
+                            ),
                         ));
                     }
                 };
@@ -606,7 +616,13 @@ fn hooks(source: &Source, raw: &[Spanned<RawHook>]) -> Result<Vec<Hook>, PlanErr
             }
         };
         let timeout = match &raw_hook.timeout {
-            Some(t) => duration(source, &t.span(), &format!("hook {name}"), "timeout", t.get_ref())?,
+            Some(t) => duration(
+                source,
+                &t.span(),
+                &format!("hook {name}"),
+                "timeout",
+                t.get_ref(),
+            )?,
             None => Duration::from_secs(30),
         };
         hooks.push(Hook {
@@ -731,23 +747,32 @@ impl Plan {
             resolved.push(steps);
         }
         // Smoke checks and agent hooks name their agent and target: both must exist.
-        let named = |agent: &str, target: &str, line: usize, what: String| {
-            match agents.iter().find(|a| a.name == agent) {
-                None => Err(error(line, format!("{what}: agent `{agent}` is not in the fleet"))),
-                Some(a) if !a.targets.iter().any(|t| t == target) => Err(error(
-                    line,
-                    format!(
-                        "{what}: target `{target}` is unknown on {agent} (its targets: {})",
-                        a.targets.join(", ")
-                    ),
-                )),
-                Some(_) => Ok(()),
-            }
+        let named = |agent: &str, target: &str, line: usize, what: String| match agents
+            .iter()
+            .find(|a| a.name == agent)
+        {
+            None => Err(error(
+                line,
+                format!("{what}: agent `{agent}` is not in the fleet"),
+            )),
+            Some(a) if !a.targets.iter().any(|t| t == target) => Err(error(
+                line,
+                format!(
+                    "{what}: target `{target}` is unknown on {agent} (its targets: {})",
+                    a.targets.join(", ")
+                ),
+            )),
+            Some(_) => Ok(()),
         };
         for stage in &self.stages {
             for gate in &stage.health {
                 if let Gate::Target { agent, target } = gate {
-                    named(agent, target, stage.line, format!("stage {}: smoke check", stage.name))?;
+                    named(
+                        agent,
+                        target,
+                        stage.line,
+                        format!("stage {}: smoke check", stage.name),
+                    )?;
                 }
             }
         }

@@ -194,7 +194,11 @@ fn hooks_and_smoke_checks_parse_and_resolve() {
         agent("api-2", "core", &["api", "smoke-tests"]),
     ];
     let gone = plan.resolve(&fleet).unwrap_err();
-    assert!(gone.to_string().contains("agent `api-1` is not in the fleet"), "{gone}");
+    assert!(
+        gone.to_string()
+            .contains("agent `api-1` is not in the fleet"),
+        "{gone}"
+    );
 }
 
 #[test]
@@ -204,17 +208,36 @@ fn bad_hooks_name_the_line() {
         "{base}[[hook]]\nname = \"h\"\nwhen = \"later\"\nhttp = {{ url = \"http://x/\" }}\n"
     ));
     assert_eq!(when.line, Some(7), "{when}");
-    assert!(when.to_string().contains("hook h: when `later` is not before, after or finally"));
-    let neither = error(&format!("{base}[[hook]]\nname = \"h\"\nwhen = \"before\"\n"));
-    assert!(neither.to_string().contains("hook h: a hook is either"), "{neither}");
+    assert!(
+        when.to_string()
+            .contains("hook h: when `later` is not before, after or finally")
+    );
+    let neither = error(&format!(
+        "{base}[[hook]]\nname = \"h\"\nwhen = \"before\"\n"
+    ));
+    assert!(
+        neither.to_string().contains("hook h: a hook is either"),
+        "{neither}"
+    );
     let scheme = error(&format!(
         "{base}[[hook]]\nname = \"h\"\nwhen = \"before\"\nhttp = {{ url = \"ftp://x/\" }}\n"
     ));
-    assert!(scheme.to_string().contains("must be an http:// or https:// URL"), "{scheme}");
+    assert!(
+        scheme
+            .to_string()
+            .contains("must be an http:// or https:// URL"),
+        "{scheme}"
+    );
     let restore = error(&format!(
         "{base}[[hook]]\nname = \"h\"\nwhen = \"after\"\nagent = \"a\"\ntarget = \"t\"\naction = \"restore\"\n"
     ));
-    assert!(restore.to_string().contains("action `restore` is not restart or verify"), "{restore}");
-    let smoke = error("[[stage]]\nname = \"a\"\ntarget = \"t\"\nhealth = [{ verify = \"smoke\" }]\n");
+    assert!(
+        restore
+            .to_string()
+            .contains("action `restore` is not restart or verify"),
+        "{restore}"
+    );
+    let smoke =
+        error("[[stage]]\nname = \"a\"\ntarget = \"t\"\nhealth = [{ verify = \"smoke\" }]\n");
     assert!(smoke.to_string().contains("needs `agent`"), "{smoke}");
 }

@@ -11,6 +11,7 @@ mod etcd_plugin;
 mod fault_sweep;
 mod files_plugin;
 mod forgery;
+mod hooks;
 mod journal_postgres;
 mod pg_restore;
 mod postgres_capability;

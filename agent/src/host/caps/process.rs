@@ -77,18 +77,33 @@ impl Host for CallState {
         let remaining = self.deadline.saturating_duration_since(Instant::now());
         let timeout = requested.min(grant.process_timeout).min(remaining);
 
-        std::fs::create_dir_all(&target.state_dir).map_err(|e| {
-            ProcessError::Io(format!(
-                "state directory {}: {e}",
-                target.state_dir.display()
-            ))
-        })?;
+        let dir = match &grant.process_dir {
+            Some(dir) => {
+                if !dir.is_dir() {
+                    return Err(ProcessError::SpawnFailed(format!(
+                        "target {}: grant.process_dir {} is not a directory",
+                        target.name,
+                        dir.display()
+                    )));
+                }
+                dir.clone()
+            }
+            None => {
+                std::fs::create_dir_all(&target.state_dir).map_err(|e| {
+                    ProcessError::Io(format!(
+                        "state directory {}: {e}",
+                        target.state_dir.display()
+                    ))
+                })?;
+                target.state_dir.clone()
+            }
+        };
         let mut child = tokio::process::Command::new(&program)
             .args(&cmd.args)
             .env_clear()
             .envs(&grant.process_env)
             .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&target.state_dir)
+            .current_dir(&dir)
             .stdin(if cmd.stdin.is_some() {
                 Stdio::piped()
             } else {
