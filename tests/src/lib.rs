@@ -144,6 +144,7 @@ pub fn peak_rss_kib() -> u64 {
 
 pub use rewind_agent::host;
 
+pub mod alembic;
 pub mod cdn;
 pub mod docker;
 pub mod etcd;

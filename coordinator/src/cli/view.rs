@@ -17,6 +17,9 @@ pub fn risk_name(risk: i32) -> &'static str {
 }
 
 /// Print a preview; returns how many steps would change something.
+/// The most lines of a change's detail the preview prints.
+const DETAIL_LINES: usize = 40;
+
 pub fn print_preview(
     preview: &PreviewReply,
     release: &str,
@@ -74,6 +77,20 @@ pub fn print_preview(
                             change.summary,
                             risk_name(change.risk)
                         )?;
+                        // The detail (a diff, the SQL of a migration), cut for the terminal.
+                        {
+                            let lines: Vec<&str> = change.detail.lines().collect();
+                            for line in lines.iter().take(DETAIL_LINES) {
+                                writeln!(out, "      | {line}")?;
+                            }
+                            if lines.len() > DETAIL_LINES {
+                                writeln!(
+                                    out,
+                                    "      | ... ({} more lines)",
+                                    lines.len() - DETAIL_LINES
+                                )?;
+                            }
+                        }
                     }
                 }
                 (None, None) => writeln!(out, "  {} {}: no preview", step.agent, step.target)?,

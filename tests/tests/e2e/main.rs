@@ -13,6 +13,7 @@ mod files_plugin;
 mod forgery;
 mod hooks;
 mod journal_postgres;
+mod migrations;
 mod pg_restore;
 mod postgres_capability;
 mod refusals;
