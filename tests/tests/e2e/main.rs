@@ -17,6 +17,7 @@ mod migrations;
 mod pg_restore;
 mod postgres_capability;
 mod refusals;
+mod release_dir;
 mod rollback;
 mod sandbox;
 mod signatures;
