@@ -241,3 +241,20 @@ fn bad_hooks_name_the_line() {
         error("[[stage]]\nname = \"a\"\ntarget = \"t\"\nhealth = [{ verify = \"smoke\" }]\n");
     assert!(smoke.to_string().contains("needs `agent`"), "{smoke}");
 }
+
+#[test]
+fn the_example_plans_parse() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut plans = vec![root.join("plan.example.toml")];
+    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+        let plan = entry.unwrap().path().join("plan.toml");
+        if plan.exists() {
+            plans.push(plan);
+        }
+    }
+    assert!(plans.len() >= 3, "{plans:?}");
+    for path in plans {
+        let text = std::fs::read_to_string(&path).unwrap();
+        parse(&text, &path.display().to_string()).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
