@@ -19,5 +19,6 @@ mod postgres_capability;
 mod refusals;
 mod release_dir;
 mod rollback;
+mod runbooks;
 mod sandbox;
 mod signatures;

@@ -7,7 +7,7 @@ use rewind_tests::fleet::TestFleet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -15,7 +15,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn get(port: u16, path: &str) -> Option<String> {
+pub(crate) fn get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
@@ -25,7 +25,7 @@ fn get(port: u16, path: &str) -> Option<String> {
     head.contains(" 200 ").then(|| body.to_string())
 }
 
-fn wait_serving(port: u16, version: &str) {
+pub(crate) fn wait_serving(port: u16, version: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while get(port, "/version.txt").as_deref() != Some(version) {
         assert!(Instant::now() < deadline, "the app never served {version}");
@@ -35,7 +35,7 @@ fn wait_serving(port: u16, version: &str) {
 
 /// releases/v1 and v2 (v2 live), and a restart script that (re)starts the
 /// application from `current`.
-fn platform(root: &Path, port: u16, v1_health: bool) {
+pub(crate) fn platform(root: &Path, port: u16, v1_health: bool) {
     for (version, health) in [("v1", v1_health), ("v2", true)] {
         let dir = root.join("releases").join(version);
         std::fs::create_dir_all(&dir).unwrap();
@@ -62,7 +62,7 @@ fn platform(root: &Path, port: u16, v1_health: bool) {
     wait_serving(port, "v2");
 }
 
-fn stop(root: &Path) {
+pub(crate) fn stop(root: &Path) {
     if let Ok(pid) = std::fs::read_to_string(root.join("app.pid")) {
         let _ = std::process::Command::new("kill").arg(pid.trim()).status();
     }
