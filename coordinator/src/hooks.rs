@@ -20,7 +20,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use std::time::Duration;
 
-/// How long an agent hook waits for its agent to be connected.
+/// How long a one-off action waits for its agent to be connected.
 const AGENT_PATIENCE: Duration = Duration::from_secs(60);
 /// The most of an answer kept for the report.
 const ANSWER_CHARS: usize = 300;
@@ -68,7 +68,9 @@ pub async fn run(
             match (&hook.call, &request) {
                 (HookCall::Http(call), _) => http(call, hook, facts).await,
                 (HookCall::Agent { agent, .. }, Some(request)) => {
-                    agent_action(fleet, agent, request.clone(), hook.timeout).await
+                    one_off(fleet, agent, request.clone(), hook.timeout)
+                        .await
+                        .map_err(|e| format!("on {agent}: {e}"))
                 }
                 (HookCall::Agent { .. }, None) => Err("no request was built for this hook".into()),
             }
@@ -184,10 +186,14 @@ async fn http(call: &HttpCall, hook: &Hook, facts: &Facts) -> Result<String, Str
     let request = request
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| format!("{} {}: {e}", call.method, call.url))?;
-    let response = client
-        .request(request)
-        .await
-        .map_err(|e| format!("{} {}: {}", call.method, call.url, error_chain(&e)))?;
+    let response = client.request(request).await.map_err(|e| {
+        format!(
+            "{} {}: {}",
+            call.method,
+            call.url,
+            rewind_proto::tls::chain(&e)
+        )
+    })?;
     let status = response.status();
     let bytes = response
         .into_body()
@@ -208,18 +214,9 @@ async fn http(call: &HttpCall, hook: &Hook, facts: &Facts) -> Result<String, Str
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-async fn agent_action(
+/// Send a one-off action (a hook's, a smoke check's) to `agent` once it is
+/// connected: its summary and detail lines, or `kind: message`.
+pub async fn one_off(
     fleet: &Fleet,
     agent: &str,
     mut request: StepRequest,
@@ -240,7 +237,7 @@ async fn agent_action(
             Ok(answer)
         }
         Some(step_result::Outcome::Error(error)) => {
-            Err(format!("on {agent}: {}: {}", error.kind, error.message))
+            Err(format!("{}: {}", error.kind, error.message))
         }
         _ => Err(format!("agent {agent} answered without an outcome")),
     }

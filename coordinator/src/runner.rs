@@ -32,6 +32,8 @@ use tokio::sync::{broadcast, mpsc};
 const TICK: Duration = Duration::from_millis(250);
 /// How long a verify gate waits for its agent to be connected.
 const GATE_PATIENCE: Duration = Duration::from_secs(60);
+/// The longest a smoke check may run.
+const SMOKE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const MAX_BATCH: usize = 4096;
 
 /// What every part of the coordinator shares.
@@ -811,33 +813,14 @@ async fn run_gates(
                 passed.push(format!("GET {url}: {status}"));
             }
             Gate::Target { agent, target } => {
-                let Some(mut request) = smoke.next() else {
-                    return Err(format!(
-                        "smoke check {target} on {agent}: no request was built"
-                    ));
+                let said = format!("smoke check {target} on {agent}");
+                let Some(request) = smoke.next() else {
+                    return Err(format!("{said}: no request was built"));
                 };
-                fleet.wait_for(agent, GATE_PATIENCE).await;
-                request.step_id = format!("{}/{}", request.step_id, nonce());
-                let result = fleet
-                    .request(agent, request, Duration::from_secs(30 * 60))
+                let answer = hooks::one_off(fleet, agent, request, SMOKE_TIMEOUT)
                     .await
-                    .map_err(|e| format!("smoke check {target} on {agent}: {e}"))?;
-                match outcome_of(&result) {
-                    Ok(done) => {
-                        let mut line = format!("smoke check {target} on {agent}: {}", done.summary);
-                        for detail in done.details {
-                            line.push_str("\n  ");
-                            line.push_str(&detail);
-                        }
-                        passed.push(line);
-                    }
-                    Err(failure) => {
-                        return Err(format!(
-                            "smoke check {target} on {agent}: {}: {}",
-                            failure.kind, failure.message
-                        ));
-                    }
-                }
+                    .map_err(|e| format!("{said}: {e}"))?;
+                passed.push(format!("{said}: {answer}"));
             }
             Gate::Verify => {
                 for (agent, request) in &steps {

@@ -52,16 +52,21 @@ impl TlsFiles {
     }
 }
 
-/// Explain a connection failure in words an operator can act on: TLS alerts
-/// and transport errors otherwise surface as nested, terse messages.
-pub fn explain(error: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its sources, `: `-separated.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut chain = Vec::new();
     let mut current = Some(error);
     while let Some(e) = current {
         chain.push(e.to_string());
         current = e.source();
     }
-    let text = chain.join(": ");
+    chain.join(": ")
+}
+
+/// Explain a connection failure in words an operator can act on: TLS alerts
+/// and transport errors otherwise surface as nested, terse messages.
+pub fn explain(error: &(dyn std::error::Error + 'static)) -> String {
+    let text = chain(error);
     let hint = if text.contains("CertificateExpired")
         || text.contains("certificate expired")
         || text.contains("Expired")

@@ -736,12 +736,16 @@ fn hook_phase(state: &mut RunState, when: HookWhen, out: &mut Vec<Command>) -> P
     if failed { Phase::Failed } else { Phase::Done }
 }
 
-fn skip_hooks(state: &mut RunState, when: HookWhen) {
+/// Skip the pending hooks of a phase; whether there were any.
+fn skip_hooks(state: &mut RunState, when: HookWhen) -> bool {
+    let mut skipped = false;
     for hook in 0..state.hooks.len() {
         if state.hooks[hook].when == when && state.hook_status[hook] == HookStatus::Pending {
             state.set_hook(hook, HookStatus::Skipped);
+            skipped = true;
         }
     }
+    skipped
 }
 
 /// The stages are over: journal the verdict, then run the closing hooks.
@@ -761,14 +765,7 @@ fn end_hooks(state: &mut RunState, out: &mut Vec<Command>) {
     }
     let mut verdict = state.verdict.unwrap_or(RunStatus::Failed);
     if verdict == RunStatus::Succeeded {
-        if state.cancelling
-            && state
-                .hooks
-                .iter()
-                .zip(&state.hook_status)
-                .any(|(h, s)| h.when == HookWhen::After && *s == HookStatus::Pending)
-        {
-            skip_hooks(state, HookWhen::After);
+        if state.cancelling && skip_hooks(state, HookWhen::After) {
             verdict = RunStatus::Cancelled;
             state.verdict = Some(verdict);
         }

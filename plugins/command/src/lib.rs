@@ -95,16 +95,7 @@ fn run(settings: &Settings, name: &str) -> Result<Ran, PluginError> {
     })
     .map_err(|e| e.with_text(format!("{name} ({shown}): {}", e.text())))?;
     let seconds = started.elapsed().as_secs_f64();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = lines[lines.len().saturating_sub(settings.tail)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect();
+    let tail = process::last_lines(&output, settings.tail);
     let exit = match output.status {
         Some(code) => format!("exit {code}"),
         None => "killed by a signal".to_string(),

@@ -39,7 +39,7 @@ struct Snapshot {
 struct Ran {
     ok: bool,
     stdout: String,
-    stderr: String,
+    output: process::Output,
 }
 
 fn alembic(settings: &Settings, args: &[&str]) -> Result<Ran, PluginError> {
@@ -55,15 +55,13 @@ fn alembic(settings: &Settings, args: &[&str]) -> Result<Ran, PluginError> {
     Ok(Ran {
         ok: output.status == Some(0),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        output,
     })
 }
 
 /// The last lines of a failed run's output, for an error.
 fn last_lines(ran: &Ran) -> String {
-    let text = format!("{}\n{}", ran.stdout, ran.stderr);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(8)..].join("\n")
+    process::last_lines(&ran.output, 8).join("\n")
 }
 
 fn is_revision(word: &str) -> bool {

@@ -11,7 +11,7 @@
 //! "myapp"]`, allow-listed in `grant.process`), `health_url` (GET until it
 //! answers 2xx; its host in `grant.http`), `health_timeout_secs` (60).
 
-use rewind_plugin_sdk::process::{self, Command};
+use rewind_plugin_sdk::process;
 use rewind_plugin_sdk::*;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
@@ -85,28 +85,14 @@ fn exists(target: &Target, settings: &Settings, release: &str) -> Result<(), Plu
 }
 
 fn restart(target: &Target, settings: &Settings) -> Result<Option<String>, PluginError> {
-    let Some(program) = settings.restart.first() else {
+    let Some((program, args)) = settings.restart.split_first() else {
         return Ok(None);
     };
     let shown = settings.restart.join(" ");
     progress(&format!("running {shown}"), None);
-    let output = process::run_command(&Command {
-        program: program.clone(),
-        args: settings.restart[1..].to_vec(),
-        stdin: None,
-        timeout_ms: None,
-        env: Vec::new(),
-    })?;
-    if output.status != Some(0) {
-        return Err(PluginError::Failed(format!(
-            "target {}: `{shown}` exited with {}: {}",
-            target.name,
-            output
-                .status
-                .map_or("a signal".to_string(), |s| format!("status {s}")),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    process::run(program, &args)
+        .map_err(|e| e.with_text(format!("target {}: {}", target.name, e.text())))?;
     Ok(Some(shown))
 }
 

@@ -37,3 +37,19 @@ pub fn run_command(cmd: &Command) -> Result<Output, PluginError> {
         ProcessError::Io(t) => PluginError::Failed(format!("{}: {t}", cmd.program)),
     })
 }
+
+/// The last `n` non-empty lines a run printed, stdout's then stderr's: what
+/// a report shows of a command.
+pub fn last_lines(output: &Output, n: usize) -> Vec<String> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stdout
+        .lines()
+        .chain(stderr.lines())
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}

@@ -79,6 +79,21 @@ async fn fleet(root: &Path, port: u16) -> TestFleet {
     TestFleet::start_agents(vec![("app-1".into(), "core".into(), targets)], None).await
 }
 
+/// Point `current` at `releases/<release>`, as a deploy does.
+pub(crate) fn point(root: &Path, release: &str) {
+    std::fs::remove_file(root.join("current")).unwrap();
+    std::os::unix::fs::symlink(format!("releases/{release}"), root.join("current")).unwrap();
+}
+
+/// The fleet, with release v1 checkpointed, then v2 deployed (not restarted).
+async fn checkpointed(root: &Path, port: u16) -> TestFleet {
+    point(root, "v1");
+    let fleet = fleet(root, port).await;
+    fleet.checkpoint("v1").await;
+    point(root, "v2");
+    fleet
+}
+
 const PLAN: &str = "name = \"app\"\n\n[[stage]]\nname = \"core\"\nselect = { tier = \"core\" }\ntarget = \"app\"\nhealth = [{ verify = true }]\n";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -87,12 +102,7 @@ async fn current_goes_back_to_the_release_and_the_app_serves_it() {
     let port = free_port();
     // Checkpoint with v1 live, then deploy v2.
     platform(root.path(), port, true);
-    std::fs::remove_file(root.path().join("current")).unwrap();
-    std::os::unix::fs::symlink("releases/v1", root.path().join("current")).unwrap();
-    let fleet = fleet(root.path(), port).await;
-    fleet.checkpoint("v1").await;
-    std::fs::remove_file(root.path().join("current")).unwrap();
-    std::os::unix::fs::symlink("releases/v2", root.path().join("current")).unwrap();
+    let fleet = checkpointed(root.path(), port).await;
 
     let out = fleet.rollback_cli(PLAN, "v1", &[]);
     if !out.success {
@@ -118,12 +128,7 @@ async fn an_unhealthy_release_is_switched_back_and_the_old_one_restarted() {
     let port = free_port();
     // v1 has no health endpoint: switching to it fails its health check.
     platform(root.path(), port, false);
-    std::fs::remove_file(root.path().join("current")).unwrap();
-    std::os::unix::fs::symlink("releases/v1", root.path().join("current")).unwrap();
-    let fleet = fleet(root.path(), port).await;
-    fleet.checkpoint("v1").await;
-    std::fs::remove_file(root.path().join("current")).unwrap();
-    std::os::unix::fs::symlink("releases/v2", root.path().join("current")).unwrap();
+    let fleet = checkpointed(root.path(), port).await;
 
     let out = fleet.rollback_cli(PLAN, "v1", &[]);
     assert!(!out.success, "{out}");

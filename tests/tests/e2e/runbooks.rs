@@ -1,7 +1,7 @@
 //! The runbooks' platforms in miniature, rolled back with the plans of
 //! deploy/examples through the real path, and checked on the components.
 
-use crate::release_dir::{free_port, get, platform, stop, wait_serving};
+use crate::release_dir::{free_port, get, platform, point, stop, wait_serving};
 use rewind_tests::alembic::AlembicProject;
 use rewind_tests::fleet::TestFleet;
 use rewind_tests::postgres::PgServer;
@@ -10,6 +10,14 @@ use std::path::Path;
 
 fn chat(_: &Received) -> (u16, String) {
     (200, "ok".into())
+}
+
+/// What the chat stand-in received, message by message.
+fn bodies(chat: &ProviderApi) -> Vec<String> {
+    chat.requests()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect()
 }
 
 /// Runbook 003: releases with a `current` link and a restart script, an
@@ -32,8 +40,7 @@ async fn runbook_003(v1_health: bool) -> Runbook003 {
     platform(&app, port, v1_health);
     let project = AlembicProject::create(&root.path().join("schema"), &pg, "shop");
     // The release v1: current -> releases/v1, schema at a1, some orders.
-    std::fs::remove_file(app.join("current")).unwrap();
-    std::os::unix::fs::symlink("releases/v1", app.join("current")).unwrap();
+    point(&app, "v1");
     project.run(&["upgrade", "a1"]);
     pg.psql("shop", "INSERT INTO orders (item) VALUES ('first')");
     let chat = ProviderApi::start(chat);
@@ -54,8 +61,7 @@ async fn runbook_003(v1_health: bool) -> Runbook003 {
     let fleet = TestFleet::start_agents(vec![("app-1".into(), "app".into(), targets)], None).await;
     fleet.checkpoint("v1.4.2").await;
     // The bad release: v2 live and restarted, three migrations, new rows.
-    std::fs::remove_file(app.join("current")).unwrap();
-    std::os::unix::fs::symlink("releases/v2", app.join("current")).unwrap();
+    point(&app, "v2");
     assert!(
         std::process::Command::new(app.join("restart.sh"))
             .status()
@@ -123,11 +129,7 @@ async fn runbook_003_release_schema_and_smoke_check_roll_back_together() {
         ),
         "first,second"
     );
-    let messages: Vec<String> = chat
-        .requests()
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .collect();
+    let messages = bodies(&chat);
     assert_eq!(messages.len(), 2, "{messages:?}");
     assert!(
         messages[1].ends_with("to v1.4.2: succeeded\"}"),
@@ -167,11 +169,7 @@ async fn runbook_003_a_failed_app_stage_is_reported_host_by_host() {
         ),
         "{out}"
     );
-    let messages: Vec<String> = chat
-        .requests()
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
-        .collect();
+    let messages = bodies(&chat);
     assert!(
         messages
             .last()
