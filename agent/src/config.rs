@@ -942,6 +942,37 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_example_agent_configuration_is_valid() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        let mut parsed = 0;
+        for platform in std::fs::read_dir(&examples).unwrap() {
+            let dir = platform.unwrap().path();
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                if !(name.starts_with("agent") && name.ends_with(".toml")) {
+                    continue;
+                }
+                // The programs granted are the production host's; `true`
+                // stands in for each here.
+                let text = std::fs::read_to_string(&path).unwrap();
+                let mut pieces = text.split("program = \"");
+                let mut stood_in = pieces.next().unwrap().to_string();
+                for piece in pieces {
+                    let rest = piece.split_once('"').map_or(piece, |(_, rest)| rest);
+                    stood_in += &format!("program = \"/usr/bin/true\"{rest}");
+                }
+                parse(&stood_in, &path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                parsed += 1;
+            }
+        }
+        assert!(parsed >= 6, "{parsed} example agent configurations");
+    }
+
     fn parse_str(text: &str) -> Result<AgentConfig, ConfigError> {
         parse(text, Path::new("/etc/rewind/agent.toml"))
     }

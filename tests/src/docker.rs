@@ -50,12 +50,7 @@ pub fn require_docker() {
 pub fn build_image(tag: &str, healthy: bool) -> String {
     require_docker();
     let dir = TempDir::new().unwrap();
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists())
-        .expect("a static busybox (Debian's busybox-static; scripts/install-deps installs it)");
-    std::fs::copy(busybox, dir.path().join("busybox")).unwrap();
+    std::fs::copy(busybox(), dir.path().join("busybox")).unwrap();
     std::fs::create_dir(dir.path().join("www")).unwrap();
     std::fs::write(dir.path().join("www/version"), format!("{tag}\n")).unwrap();
     let serve = if healthy { "/www" } else { "/nowhere" };
@@ -74,18 +69,83 @@ CMD ["sh","-c","echo serving build {tag}; exec httpd -f -vv -p 8080 -h {serve}"]
         ),
     )
     .unwrap();
-    let reference = format!("{REPO}:{tag}");
+    build(&format!("{REPO}:{tag}"), dir.path())
+}
+
+/// The static busybox the test images are made of.
+fn busybox() -> &'static Path {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("a static busybox (Debian's busybox-static; scripts/install-deps installs it)")
+}
+
+/// `docker build` of a directory; the image's id.
+fn build(reference: &str, dir: &Path) -> String {
     run(
         "docker",
-        &[
-            "build",
-            "-q",
-            "-t",
-            &reference,
-            &dir.path().display().to_string(),
-        ],
+        &["build", "-q", "-t", reference, &dir.display().to_string()],
     );
-    image_id(&reference).expect("the image just built")
+    image_id(reference).expect("the image just built")
+}
+
+/// The repository of the platform images of runbook 004's miniature.
+pub const PLATFORM_REPO: &str = "rewind-test/platform";
+
+/// The platform's admin API: `POST ?on` / `POST ?off` with the admin token
+/// switch maintenance mode (kept in the /state volume, with its history);
+/// `GET` says which it is.
+const MAINTENANCE_CGI: &str = r#"#!/bin/sh
+if [ "$REQUEST_METHOD" = POST ]; then
+    if [ -z "$ADMIN_TOKEN" ] || [ "$HTTP_AUTHORIZATION" != "Bearer $ADMIN_TOKEN" ]; then
+        printf 'HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain\r\n\r\nunauthorized\n'
+        exit 0
+    fi
+    case "$QUERY_STRING" in
+        on|off) echo "$QUERY_STRING" > /state/maintenance; echo "$QUERY_STRING" >> /state/history ;;
+        *) printf 'HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\r\non or off\n'; exit 0 ;;
+    esac
+fi
+printf 'Content-Type: text/plain\r\n\r\n'
+cat /state/maintenance
+"#;
+
+/// `rewind-test/platform:<tag>`, the image of every layer of the platform:
+/// busybox's httpd serving `/version`, `/health/live` and the admin API
+/// (`/cgi-bin/maintenance`). Its healthcheck asks `/health/live` and, where
+/// the models directory is mounted, needs the release's model file
+/// (`model`, a path under /models): the release's own requirement on the
+/// host.
+pub fn build_platform_image(tag: &str, model: &str) -> String {
+    require_docker();
+    let dir = TempDir::new().unwrap();
+    std::fs::copy(busybox(), dir.path().join("busybox")).unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(www.join("health")).unwrap();
+    std::fs::create_dir_all(www.join("cgi-bin")).unwrap();
+    std::fs::write(www.join("version"), format!("{tag}\n")).unwrap();
+    std::fs::write(www.join("health/live"), format!("ok {tag}\n")).unwrap();
+    let cgi = www.join("cgi-bin/maintenance");
+    std::fs::write(&cgi, MAINTENANCE_CGI).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&cgi, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            r#"FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+COPY www /www
+ENV PATH=/bin APP_VERSION={tag} MODEL={model}
+LABEL org.rewind.test.version={tag}
+HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD ["sh", "-c", "wget -q -O /dev/null http://127.0.0.1:8080/health/live && {{ [ ! -d /models ] || [ -e \"$MODEL\" ]; }}"]
+CMD ["sh", "-c", "mkdir -p /state && {{ [ -f /state/maintenance ] || echo off > /state/maintenance; }} && exec httpd -f -p 8080 -h /www"]
+"#
+        ),
+    )
+    .unwrap();
+    build(&format!("{PLATFORM_REPO}:{tag}"), dir.path())
 }
 
 /// The two releases most tests use, built once per test process.
@@ -118,6 +178,8 @@ pub fn inspect(container: &str) -> Value {
 pub struct Project {
     pub name: String,
     pub dir: TempDir,
+    /// Variables the compose file uses besides `TAG`.
+    env: Vec<(String, String)>,
 }
 
 /// db: a named and an anonymous volume, a restart policy, its own
@@ -177,12 +239,19 @@ volumes:
 impl Project {
     /// A project named `rwt-<name>-<pid>`, not yet started.
     pub fn new(name: &str) -> Project {
+        Project::with_file(name, COMPOSE, &[])
+    }
+
+    /// A project of the given compose file, whose other variables than
+    /// `TAG` are `env`.
+    pub fn with_file(name: &str, compose: &str, env: &[(&str, String)]) -> Project {
         require_docker();
         let dir = TempDir::new().unwrap();
-        std::fs::write(dir.path().join("docker-compose.yml"), COMPOSE).unwrap();
+        std::fs::write(dir.path().join("docker-compose.yml"), compose).unwrap();
         Project {
             name: format!("rwt{}{}", name.replace(['-', '_'], ""), std::process::id()),
             dir,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         }
     }
 
@@ -197,6 +266,7 @@ impl Project {
             .args(["-p", &self.name, "-f"])
             .arg(self.file())
             .args(["up", "-d", "--quiet-pull"])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("TAG", tag)
             .current_dir(self.dir.path())
             .output()
@@ -274,6 +344,7 @@ impl Drop for Project {
             .args(["-p", &self.name, "-f"])
             .arg(self.file())
             .args(["down", "-v", "--remove-orphans", "-t", "1"])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("TAG", "v1")
             .output();
         // Containers renamed by an interrupted recreate are not compose's.

@@ -4,8 +4,9 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
+use crate::free_port;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -29,14 +30,6 @@ pub fn tls_certificates(dir: &std::path::Path) {
     certs::init(dir, "etcd.test").unwrap();
     certs::issue_for_days(dir, Kind::Coordinator, "etcd", &[], 30).unwrap();
     certs::issue_for_days(dir, Kind::Agent, "rewind", &[], 30).unwrap();
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl EtcdServer {

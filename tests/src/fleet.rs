@@ -394,15 +394,8 @@ impl TestFleet {
     /// fleet's coordinator: e.g. `["rollback", "plan.toml", "--to", "v1",
     /// "--yes"]`. `{dir}` in an argument stands for the fleet's directory.
     pub fn rewind(&self, operator: &str, args: &[&str]) -> CommandOutput {
-        let files = self.fleet.operator(operator);
-        let dir = self.fleet.dir.display().to_string();
-        let output = std::process::Command::new(binary("rewind"))
-            .args(args.iter().map(|a| a.replace("{dir}", &dir)))
-            .env("REWIND_COORDINATOR", self.fleet.url().unwrap())
-            .env("REWIND_CA", &files.ca)
-            .env("REWIND_CERT", &files.cert)
-            .env("REWIND_KEY", &files.key)
-            .env_remove("REWIND_CRL")
+        let output = self
+            .command(operator, args)
             .output()
             .expect("running rewind");
         CommandOutput {
@@ -413,15 +406,47 @@ impl TestFleet {
         }
     }
 
+    fn command(&self, operator: &str, args: &[&str]) -> std::process::Command {
+        let files = self.fleet.operator(operator);
+        let dir = self.fleet.dir.display().to_string();
+        let mut command = std::process::Command::new(binary("rewind"));
+        command
+            .args(args.iter().map(|a| a.replace("{dir}", &dir)))
+            .env("REWIND_COORDINATOR", self.fleet.url().unwrap())
+            .env("REWIND_CA", &files.ca)
+            .env("REWIND_CERT", &files.cert)
+            .env("REWIND_KEY", &files.key)
+            .env_remove("REWIND_CRL");
+        command
+    }
+
     /// `rewind rollback <plan> --to <release> --yes <extra>` with the plan
     /// written to a file; the output says how it went.
     pub fn rollback_cli(&self, plan: &str, release: &str, extra: &[&str]) -> CommandOutput {
+        let args = self.rollback_args(plan, release, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.rewind("ops", &args)
+    }
+
+    /// `rollback_cli` with the program's output on this terminal (the
+    /// preview, the live view and the report); whether it succeeded.
+    pub fn rollback_live(&self, plan: &str, release: &str, extra: &[&str]) -> bool {
+        let args = self.rollback_args(plan, release, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.command("ops", &args)
+            .status()
+            .expect("running rewind")
+            .success()
+    }
+
+    fn rollback_args(&self, plan: &str, release: &str, extra: &[&str]) -> Vec<String> {
         let path = self.fleet.dir.join("plan.toml");
         std::fs::write(&path, plan).expect("writing the plan");
-        let path = path.display().to_string();
-        let mut args = vec!["rollback", path.as_str(), "--to", release, "--yes"];
-        args.extend_from_slice(extra);
-        self.rewind("ops", &args)
+        let mut args: Vec<String> = ["rollback", &path.display().to_string(), "--to", release, "--yes"]
+            .map(String::from)
+            .into();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
     }
 
     /// The id of the run a `rewind rollback` printed (`run <id> started`).

@@ -41,18 +41,30 @@ pub fn plugin(name: &str) -> PathBuf {
 /// shipped programs) with every test run, so they are never stale.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>-under-test
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .join(format!("{name}-under-test"));
+    // target/<profile>/deps/<test> -> target/<profile>/<name>-under-test,
+    // or beside a program of this package (target/<profile>/<program>).
+    let file = format!("{name}-under-test");
+    let dir = exe.parent().expect("the executable's directory");
+    let path = [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(&file))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| dir.join(&file));
     assert!(
         path.exists(),
         "{} is missing: cargo builds it for this package's tests",
         path.display()
     );
     path
+}
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
 }
 
 /// An agent configuration in a temporary directory, with a plugin host.
@@ -149,6 +161,7 @@ pub mod cdn;
 pub mod docker;
 pub mod etcd;
 pub mod fleet;
+pub mod platform;
 pub mod postgres;
 pub mod providers;
 pub mod s3;

@@ -209,3 +209,27 @@ impl Drop for PgServer {
         let _ = self.child.wait();
     }
 }
+
+/// A pg-restore target of `database` on this server, as agent
+/// configuration: (settings, grant), each program granted only with the
+/// arguments the plugin uses.
+pub fn pg_restore_target(pg: &PgServer, database: &str) -> (String, String) {
+    let bin = bin_dir();
+    let (pg_dump, pg_restore) = (bin.join("pg_dump"), bin.join("pg_restore"));
+    let host = pg.socket_dir().display().to_string();
+    let connection =
+        |db: &str| format!(r#""-h", "{host}", "-p", "{PORT}", "-U", "rewind", "-d", "{db}""#);
+    let settings = format!(
+        r#"{{ database = "{database}", host = "{host}", user = "rewind", migration_table = "schema_migrations", jobs = 2, pg_dump = "{pg_dump}", pg_restore = "{pg_restore}" }}"#,
+        pg_dump = pg_dump.display(),
+        pg_restore = pg_restore.display(),
+    );
+    let grant = format!(
+        r#"{{ process = [{{ program = "{pg_dump}", args = [["-Fc", "-f", "snapshot-*", {live}], ["-Fc", "-f", "emergency-*", {live}]] }}, {{ program = "{pg_restore}", args = [["--list", "snapshot-*"], ["--list", "emergency-*"], ["--exit-on-error", "--jobs", "2", {staged}, "snapshot-*"]] }}], process_timeout = "2h", postgres = {{ host = "{host}", user = "rewind", databases = ["{database}", "{database}_rewind_*"], admin = true, timeout = "2h" }} }}"#,
+        pg_dump = pg_dump.display(),
+        pg_restore = pg_restore.display(),
+        live = connection(database),
+        staged = connection(&format!("{database}_rewind_*")),
+    );
+    (settings, grant)
+}

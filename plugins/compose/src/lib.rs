@@ -155,8 +155,20 @@ fn reference_for(name: &str, service: &Service) -> Result<String, PluginError> {
         .unwrap_or_else(|| service.image_id.clone()))
 }
 
+/// Whether a service needs work: a container on another image, or one on
+/// the snapshot's image that is not running (a stopped blue of a blue-green
+/// pair).
 fn changed(service: &Service, containers: &[Container]) -> bool {
-    containers.iter().any(|c| c.image_id != service.image_id)
+    containers
+        .iter()
+        .any(|c| c.image_id != service.image_id || c.state != "running")
+}
+
+fn on_other_image<'a>(
+    service: &'a Service,
+    containers: &'a [Container],
+) -> impl Iterator<Item = &'a Container> {
+    containers.iter().filter(|c| c.image_id != service.image_id)
 }
 
 fn timeout_ms(settings: &Settings) -> u32 {
@@ -264,19 +276,33 @@ impl Plugin for Compose {
                 });
             if changed(service, &containers) {
                 reference_for(&name, service)?;
-                let from: BTreeSet<String> = containers
-                    .iter()
+                let from: BTreeSet<String> = on_other_image(service, &containers)
                     .map(|c| format!("{} ({})", c.image, short(&c.image_id)))
                     .collect();
-                changes.push(Change {
-                    subject: name.clone(),
-                    summary: format!(
+                let stopped = containers
+                    .iter()
+                    .filter(|c| c.image_id == service.image_id && c.state != "running")
+                    .count();
+                let mut work = Vec::new();
+                if !from.is_empty() {
+                    work.push(format!(
                         "recreate {} container(s) on {} ({}) instead of {}",
-                        containers.len(),
+                        on_other_image(service, &containers).count(),
                         service.image,
                         short(&service.image_id),
                         from.into_iter().collect::<Vec<_>>().join(", ")
-                    ),
+                    ));
+                }
+                if stopped > 0 {
+                    work.push(format!(
+                        "start {stopped} stopped container(s) already on {} ({})",
+                        service.image,
+                        short(&service.image_id)
+                    ));
+                }
+                changes.push(Change {
+                    subject: name.clone(),
+                    summary: work.join("; "),
                     detail: drift,
                     risk: Risk::Restart,
                 });
@@ -357,7 +383,26 @@ impl Plugin for Compose {
                 &format!("recreating {name} on {reference}"),
                 Some((done * 100 / total) as u8),
             );
-            for container in containers.iter().filter(|c| c.image_id != service.image_id) {
+            for container in containers
+                .iter()
+                .filter(|c| c.image_id == service.image_id && c.state != "running")
+            {
+                log::info(&format!("{}: {}, starting it", container.name, container.state));
+                docker::restart(&container.name)?;
+                progress(&format!("waiting for {} to be healthy", container.name), None);
+                docker::wait_healthy(&container.name, timeout_ms(&settings)).map_err(|e| {
+                    PluginError::Failed(format!(
+                        "service {name}: {} was started on {reference} but is not healthy: {}",
+                        container.name,
+                        e.text()
+                    ))
+                })?;
+                details.push(format!(
+                    "{name}: {} was {}, started on {reference}, healthy",
+                    container.name, container.state
+                ));
+            }
+            for container in on_other_image(service, &containers) {
                 log::info(&format!(
                     "{}: {} -> {reference}",
                     container.name, container.image
@@ -383,7 +428,7 @@ impl Plugin for Compose {
         Ok(Outcome {
             changed: true,
             summary: format!(
-                "{total} of {} services recreated on the snapshot's images",
+                "{total} of {} services recreated or started on the snapshot's images",
                 order.len()
             ),
             details,

@@ -5,39 +5,17 @@
 
 use rewind_agent::host::bindings::{RestoreOptions, SnapshotRecord};
 use rewind_agent::host::{Action, ActionOutput, CallError};
-use rewind_tests::postgres::{PgServer, bin_dir};
+use rewind_tests::postgres::{PgServer, bin_dir, pg_restore_target};
 use rewind_tests::{Agent, unsigned_plugin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The grant pg-restore needs, each program only with the arguments it uses.
 fn grant(pg: &PgServer) -> String {
-    let bin = bin_dir();
-    let (pg_dump, pg_restore) = (bin.join("pg_dump"), bin.join("pg_restore"));
-    let connection = |db: &str| {
-        format!(
-            r#""-h", "{}", "-p", "5432", "-U", "rewind", "-d", "{db}""#,
-            pg.socket_dir().display()
-        )
-    };
-    format!(
-        r#"{{ process = [{{ program = "{pg_dump}", args = [["-Fc", "-f", "snapshot-*", {live}], ["-Fc", "-f", "emergency-*", {live}]] }}, {{ program = "{pg_restore}", args = [["--list", "snapshot-*"], ["--list", "emergency-*"], ["--exit-on-error", "--jobs", "2", {staged}, "snapshot-*"]] }}], postgres = {{ host = "{host}", user = "rewind", databases = ["shop", "shop_rewind_*"], admin = true }} }}"#,
-        pg_dump = pg_dump.display(),
-        pg_restore = pg_restore.display(),
-        live = connection("shop"),
-        staged = connection("shop_rewind_*"),
-        host = pg.socket_dir().display(),
-    )
+    pg_restore_target(pg, "shop").1
 }
 
 fn settings(pg: &PgServer) -> String {
-    let bin = bin_dir();
-    format!(
-        r#"{{ database = "shop", host = "{host}", user = "rewind", migration_table = "schema_migrations", jobs = 2, pg_dump = "{pg_dump}", pg_restore = "{pg_restore}" }}"#,
-        host = pg.socket_dir().display(),
-        pg_dump = bin.join("pg_dump").display(),
-        pg_restore = bin.join("pg_restore").display(),
-    )
+    pg_restore_target(pg, "shop").0
 }
 
 fn agent(pg: &PgServer) -> Agent {

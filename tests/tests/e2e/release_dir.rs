@@ -4,16 +4,9 @@
 //! script. What is served is checked by fetching it.
 
 use rewind_tests::fleet::TestFleet;
+use rewind_tests::free_port;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 pub(crate) fn get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
