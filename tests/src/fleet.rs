@@ -233,11 +233,28 @@ impl TestFleet {
             }
             assert!(
                 Instant::now() < deadline,
-                "agents did not connect within 60s; logs in {}",
-                self.fleet.dir.display()
+                "agents did not connect within 60s; the ends of their logs:\n{}",
+                self.agent_log_tails()
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// The last lines of every agent's log, for a failure message.
+    fn agent_log_tails(&self) -> String {
+        let mut tails = String::new();
+        let Ok(entries) = std::fs::read_dir(self.fleet.dir.join("hosts")) else {
+            return tails;
+        };
+        for entry in entries.flatten() {
+            let log = entry.path().join("agent.log");
+            if let Ok(text) = std::fs::read_to_string(&log) {
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(5)..].join("\n    ");
+                tails += &format!("  {}:\n    {tail}\n", log.display());
+            }
+        }
+        tails
     }
 
     /// Wait until the coordinator lists `agent` as known but not connected.

@@ -488,11 +488,8 @@ fn app_targets(project: &Project, app: &Path, ports: Ports) -> String {
         )
     };
     let smoke = [
-        "/bin/busybox".to_string(),
-        "wget".into(),
-        "-q".into(),
-        "-O".into(),
-        "/dev/null".into(),
+        "curl".to_string(),
+        "-fsS".into(),
         format!("http://127.0.0.1:{}/health/live", ports.l12),
     ];
     let quoted = |args: &[String]| {
@@ -505,11 +502,11 @@ fn app_targets(project: &Project, app: &Path, ports: Ports) -> String {
         "{}{}{}\
          [targets.env-file]\nplugin = \"files\"\n\
          settings = {{ files = [\"{app}/.env.production\"] }}\n\
-         grant = {{ files = [\"{app}\"] }}\n\n\
+         grant = {{ files = [\"{app}\"], process = [] }}\n\n\
          {}{}{}{}\
          [targets.smoke]\nplugin = \"command\"\n\
          settings = {{ commands = {{ smoke = [{}] }}, verify = [\"smoke\"] }}\n\
-         grant = {{ process = [{{ program = \"/bin/busybox\", args = [[{}]] }}] }}\n",
+         grant = {{ process = [{{ program = \"curl\", args = [[{}]] }}] }}\n",
         plugin("files", "files"),
         plugin("compose", "compose"),
         plugin("command", "command"),

@@ -308,14 +308,20 @@ impl OperatorApi {
 }
 
 /// A digest of what a step's preview says (changes and risks, or its
-/// error), not of when it was taken.
+/// error), not of when it was taken. Numbers in a change's summary and
+/// detail are left out: a live database's size, row counts and data-loss
+/// window move between the preview and the start, and the restore goes to
+/// the snapshot whatever they are. Which changes, in which words, at which
+/// risk, must still be the ones approved.
 fn fingerprint(preview: Option<&Preview>, error: Option<&StepError>) -> String {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
     if let Some(p) = preview {
         hash.update(p.risk.to_le_bytes());
         for change in &p.changes {
-            for part in [&change.subject, &change.summary, &change.detail] {
+            let summary = without_numbers(&change.summary);
+            let detail = without_numbers(&change.detail);
+            for part in [&change.subject, &summary, &detail] {
                 hash.update((part.len() as u64).to_le_bytes());
                 hash.update(part.as_bytes());
             }
@@ -327,6 +333,22 @@ fn fingerprint(preview: Option<&Preview>, error: Option<&StepError>) -> String {
         hash.update(e.kind.as_bytes());
     }
     hex::encode(&hash.finalize()[..16])
+}
+
+/// `text` with each run of digits (and the decimal points inside it) as `#`.
+fn without_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_number = false;
+    for c in text.chars() {
+        let digit = c.is_ascii_digit() || (in_number && c == '.');
+        if digit && !in_number {
+            out.push('#');
+        } else if !digit {
+            out.push(c);
+        }
+        in_number = digit;
+    }
+    out
 }
 
 /// The key of a step in `RunRequest.approved`.
@@ -931,4 +953,36 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(WATCH_QUEUE);
     tokio::spawn(body(tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rewind_proto::v1::Change;
+
+    fn preview(summary: &str, risk: i32) -> Preview {
+        Preview {
+            risk,
+            changes: vec![Change {
+                subject: "shop".into(),
+                summary: summary.into(),
+                detail: String::new(),
+                risk,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_fingerprint_ignores_moving_figures_but_not_what_changes() {
+        let at = |s: &str, risk| fingerprint(Some(&preview(s, risk)), None);
+        let first = at("replace the database (7.6 MiB now); writes of the last 10 s are lost", 3);
+        assert_eq!(
+            first,
+            at("replace the database (7.7 MiB now); writes of the last 11 s are lost", 3)
+        );
+        assert_ne!(first, at("replace the database (7.6 MiB now); writes of the last 10 s are kept", 3));
+        assert_ne!(first, at("replace the database (7.6 MiB now); writes of the last 10 s are lost", 2));
+        assert_eq!(without_numbers("v1.4.2 to 10 s."), "v# to # s.");
+    }
 }

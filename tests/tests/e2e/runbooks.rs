@@ -680,7 +680,7 @@ async fn runbook_000(name: &str) -> Runbook000 {
          [plugins.files]\npath = \"{{plugins}}/files.wasm\"\nallow_unsigned = true\n\n\
          [targets.db]\nplugin = \"pg-restore\"\nsettings = {settings}\ngrant = {grant}\n\n\
          [targets.config]\nplugin = \"files\"\n\
-         settings = {{ files = [\"{env}\", \"{nginx}\"] }}\ngrant = {{ files = [\"{dir}\"] }}\n",
+         settings = {{ files = [\"{env}\", \"{nginx}\"] }}\ngrant = {{ files = [\"{dir}\"], process = [] }}\n",
         host.targets("backend", "maintenance", ("on", "off"), "nginx/maintenance.on"),
         env = host.path(SOWKNOW_FILES[0]).display(),
         nginx = host.path(SOWKNOW_FILES[1]).display(),
@@ -827,8 +827,8 @@ async fn runbook_002(name: &str, broken_index_rollback: bool) -> Runbook002 {
          settings = {{ dir = \"{dir}\", database = \"solvereign\" }}\n\
          grant = {{ files = [\"{dir}\"], postgres = {{ host = \"{socket}\", user = \"rewind\", databases = [\"solvereign\"] }} }}\n\n\
          [targets.smoke]\nplugin = \"command\"\n\
-         settings = {{ commands = {{ smoke = [\"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"/dev/null\", \"{smoke}\"] }}, verify = [\"smoke\"] }}\n\
-         grant = {{ process = [{{ program = \"/bin/busybox\", args = [[\"wget\", \"-q\", \"-O\", \"/dev/null\", \"{smoke}\"]] }}] }}\n",
+         settings = {{ commands = {{ smoke = [\"curl\", \"-fsS\", \"{smoke}\"] }}, verify = [\"smoke\"] }}\n\
+         grant = {{ process = [{{ program = \"curl\", args = [[\"-fsS\", \"{smoke}\"]] }}] }}\n",
         host.targets("api", "traffic", ("stop", "restore"), "drain"),
         dir = dir.display(),
         socket = host.pg.socket_dir().display(),
