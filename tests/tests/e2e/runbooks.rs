@@ -254,6 +254,8 @@ async fn runbook_004_a_core_layer_that_cannot_come_back_stops_the_run_there() {
 
     let out = platform.roll_back();
     assert!(!out.success, "{out}");
+    // The new L05 was put back and started; it becomes healthy again.
+    platform.project.wait_healthy(std::time::Duration::from_secs(30));
     let now = platform.state();
     // The stages before core finished.
     assert_eq!(now.database, good.database);
@@ -751,6 +753,8 @@ async fn runbook_000_a_backend_that_cannot_come_back_is_reported_and_maintenance
     deploy_sowknow_v2(&r, false);
     let out = r.fleet.rollback_cli(&r.host.plan("compose-postgres/plan.toml"), "2026.02.15", &["--confirm-data-loss"]);
     assert!(!out.success, "{out}");
+    // The new backend was put back and started; it becomes healthy again.
+    r.host.project.wait_healthy(std::time::Duration::from_secs(30));
     assert_eq!(sowknow_database(&r.host.pg), r.good_database);
     assert_eq!(files_of(&r.host), r.good_files);
     assert_eq!(r.host.container(), (v2.clone(), "healthy".into()), "the new backend was put back");
