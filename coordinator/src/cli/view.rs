@@ -242,10 +242,19 @@ pub fn print_report(report: &RunReport, out: &mut impl Write) -> std::io::Result
         report.release,
         report.started_by
     )?;
+    // One column for the names of hooks and stages.
+    let width = report
+        .hooks
+        .iter()
+        .map(|h| h.name.len())
+        .chain(report.stages.iter().map(|s| s.name.len()))
+        .max()
+        .unwrap_or(0)
+        .max(12);
     let hook_line = |hook: &HookReport| {
         let answer = hook.answer.lines().next().unwrap_or("");
         format!(
-            "  hook  {:<12} {:<10} {:>7}  {}{}",
+            "  hook  {:<width$} {:<10} {:>7}  {}{}",
             hook.name,
             hook.status,
             seconds(hook.started_ms, hook.finished_ms),
@@ -268,7 +277,7 @@ pub fn print_report(report: &RunReport, out: &mut impl Write) -> std::io::Result
             .count();
         writeln!(
             out,
-            "  stage {:<12} {:<10} {:>7}  {hosts} host(s)",
+            "  stage {:<width$} {:<10} {:>7}  {hosts} host(s)",
             stage.name,
             stage.status,
             seconds(stage.started_ms, stage.finished_ms)
