@@ -251,7 +251,10 @@ impl Project {
         Project {
             name: format!("rwt{}{}", name.replace(['-', '_'], ""), std::process::id()),
             dir,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
         }
     }
 

@@ -1,10 +1,10 @@
 //! A real etcd (Debian's etcd-server) started for a test on loopback ports,
 //! and a small client for its v3 JSON gateway.
 
+use crate::free_port;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
-use crate::free_port;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};

@@ -459,9 +459,15 @@ impl TestFleet {
     fn rollback_args(&self, plan: &str, release: &str, extra: &[&str]) -> Vec<String> {
         let path = self.fleet.dir.join("plan.toml");
         std::fs::write(&path, plan).expect("writing the plan");
-        let mut args: Vec<String> = ["rollback", &path.display().to_string(), "--to", release, "--yes"]
-            .map(String::from)
-            .into();
+        let mut args: Vec<String> = [
+            "rollback",
+            &path.display().to_string(),
+            "--to",
+            release,
+            "--yes",
+        ]
+        .map(String::from)
+        .into();
         args.extend(extra.iter().map(|a| a.to_string()));
         args
     }

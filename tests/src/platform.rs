@@ -240,7 +240,11 @@ impl Platform {
         let agents = vec![
             ("db-1".to_string(), "db".to_string(), db_targets(&pg)),
             ("config-1".into(), "config".into(), config_targets(&etcd)),
-            ("app-1".into(), "app".into(), app_targets(&project, &app, ports)),
+            (
+                "app-1".into(),
+                "app".into(),
+                app_targets(&project, &app, ports),
+            ),
             ("ui-1".into(), "ui".into(), ui_targets(&ui, &varnish)),
         ];
         let fleet = TestFleet::start_agents(agents, None).await;
@@ -276,9 +280,12 @@ impl Platform {
              UPDATE agents SET name = name || ' (migrated)' WHERE id <= 50; \
              INSERT INTO tasks (agent_id, title, priority) SELECT 1, 'new task ' || i, 5 FROM generate_series(1, 100) i",
         );
+        self.etcd.put(
+            &format!("{PREFIX}gateway/upstream"),
+            "http://l02-runtime:9090",
+        );
         self.etcd
-            .put(&format!("{PREFIX}gateway/upstream"), "http://l02-runtime:9090");
-        self.etcd.put(&format!("{PREFIX}planner/model"), "v2/planner.bin");
+            .put(&format!("{PREFIX}planner/model"), "v2/planner.bin");
         self.etcd.delete(&format!("{PREFIX}features/nl-interface"));
         self.etcd.put(&format!("{PREFIX}features/agents-v2"), "on");
         std::fs::write(
@@ -303,8 +310,8 @@ impl Platform {
     /// hosts' labels, health URLs, admin API, status page and secrets.
     pub fn plan(&self) -> String {
         let path = crate::root().join("deploy/examples/v2-platform/plan.toml");
-        let plan = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let plan =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let secrets = self.dir.path().join("secrets");
         let admin = format!("http://127.0.0.1:{}/cgi-bin/maintenance", self.ports.l09);
         plan.replace("role = ", "tier = ")

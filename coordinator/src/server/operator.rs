@@ -976,13 +976,31 @@ mod tests {
     #[test]
     fn a_fingerprint_ignores_moving_figures_but_not_what_changes() {
         let at = |s: &str, risk| fingerprint(Some(&preview(s, risk)), None);
-        let first = at("replace the database (7.6 MiB now); writes of the last 10 s are lost", 3);
+        let first = at(
+            "replace the database (7.6 MiB now); writes of the last 10 s are lost",
+            3,
+        );
         assert_eq!(
             first,
-            at("replace the database (7.7 MiB now); writes of the last 11 s are lost", 3)
+            at(
+                "replace the database (7.7 MiB now); writes of the last 11 s are lost",
+                3
+            )
         );
-        assert_ne!(first, at("replace the database (7.6 MiB now); writes of the last 10 s are kept", 3));
-        assert_ne!(first, at("replace the database (7.6 MiB now); writes of the last 10 s are lost", 2));
+        assert_ne!(
+            first,
+            at(
+                "replace the database (7.6 MiB now); writes of the last 10 s are kept",
+                3
+            )
+        );
+        assert_ne!(
+            first,
+            at(
+                "replace the database (7.6 MiB now); writes of the last 10 s are lost",
+                2
+            )
+        );
         assert_eq!(without_numbers("v1.4.2 to 10 s."), "v# to # s.");
     }
 }

@@ -387,9 +387,15 @@ impl Plugin for Compose {
                 .iter()
                 .filter(|c| c.image_id == service.image_id && c.state != "running")
             {
-                log::info(&format!("{}: {}, starting it", container.name, container.state));
+                log::info(&format!(
+                    "{}: {}, starting it",
+                    container.name, container.state
+                ));
                 docker::restart(&container.name)?;
-                progress(&format!("waiting for {} to be healthy", container.name), None);
+                progress(
+                    &format!("waiting for {} to be healthy", container.name),
+                    None,
+                );
                 docker::wait_healthy(&container.name, timeout_ms(&settings)).map_err(|e| {
                     PluginError::Failed(format!(
                         "service {name}: {} was started on {reference} but is not healthy: {}",

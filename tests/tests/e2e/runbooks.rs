@@ -2,11 +2,11 @@
 //! deploy/examples through the real path, and checked on the components.
 
 use crate::release_dir::{get, platform, point, stop, wait_serving};
-use rewind_tests::free_port;
 use rewind_tests::alembic::AlembicProject;
 use rewind_tests::docker::{Project, inspect};
-use rewind_tests::platform::{self, Data, Platform};
 use rewind_tests::fleet::TestFleet;
+use rewind_tests::free_port;
+use rewind_tests::platform::{self, Data, Platform};
 use rewind_tests::postgres::PgServer;
 use rewind_tests::providers::{ProviderApi, Received};
 use std::path::Path;
@@ -210,7 +210,11 @@ async fn runbook_004_the_whole_platform_rolls_back_in_one_run() {
     assert_eq!(platform.state(), good);
     let (maintenance, history) = platform.maintenance();
     assert_eq!(maintenance, "off");
-    assert_eq!(history, ["on", "off"], "maintenance mode was on during the run");
+    assert_eq!(
+        history,
+        ["on", "off"],
+        "maintenance mode was on during the run"
+    );
     // The layers came back in the runbook's order.
     let started = |service: &str| {
         inspect(&platform.project.container(service))["State"]["StartedAt"]
@@ -255,7 +259,9 @@ async fn runbook_004_a_core_layer_that_cannot_come_back_stops_the_run_there() {
     let out = platform.roll_back();
     assert!(!out.success, "{out}");
     // The new L05 was put back and started; it becomes healthy again.
-    platform.project.wait_healthy(std::time::Duration::from_secs(30));
+    platform
+        .project
+        .wait_healthy(std::time::Duration::from_secs(30));
     let now = platform.state();
     // The stages before core finished.
     assert_eq!(now.database, good.database);
@@ -298,7 +304,10 @@ async fn runbook_004_a_core_layer_that_cannot_come_back_stops_the_run_there() {
         ),
         "{out}"
     );
-    assert!(out.stdout.contains("l05-planning"), "the failure names the service: {out}");
+    assert!(
+        out.stdout.contains("l05-planning"),
+        "the failure names the service: {out}"
+    );
 }
 
 /// Caddy (Debian's) as the reverse proxy of runbook 001, with its admin API
@@ -449,7 +458,8 @@ async fn runbook_001(name: &str) -> Runbook001 {
         blue = blue.name,
         green = green.name,
     );
-    let fleet = TestFleet::start_agents(vec![("edge-1".into(), "edge".into(), targets)], None).await;
+    let fleet =
+        TestFleet::start_agents(vec![("edge-1".into(), "edge".into(), targets)], None).await;
     fleet.checkpoint("v1").await;
     // The bad release: green up on v2, the proxy switched, blue stopped.
     green.up("v2");
@@ -477,7 +487,10 @@ fn blue_green_plan(r: &Runbook001) -> String {
         )
         .replace(
             "{ http = \"http://127.0.0.1/health\", body = \"blue\"",
-            &format!("{{ http = \"http://127.0.0.1:{}/version\", body = \"v1\"", r.caddy.port),
+            &format!(
+                "{{ http = \"http://127.0.0.1:{}/version\", body = \"v1\"",
+                r.caddy.port
+            ),
         )
 }
 
@@ -497,7 +510,10 @@ async fn runbook_001_blue_comes_back_then_the_proxy_then_green_stops() {
     assert!(out.success, "{out}");
     // From Caddy, Docker and the disk.
     assert_eq!(r.caddy.serving().as_deref(), Some("v1"));
-    assert_eq!(std::fs::read_to_string(&r.caddy.file).unwrap(), r.good_caddyfile);
+    assert_eq!(
+        std::fs::read_to_string(&r.caddy.file).unwrap(),
+        r.good_caddyfile
+    );
     assert_eq!(container_state(&r.blue), (v1.clone(), "running".into()));
     assert_eq!(container_state(&r.green), (v2.clone(), "exited".into()));
     let started = inspect(&r.blue.container("api"))["State"]["StartedAt"]
@@ -511,7 +527,9 @@ async fn runbook_001_blue_comes_back_then_the_proxy_then_green_stops() {
     assert!(started < stopped, "green stopped only after blue was back");
     let messages = bodies(&r.chat);
     assert!(
-        messages.last().is_some_and(|m| m.ends_with("to v1: succeeded\"}")),
+        messages
+            .last()
+            .is_some_and(|m| m.ends_with("to v1: succeeded\"}")),
         "{messages:?}"
     );
 }
@@ -527,7 +545,11 @@ async fn runbook_001_a_blue_that_cannot_start_leaves_green_serving() {
     let out = r.fleet.rollback_cli(&blue_green_plan(&r), "v1", &[]);
     drop(squatter);
     assert!(!out.success, "{out}");
-    assert_eq!(r.caddy.serving().as_deref(), Some("v2"), "green still serves");
+    assert_eq!(
+        r.caddy.serving().as_deref(),
+        Some("v2"),
+        "green still serves"
+    );
     assert_eq!(container_state(&r.green), (v2.clone(), "running".into()));
     assert_ne!(container_state(&r.blue).1, "running");
     assert!(
@@ -538,7 +560,9 @@ async fn runbook_001_a_blue_that_cannot_start_leaves_green_serving() {
     );
     let messages = bodies(&r.chat);
     assert!(
-        messages.last().is_some_and(|m| m.ends_with("to v1: failed\"}")),
+        messages
+            .last()
+            .is_some_and(|m| m.ends_with("to v1: failed\"}")),
         "the finally hook ran: {messages:?}"
     );
 }
@@ -606,7 +630,10 @@ impl SingleHost {
         let i = inspect(&self.project.container(self.service));
         (
             i["Image"].as_str().unwrap().to_string(),
-            i["State"]["Health"]["Status"].as_str().unwrap_or("none").to_string(),
+            i["State"]["Health"]["Status"]
+                .as_str()
+                .unwrap_or("none")
+                .to_string(),
         )
     }
 
@@ -683,7 +710,12 @@ async fn runbook_000(name: &str) -> Runbook000 {
          [targets.db]\nplugin = \"pg-restore\"\nsettings = {settings}\ngrant = {grant}\n\n\
          [targets.config]\nplugin = \"files\"\n\
          settings = {{ files = [\"{env}\", \"{nginx}\"] }}\ngrant = {{ files = [\"{dir}\"], process = [] }}\n",
-        host.targets("backend", "maintenance", ("on", "off"), "nginx/maintenance.on"),
+        host.targets(
+            "backend",
+            "maintenance",
+            ("on", "off"),
+            "nginx/maintenance.on"
+        ),
         env = host.path(SOWKNOW_FILES[0]).display(),
         nginx = host.path(SOWKNOW_FILES[1]).display(),
         dir = host.dir.path().display(),
@@ -716,7 +748,11 @@ fn deploy_sowknow_v2(r: &Runbook000, keep_v1_model: bool) {
          INSERT INTO schema_migrations VALUES ('20260301'); \
          UPDATE documents SET title = upper(title) WHERE id % 7 = 0",
     );
-    std::fs::write(r.host.path(SOWKNOW_FILES[0]), "DATABASE_URL=postgresql://sowknow@postgres/sowknow\nLLM_MODEL=large\n").unwrap();
+    std::fs::write(
+        r.host.path(SOWKNOW_FILES[0]),
+        "DATABASE_URL=postgresql://sowknow@postgres/sowknow\nLLM_MODEL=large\n",
+    )
+    .unwrap();
     std::fs::write(r.host.path(SOWKNOW_FILES[1]), "events {}\nhttp { server { listen 80; location / { proxy_pass http://backend:8001; } } }\n").unwrap();
     r.host.deploy_v2(keep_v1_model);
 }
@@ -727,18 +763,31 @@ async fn runbook_000_database_configuration_and_backend_roll_back_together() {
     let (v1, _) = platform::images();
     deploy_sowknow_v2(&r, true);
     assert_ne!(sowknow_database(&r.host.pg), r.good_database);
-    let out = r.fleet.rollback_cli(&r.host.plan("compose-postgres/plan.toml"), "2026.02.15", &["--confirm-data-loss"]);
+    let out = r.fleet.rollback_cli(
+        &r.host.plan("compose-postgres/plan.toml"),
+        "2026.02.15",
+        &["--confirm-data-loss"],
+    );
     assert!(out.success, "{out}");
     assert_eq!(sowknow_database(&r.host.pg), r.good_database);
     assert_eq!(files_of(&r.host), r.good_files);
     assert_eq!(r.host.container(), (v1.clone(), "healthy".into()));
-    assert!(!r.host.path("nginx/maintenance.on").exists(), "maintenance page off");
+    assert!(
+        !r.host.path("nginx/maintenance.on").exists(),
+        "maintenance page off"
+    );
     let report = r.fleet.report(&TestFleet::run_id_of(&out)).await;
-    let on = report.hooks.iter().find(|h| h.name == "maintenance-on").unwrap();
+    let on = report
+        .hooks
+        .iter()
+        .find(|h| h.name == "maintenance-on")
+        .unwrap();
     assert_eq!(on.status, "succeeded", "{on:?}");
     let messages = bodies(&r.host.chat);
     assert!(
-        messages.last().is_some_and(|m| m.ends_with("to 2026.02.15: succeeded\"}")),
+        messages
+            .last()
+            .is_some_and(|m| m.ends_with("to 2026.02.15: succeeded\"}")),
         "{messages:?}"
     );
 }
@@ -751,21 +800,36 @@ async fn runbook_000_a_backend_that_cannot_come_back_is_reported_and_maintenance
     let r = runbook_000("rb000f").await;
     let (_, v2) = platform::images();
     deploy_sowknow_v2(&r, false);
-    let out = r.fleet.rollback_cli(&r.host.plan("compose-postgres/plan.toml"), "2026.02.15", &["--confirm-data-loss"]);
+    let out = r.fleet.rollback_cli(
+        &r.host.plan("compose-postgres/plan.toml"),
+        "2026.02.15",
+        &["--confirm-data-loss"],
+    );
     assert!(!out.success, "{out}");
     // The new backend was put back and started; it becomes healthy again.
-    r.host.project.wait_healthy(std::time::Duration::from_secs(30));
+    r.host
+        .project
+        .wait_healthy(std::time::Duration::from_secs(30));
     assert_eq!(sowknow_database(&r.host.pg), r.good_database);
     assert_eq!(files_of(&r.host), r.good_files);
-    assert_eq!(r.host.container(), (v2.clone(), "healthy".into()), "the new backend was put back");
-    assert!(!r.host.path("nginx/maintenance.on").exists(), "maintenance page off");
+    assert_eq!(
+        r.host.container(),
+        (v2.clone(), "healthy".into()),
+        "the new backend was put back"
+    );
+    assert!(
+        !r.host.path("nginx/maintenance.on").exists(),
+        "maintenance page off"
+    );
     assert!(
         out.stdout.contains("app-1: data/db restore (changed); config/config restore (changed); services/backend failed (failed)"),
         "{out}"
     );
     let messages = bodies(&r.host.chat);
     assert!(
-        messages.last().is_some_and(|m| m.ends_with("to 2026.02.15: failed\"}")),
+        messages
+            .last()
+            .is_some_and(|m| m.ends_with("to 2026.02.15: failed\"}")),
         "{messages:?}"
     );
 }
@@ -778,12 +842,24 @@ struct Runbook002 {
 }
 
 const SOLVEREIGN_MIGRATIONS: [(&str, &str); 6] = [
-    ("001_routes.sql", "CREATE TABLE routes (id serial PRIMARY KEY, name text NOT NULL)"),
+    (
+        "001_routes.sql",
+        "CREATE TABLE routes (id serial PRIMARY KEY, name text NOT NULL)",
+    ),
     ("001_routes_rollback.sql", "DROP TABLE routes"),
-    ("002_route_index.sql", "CREATE INDEX routes_by_name ON routes (name)"),
+    (
+        "002_route_index.sql",
+        "CREATE INDEX routes_by_name ON routes (name)",
+    ),
     ("002_route_index_rollback.sql", "DROP INDEX routes_by_name"),
-    ("003_route_cost.sql", "ALTER TABLE routes ADD COLUMN cost int NOT NULL DEFAULT 0"),
-    ("003_route_cost_rollback.sql", "ALTER TABLE routes DROP COLUMN cost"),
+    (
+        "003_route_cost.sql",
+        "ALTER TABLE routes ADD COLUMN cost int NOT NULL DEFAULT 0",
+    ),
+    (
+        "003_route_cost_rollback.sql",
+        "ALTER TABLE routes DROP COLUMN cost",
+    ),
 ];
 
 fn apply_migration(host: &SingleHost, version: &str) {
@@ -809,8 +885,10 @@ fn solvereign_schema(pg: &PgServer) -> String {
 async fn runbook_002(name: &str, broken_index_rollback: bool) -> Runbook002 {
     let host = SingleHost::start(name, "api");
     host.pg.psql("rewind", "CREATE DATABASE solvereign");
-    host.pg
-        .psql("solvereign", "CREATE TABLE schema_migrations (version text PRIMARY KEY)");
+    host.pg.psql(
+        "solvereign",
+        "CREATE TABLE schema_migrations (version text PRIMARY KEY)",
+    );
     let dir = host.path("migrations");
     std::fs::create_dir_all(&dir).unwrap();
     for (file, sql) in SOLVEREIGN_MIGRATIONS {
@@ -823,7 +901,10 @@ async fn runbook_002(name: &str, broken_index_rollback: bool) -> Runbook002 {
         std::fs::write(dir.join(file), format!("{sql};\n")).unwrap();
     }
     apply_migration(&host, "001");
-    host.pg.psql("solvereign", "INSERT INTO routes (name) VALUES ('north'), ('south')");
+    host.pg.psql(
+        "solvereign",
+        "INSERT INTO routes (name) VALUES ('north'), ('south')",
+    );
     let smoke = format!("http://127.0.0.1:{}/health/live", host.port);
     let targets = format!(
         "{}[plugins.sql-migrations]\npath = \"{{plugins}}/sql_migrations.wasm\"\nallow_unsigned = true\n\n\
@@ -842,7 +923,10 @@ async fn runbook_002(name: &str, broken_index_rollback: bool) -> Runbook002 {
     // The bad release: two migrations, new rows, the api on v2.
     apply_migration(&host, "002");
     apply_migration(&host, "003");
-    host.pg.psql("solvereign", "INSERT INTO routes (name, cost) VALUES ('east', 7)");
+    host.pg.psql(
+        "solvereign",
+        "INSERT INTO routes (name, cost) VALUES ('east', 7)",
+    );
     host.deploy_v2(true);
     Runbook002 { host, fleet }
 }
@@ -851,19 +935,34 @@ async fn runbook_002(name: &str, broken_index_rollback: bool) -> Runbook002 {
 async fn runbook_002_api_and_schema_roll_back_and_the_rows_stay() {
     let r = runbook_002("rb002", false).await;
     let (v1, _) = platform::images();
-    let out = r.fleet.rollback_cli(&r.host.plan("compose-sql-migrations/plan.toml"), "v41", &["--confirm-data-loss"]);
+    let out = r.fleet.rollback_cli(
+        &r.host.plan("compose-sql-migrations/plan.toml"),
+        "v41",
+        &["--confirm-data-loss"],
+    );
     assert!(out.success, "{out}");
-    assert!(out.stdout.contains("ALTER TABLE routes DROP COLUMN cost"), "the preview shows the SQL: {out}");
+    assert!(
+        out.stdout.contains("ALTER TABLE routes DROP COLUMN cost"),
+        "the preview shows the SQL: {out}"
+    );
     assert_eq!(solvereign_schema(&r.host.pg), "id,name | 001 | 1");
     assert_eq!(
-        r.host.pg.psql("solvereign", "SELECT string_agg(name, ',' ORDER BY id) FROM routes"),
+        r.host.pg.psql(
+            "solvereign",
+            "SELECT string_agg(name, ',' ORDER BY id) FROM routes"
+        ),
         "north,south,east",
         "rows written since the release stay"
     );
     assert_eq!(r.host.container(), (v1.clone(), "healthy".into()));
     assert!(!r.host.path("drain").exists(), "traffic restored");
     let messages = bodies(&r.host.chat);
-    assert!(messages.last().is_some_and(|m| m.ends_with("to v41: succeeded\"}")), "{messages:?}");
+    assert!(
+        messages
+            .last()
+            .is_some_and(|m| m.ends_with("to v41: succeeded\"}")),
+        "{messages:?}"
+    );
 }
 
 /// A rollback script that fails (it names an index that does not exist):
@@ -873,14 +972,34 @@ async fn runbook_002_api_and_schema_roll_back_and_the_rows_stay() {
 async fn runbook_002_a_failing_rollback_script_stops_at_a_known_version() {
     let r = runbook_002("rb002f", true).await;
     let (v1, _) = platform::images();
-    let out = r.fleet.rollback_cli(&r.host.plan("compose-sql-migrations/plan.toml"), "v41", &["--confirm-data-loss"]);
+    let out = r.fleet.rollback_cli(
+        &r.host.plan("compose-sql-migrations/plan.toml"),
+        "v41",
+        &["--confirm-data-loss"],
+    );
     assert!(!out.success, "{out}");
     // 003 went down; 002's script failed and changed nothing.
     assert_eq!(solvereign_schema(&r.host.pg), "id,name | 001,002 | 2");
-    assert_eq!(r.host.container(), (v1.clone(), "healthy".into()), "the app stage had finished");
+    assert_eq!(
+        r.host.container(),
+        (v1.clone(), "healthy".into()),
+        "the app stage had finished"
+    );
     assert!(!r.host.path("drain").exists(), "traffic restored");
-    assert!(out.stdout.contains("app-1: app/api restore (changed); schema/schema failed"), "{out}");
-    assert!(out.stdout.contains("002"), "the failure names the version: {out}");
+    assert!(
+        out.stdout
+            .contains("app-1: app/api restore (changed); schema/schema failed"),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains("002"),
+        "the failure names the version: {out}"
+    );
     let messages = bodies(&r.host.chat);
-    assert!(messages.last().is_some_and(|m| m.ends_with("to v41: failed\"}")), "{messages:?}");
+    assert!(
+        messages
+            .last()
+            .is_some_and(|m| m.ends_with("to v41: failed\"}")),
+        "{messages:?}"
+    );
 }
