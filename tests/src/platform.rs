@@ -34,20 +34,20 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("l05-planning", &["l01-data-layer"]),
     ("l06-evaluation", &["l01-data-layer"]),
     ("l07-learning", &["l01-data-layer"]),
-    (
-        "l09-api-gateway",
-        &[
-            "l02-runtime",
-            "l03-tool-execution",
-            "l04-model-gateway",
-            "l05-planning",
-            "l06-evaluation",
-            "l07-learning",
-        ],
-    ),
+    ("l09-api-gateway", CORE),
     ("l10-human-interface", &["l09-api-gateway"]),
     ("l11-integration", &["l10-human-interface"]),
     ("l12-nl-interface", &["l10-human-interface"]),
+];
+
+/// The core layers, L02–L07.
+const CORE: &[&str] = &[
+    "l02-runtime",
+    "l03-tool-execution",
+    "l04-model-gateway",
+    "l05-planning",
+    "l06-evaluation",
+    "l07-learning",
 ];
 
 /// Services with a port on the host, as the runbook's health checks use.
@@ -293,13 +293,7 @@ impl Platform {
             "APP_VERSION=1.5.0\nLLM_PROVIDER=anthropic\nMAX_AGENTS=500\nAGENTS_V2=true\n",
         )
         .unwrap();
-        let models = self.app().join("models");
-        std::fs::create_dir_all(models.join("v2")).unwrap();
-        if keep_v1_model {
-            std::fs::copy(models.join("planner.bin"), models.join("v2/planner.bin")).unwrap();
-        } else {
-            std::fs::rename(models.join("planner.bin"), models.join("v2/planner.bin")).unwrap();
-        }
+        ship_v2_model(&self.app().join("models"), keep_v1_model);
         self.project.up("v2");
         let ui = self.dir.path().join("ui");
         point(&ui.join("current"), &ui.join("builds").join(BAD_BUILD));
@@ -420,6 +414,19 @@ impl Platform {
     }
 }
 
+/// The bad release's model file in `models/v2/`, where the v2 images look:
+/// copied, or (`keep_v1_model = false`) moved, so that v1 no longer finds
+/// its own.
+pub fn ship_v2_model(models: &Path, keep_v1_model: bool) {
+    std::fs::create_dir_all(models.join("v2")).unwrap();
+    let (v1, v2) = (models.join("planner.bin"), models.join("v2/planner.bin"));
+    if keep_v1_model {
+        std::fs::copy(v1, v2).unwrap();
+    } else {
+        std::fs::rename(v1, v2).unwrap();
+    }
+}
+
 /// Point a `current` link at a directory, atomically.
 fn point(link: &Path, to: &Path) {
     let next = link.with_extension("next");
@@ -518,17 +525,7 @@ fn app_targets(project: &Project, app: &Path, ports: Ports) -> String {
         plugin("compose", "compose"),
         plugin("command", "command"),
         compose("l01", &["l01-data-layer"]),
-        compose(
-            "core",
-            &[
-                "l02-runtime",
-                "l03-tool-execution",
-                "l04-model-gateway",
-                "l05-planning",
-                "l06-evaluation",
-                "l07-learning",
-            ]
-        ),
+        compose("core", CORE),
         compose("gateway", &["l09-api-gateway"]),
         compose(
             "interface",

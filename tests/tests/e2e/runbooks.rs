@@ -23,6 +23,17 @@ fn bodies(chat: &ProviderApi) -> Vec<String> {
         .collect()
 }
 
+/// The chat's last message says the run to `release` ended with `verdict`
+/// (the finally hook ran).
+fn assert_told(chat: &ProviderApi, release: &str, verdict: &str) {
+    let messages = bodies(chat);
+    let ending = format!("to {release}: {verdict}\"}}");
+    assert!(
+        messages.last().is_some_and(|m| m.ends_with(&ending)),
+        "the last chat message ends with {ending}: {messages:?}"
+    );
+}
+
 /// Runbook 003: releases with a `current` link and a restart script, an
 /// Alembic schema on PostgreSQL, a smoke check and chat messages, with the
 /// plan of deploy/examples/systemd-release-dir.
@@ -172,13 +183,7 @@ async fn runbook_003_a_failed_app_stage_is_reported_host_by_host() {
         ),
         "{out}"
     );
-    let messages = bodies(&chat);
-    assert!(
-        messages
-            .last()
-            .is_some_and(|m| m.ends_with("to v1.4.2: failed\"}")),
-        "the finally hook ran: {messages:?}"
-    );
+    assert_told(&chat, "v1.4.2", "failed");
 }
 
 /// Runbook 004: the 12-layer compose project, PostgreSQL, etcd, the env
@@ -525,13 +530,7 @@ async fn runbook_001_blue_comes_back_then_the_proxy_then_green_stops() {
         .unwrap()
         .to_string();
     assert!(started < stopped, "green stopped only after blue was back");
-    let messages = bodies(&r.chat);
-    assert!(
-        messages
-            .last()
-            .is_some_and(|m| m.ends_with("to v1: succeeded\"}")),
-        "{messages:?}"
-    );
+    assert_told(&r.chat, "v1", "succeeded");
 }
 
 /// Blue cannot start (its port was taken while it was stopped): the run
@@ -558,13 +557,7 @@ async fn runbook_001_a_blue_that_cannot_start_leaves_green_serving() {
         ),
         "{out}"
     );
-    let messages = bodies(&r.chat);
-    assert!(
-        messages
-            .last()
-            .is_some_and(|m| m.ends_with("to v1: failed\"}")),
-        "the finally hook ran: {messages:?}"
-    );
+    assert_told(&r.chat, "v1", "failed");
 }
 
 /// A single-host platform as runbooks 000 and 002 keep it: one compose
@@ -615,13 +608,7 @@ impl SingleHost {
     /// The bad release's images; `keep_v1_model = false` moved the model
     /// file where only the new release finds it.
     fn deploy_v2(&self, keep_v1_model: bool) {
-        let models = self.path("models");
-        std::fs::create_dir_all(models.join("v2")).unwrap();
-        if keep_v1_model {
-            std::fs::copy(models.join("planner.bin"), models.join("v2/planner.bin")).unwrap();
-        } else {
-            std::fs::rename(models.join("planner.bin"), models.join("v2/planner.bin")).unwrap();
-        }
+        platform::ship_v2_model(&self.path("models"), keep_v1_model);
         self.project.up("v2");
     }
 
@@ -783,13 +770,7 @@ async fn runbook_000_database_configuration_and_backend_roll_back_together() {
         .find(|h| h.name == "maintenance-on")
         .unwrap();
     assert_eq!(on.status, "succeeded", "{on:?}");
-    let messages = bodies(&r.host.chat);
-    assert!(
-        messages
-            .last()
-            .is_some_and(|m| m.ends_with("to 2026.02.15: succeeded\"}")),
-        "{messages:?}"
-    );
+    assert_told(&r.host.chat, "2026.02.15", "succeeded");
 }
 
 /// The backend's old image cannot come up (the bad release moved the model
@@ -825,13 +806,7 @@ async fn runbook_000_a_backend_that_cannot_come_back_is_reported_and_maintenance
         out.stdout.contains("app-1: data/db restore (changed); config/config restore (changed); services/backend failed (failed)"),
         "{out}"
     );
-    let messages = bodies(&r.host.chat);
-    assert!(
-        messages
-            .last()
-            .is_some_and(|m| m.ends_with("to 2026.02.15: failed\"}")),
-        "{messages:?}"
-    );
+    assert_told(&r.host.chat, "2026.02.15", "failed");
 }
 
 /// Runbook 002: the api on compose and a migrations folder with rollback
@@ -956,13 +931,7 @@ async fn runbook_002_api_and_schema_roll_back_and_the_rows_stay() {
     );
     assert_eq!(r.host.container(), (v1.clone(), "healthy".into()));
     assert!(!r.host.path("drain").exists(), "traffic restored");
-    let messages = bodies(&r.host.chat);
-    assert!(
-        messages
-            .last()
-            .is_some_and(|m| m.ends_with("to v41: succeeded\"}")),
-        "{messages:?}"
-    );
+    assert_told(&r.host.chat, "v41", "succeeded");
 }
 
 /// A rollback script that fails (it names an index that does not exist):
@@ -995,11 +964,5 @@ async fn runbook_002_a_failing_rollback_script_stops_at_a_known_version() {
         out.stdout.contains("002"),
         "the failure names the version: {out}"
     );
-    let messages = bodies(&r.host.chat);
-    assert!(
-        messages
-            .last()
-            .is_some_and(|m| m.ends_with("to v41: failed\"}")),
-        "{messages:?}"
-    );
+    assert_told(&r.host.chat, "v41", "failed");
 }
