@@ -12,5 +12,6 @@ pub mod hooks;
 pub mod localfleet;
 pub mod plan;
 pub mod runner;
+pub mod schedule;
 pub mod server;
 pub mod store;
