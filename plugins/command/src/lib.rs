@@ -41,6 +41,16 @@ fn default_tail() -> usize {
     20
 }
 
+/// The names of the target's commands, for an error.
+fn command_names(settings: &Settings) -> String {
+    settings
+        .commands
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn settings_of(target: &Target) -> Result<Settings, PluginError> {
     let settings: Settings = settings(target)?;
     let invalid = |text: String| {
@@ -62,12 +72,7 @@ fn settings_of(target: &Target) -> Result<Settings, PluginError> {
         if let Some(unknown) = names.iter().find(|n| !settings.commands.contains_key(*n)) {
             return Err(invalid(format!(
                 "{key} names `{unknown}`, which is not in settings.commands ({})",
-                settings
-                    .commands
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                command_names(&settings)
             )));
         }
     }
@@ -192,12 +197,7 @@ impl Plugin for Commands {
             return Err(PluginError::NotFound(format!(
                 "target {}: no command named `{unknown}` (commands: {})",
                 target.name,
-                settings
-                    .commands
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                command_names(&settings)
             )));
         }
         run_all(&target, &settings, &names, PluginError::Failed, true)

@@ -175,6 +175,23 @@ fn timeout_ms(settings: &Settings) -> u32 {
     settings.health_timeout_secs.saturating_mul(1000)
 }
 
+/// Wait for a container a restore just `did` something to (e.g. "was
+/// recreated on shop/api:v1") to be healthy; the error says so.
+fn await_healthy(
+    settings: &Settings,
+    service: &str,
+    container: &str,
+    did: &str,
+) -> Result<(), PluginError> {
+    progress(&format!("waiting for {container} to be healthy"), None);
+    docker::wait_healthy(container, timeout_ms(settings)).map_err(|e| {
+        PluginError::Failed(format!(
+            "service {service}: {container} {did} but is not healthy: {}",
+            e.text()
+        ))
+    })
+}
+
 impl Plugin for Compose {
     fn describe() -> PluginInfo {
         info(
@@ -392,17 +409,12 @@ impl Plugin for Compose {
                     container.name, container.state
                 ));
                 docker::restart(&container.name)?;
-                progress(
-                    &format!("waiting for {} to be healthy", container.name),
-                    None,
-                );
-                docker::wait_healthy(&container.name, timeout_ms(&settings)).map_err(|e| {
-                    PluginError::Failed(format!(
-                        "service {name}: {} was started on {reference} but is not healthy: {}",
-                        container.name,
-                        e.text()
-                    ))
-                })?;
+                await_healthy(
+                    &settings,
+                    &name,
+                    &container.name,
+                    &format!("was started on {reference}"),
+                )?;
                 details.push(format!(
                     "{name}: {} was {}, started on {reference}, healthy",
                     container.name, container.state
@@ -414,14 +426,12 @@ impl Plugin for Compose {
                     container.name, container.image
                 ));
                 let new = docker::recreate(&container.name, &reference, &service.compose_labels)?;
-                progress(&format!("waiting for {} to be healthy", new.name), None);
-                docker::wait_healthy(&new.name, timeout_ms(&settings)).map_err(|e| {
-                    PluginError::Failed(format!(
-                        "service {name}: {} was recreated on {reference} but is not healthy: {}",
-                        new.name,
-                        e.text()
-                    ))
-                })?;
+                await_healthy(
+                    &settings,
+                    &name,
+                    &new.name,
+                    &format!("was recreated on {reference}"),
+                )?;
                 details.push(format!(
                     "{name}: {} {} -> {reference} ({}), healthy",
                     new.name,

@@ -4,7 +4,7 @@
 use crate::release_dir::{get, platform, point, stop, wait_serving};
 use rewind_tests::alembic::AlembicProject;
 use rewind_tests::docker::{Project, inspect};
-use rewind_tests::fleet::TestFleet;
+use rewind_tests::fleet::{CommandOutput, TestFleet};
 use rewind_tests::free_port;
 use rewind_tests::platform::{self, Data, Platform};
 use rewind_tests::postgres::PgServer;
@@ -97,6 +97,19 @@ async fn runbook_003(v1_health: bool) -> Runbook003 {
     }
 }
 
+/// Runbook 003's platform rolled back to v1.4.2 with the example plan: the
+/// CLI's output and what the app served afterwards (it is stopped then).
+async fn rolled_back_003(v1_health: bool) -> (Runbook003, CommandOutput, Option<String>) {
+    let r = runbook_003(v1_health).await;
+    let plan = example_plan("systemd-release-dir/plan.toml", r.chat.port);
+    let out = r
+        .fleet
+        .rollback_cli(&plan, "v1.4.2", &["--confirm-data-loss"]);
+    let served = get(r.port, "/version.txt");
+    stop(&r.root.path().join("myapp"));
+    (r, out, served)
+}
+
 /// The example plan, with its agents' label and the chat URL of this test.
 fn example_plan(file: &str, chat_port: u16) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -113,18 +126,8 @@ fn example_plan(file: &str, chat_port: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn runbook_003_release_schema_and_smoke_check_roll_back_together() {
-    let Runbook003 {
-        pg,
-        root,
-        port,
-        chat,
-        fleet,
-    } = runbook_003(true).await;
+    let (Runbook003 { pg, root, chat, .. }, out, served) = rolled_back_003(true).await;
     let app = root.path().join("myapp");
-    let plan = example_plan("systemd-release-dir/plan.toml", chat.port);
-    let out = fleet.rollback_cli(&plan, "v1.4.2", &["--confirm-data-loss"]);
-    let served = get(port, "/version.txt");
-    stop(&app);
     assert!(out.success, "{out}");
     assert_eq!(served.as_deref(), Some("v1"), "the app serves v1");
     // The components: link, served release, schema revision, rows.
@@ -154,18 +157,8 @@ async fn runbook_003_release_schema_and_smoke_check_roll_back_together() {
 #[tokio::test(flavor = "multi_thread")]
 async fn runbook_003_a_failed_app_stage_is_reported_host_by_host() {
     // v1 has no health endpoint: its app stage fails after the schema went down.
-    let Runbook003 {
-        pg,
-        root,
-        port,
-        chat,
-        fleet,
-    } = runbook_003(false).await;
+    let (Runbook003 { pg, root, chat, .. }, out, served) = rolled_back_003(false).await;
     let app = root.path().join("myapp");
-    let plan = example_plan("systemd-release-dir/plan.toml", chat.port);
-    let out = fleet.rollback_cli(&plan, "v1.4.2", &["--confirm-data-loss"]);
-    let served = get(port, "/version.txt");
-    stop(&app);
     assert!(!out.success, "{out}");
     // The app is back on v2, serving; the schema stage had finished.
     assert_eq!(served.as_deref(), Some("v2"));
