@@ -213,6 +213,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         PLAN.to_string(),
         "v1.2.3",
         RollbackOptions {
+            preempt_drill: false,
             yes: true,
             confirm_data_loss: false,
             force: false,

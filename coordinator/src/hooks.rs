@@ -140,40 +140,32 @@ fn tls_config(ca: Option<&str>) -> Result<rustls::ClientConfig, String> {
 }
 
 async fn http(call: &HttpCall, hook: &Hook, facts: &Facts) -> Result<String, String> {
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(call.ca.as_deref())?)
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
     let body = call
         .body
         .as_deref()
         .map(|b| facts.render(b))
         .unwrap_or_default();
-    let mut request = hyper::Request::builder()
-        .method(call.method.as_str())
-        .uri(call.url.as_str())
-        .header("user-agent", concat!("rewind/", env!("CARGO_PKG_VERSION")))
-        .header("idempotency-key", format!("{}/{}", facts.run, hook.name));
+    let mut headers = vec![(
+        "idempotency-key".to_string(),
+        format!("{}/{}", facts.run, hook.name),
+    )];
     let has_type = call
         .headers
         .iter()
         .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
     if !has_type && !body.is_empty() {
         let json = body.trim_start().starts_with(['{', '[']);
-        request = request.header(
-            "content-type",
+        headers.push((
+            "content-type".into(),
             if json {
                 "application/json"
             } else {
                 "text/plain; charset=utf-8"
-            },
-        );
+            }
+            .into(),
+        ));
     }
-    for (name, value) in &call.headers {
-        request = request.header(name.as_str(), value.as_str());
-    }
+    headers.extend(call.headers.iter().cloned());
     if let Some(path) = &call.token_secret {
         let token =
             std::fs::read_to_string(path).map_err(|e| format!("token_secret {path}: {e}"))?;
@@ -181,37 +173,67 @@ async fn http(call: &HttpCall, hook: &Hook, facts: &Facts) -> Result<String, Str
         if token.is_empty() {
             return Err(format!("token_secret {path} is empty"));
         }
-        request = request.header("authorization", format!("Bearer {token}"));
+        headers.push(("authorization".into(), format!("Bearer {token}")));
     }
-    let request = request
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| format!("{} {}: {e}", call.method, call.url))?;
-    let response = client.request(request).await.map_err(|e| {
-        format!(
-            "{} {}: {}",
-            call.method,
-            call.url,
-            rewind_proto::tls::chain(&e)
-        )
-    })?;
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("{} {}: reading the answer: {e}", call.method, call.url))?
-        .to_bytes();
+    let (status, bytes) = send(
+        &call.method,
+        &call.url,
+        call.ca.as_deref(),
+        &headers,
+        body.into_bytes(),
+    )
+    .await?;
     let text = cut(&String::from_utf8_lossy(&bytes));
     let answer = if text.is_empty() {
-        format!("HTTP {}", status.as_u16())
+        format!("HTTP {status}")
     } else {
-        format!("HTTP {}: {text}", status.as_u16())
+        format!("HTTP {status}: {text}")
     };
-    if status.is_success() {
+    if (200..300).contains(&status) {
         Ok(answer)
     } else {
         Err(format!("{} {} answered {answer}", call.method, call.url))
     }
+}
+
+/// An HTTP request made by the coordinator (hooks, notifications), over
+/// TLS for https:// URLs (trusting `ca` instead of the public roots when
+/// given): the status and the body of the answer.
+pub async fn send(
+    method: &str,
+    url: &str,
+    ca: Option<&str>,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> Result<(u16, Bytes), String> {
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(ca)?)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("user-agent", concat!("rewind/", env!("CARGO_PKG_VERSION")));
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| format!("{method} {url}: {e}"))?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| format!("{method} {url}: {}", rewind_proto::tls::chain(&e)))?;
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{method} {url}: reading the answer: {e}"))?
+        .to_bytes();
+    Ok((status, bytes))
 }
 
 /// Send a one-off action (a hook's, a smoke check's) to `agent` once it is

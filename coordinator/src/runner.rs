@@ -10,13 +10,16 @@
 //! steps the engine dispatches are journaled as sent and delivered by the
 //! next coordinator when their agents reconnect.
 
+use crate::config::WebhookConfig;
 use crate::engine::{
-    self, Command, Corrupt, Done, Event, Failure, HookRow, HookSpec, RunRow, RunState, StageSpec,
-    StepRow, StepSpec, StepStatus,
+    self, Command, Corrupt, Done, Event, Failure, HookRow, HookSpec, RunKind, RunRow, RunState,
+    StageSpec, StepRow, StepSpec, StepStatus,
 };
 use crate::fleet::{Fleet, RUN_QUEUE, RunInput};
 use crate::health;
 use crate::hooks;
+use crate::notify::{self, Notice};
+use crate::plan::OnFailure;
 use crate::plan::{Gate, HookCall, Plan, StepAction, StepPlan};
 use crate::store::{
     self, EventRecord, HookRecord, RunRecord, SnapshotRecord, StageRecord, StepRecord, Store,
@@ -44,16 +47,25 @@ pub struct Shared {
     pub events: broadcast::Sender<EventRecord>,
     /// The coordinator is stopping: no step is sent, no run starts.
     pub draining: AtomicBool,
+    /// Where events are delivered (`[notifications.*]`).
+    pub webhooks: Vec<WebhookConfig>,
+    /// Woken when notifications were journaled.
+    pub outbox_ready: tokio::sync::Notify,
+    /// The drills in progress, for operators' runs that preempt them.
+    pub drills: crate::drill::driver::Registry,
 }
 
 impl Shared {
-    pub fn new(store: Store) -> Shared {
+    pub fn new(store: Store, webhooks: Vec<WebhookConfig>) -> Shared {
         let (events, _) = broadcast::channel(1 << 16);
         Shared {
             store,
             fleet: Arc::new(Fleet::default()),
             events,
             draining: AtomicBool::new(false),
+            webhooks,
+            outbox_ready: tokio::sync::Notify::new(),
+            drills: Default::default(),
         }
     }
 
@@ -85,6 +97,7 @@ struct RunContext {
     /// What a smoke check sends, by stage, in gate order.
     smoke_requests: Vec<Vec<StepRequest>>,
     facts: hooks::Facts,
+    kind: RunKind,
 }
 
 impl RunContext {
@@ -124,6 +137,62 @@ impl RunContext {
     }
 }
 
+impl RunContext {
+    /// What a journaled event of this run tells subscribers, if anything:
+    /// rollbacks' start, pause and end (a drill's legs are told by the
+    /// drill's own events).
+    fn notice(&self, event: &EventRecord) -> Option<(u64, Notice)> {
+        if self.kind != RunKind::Rollback
+            || !matches!(
+                event.kind.as_str(),
+                "run-started" | "run-succeeded" | "run-failed" | "run-paused"
+            )
+        {
+            return None;
+        }
+        let summary = match event.kind.as_str() {
+            "run-started" => format!(
+                "rolling back to {} with plan {}",
+                self.facts.release, self.facts.plan
+            ),
+            "run-succeeded" => format!(
+                "rolled back to {} with plan {}",
+                self.facts.release, self.facts.plan
+            ),
+            "run-paused" => format!(
+                "the rollback to {} is paused for an operator (stage {}): {}",
+                self.facts.release, event.stage, event.message
+            ),
+            _ => format!(
+                "the rollback to {} with plan {} failed",
+                self.facts.release, self.facts.plan
+            ),
+        };
+        let details = [
+            ("release", self.facts.release.clone()),
+            ("plan", self.facts.plan.clone()),
+            ("started_by", self.facts.started_by.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Some((
+            event.seq,
+            Notice {
+                event: event.kind.clone(),
+                severity: notify::severity_of(&event.kind).into(),
+                subject_kind: "run".into(),
+                subject_id: self.run_id.clone(),
+                name: self.facts.plan.clone(),
+                summary,
+                details,
+                dedup_key: format!("rewind/plan/{}", self.facts.plan),
+                unix_ms: event.unix_ms,
+            },
+        ))
+    }
+}
+
 fn action_of(action: StepAction) -> Action {
     match action {
         StepAction::Restore => Action::Restore,
@@ -140,7 +209,14 @@ pub fn snapshot_of(record: &SnapshotRecord) -> Snapshot {
     }
 }
 
-fn stage_specs(plan: &Plan) -> Vec<StageSpec> {
+/// The engine's stages of a plan; a drill's legs have their own failure
+/// policy whatever the plan says (see `RunKind`).
+fn stage_specs(plan: &Plan, kind: RunKind) -> Vec<StageSpec> {
+    let policy = |plan: OnFailure| match kind {
+        RunKind::Rollback => plan,
+        RunKind::DrillBack => OnFailure::Halt,
+        RunKind::DrillForward => OnFailure::Pause,
+    };
     plan.stages
         .iter()
         .map(|stage| StageSpec {
@@ -153,7 +229,7 @@ fn stage_specs(plan: &Plan) -> Vec<StageSpec> {
             max_parallel: 0,
             canary: stage.canary,
             timeout_ms: stage.timeout.as_millis() as u64,
-            on_failure: stage.on_failure,
+            on_failure: policy(stage.on_failure),
             has_gates: !stage.health.is_empty(),
         })
         .collect()
@@ -169,7 +245,8 @@ fn build(
     snapshots: &[SnapshotRecord],
     ids: Option<&[String]>,
 ) -> Result<(RunContext, RunState), String> {
-    let mut stages = stage_specs(plan);
+    let kind = RunKind::parse(&run.kind).map_err(|e| e.to_string())?;
+    let mut stages = stage_specs(plan, kind);
     let mut steps = Vec::new();
     let mut step_ids = Vec::new();
     let mut requests = Vec::new();
@@ -316,6 +393,7 @@ fn build(
             started_by: run.started_by.clone(),
             verdict: "running".into(),
         },
+        kind,
     };
     Ok((context, RunState::new(stages, steps).with_hooks(hook_specs)))
 }
@@ -678,17 +756,25 @@ async fn drive(
                 _ => {}
             }
         }
+        let outbox: Vec<_> = journal
+            .iter()
+            .filter_map(|event| context.notice(event))
+            .flat_map(|(seq, notice)| notify::rows(&shared.webhooks, seq, &notice))
+            .collect();
         // Journal before anything leaves: a step is sent only once its
         // dispatch is durable.
         let mut delay = Duration::from_millis(100);
         while let Err(e) = shared
             .store
-            .persist(&run_id, &mut state, &journal, now)
+            .persist(&run_id, &mut state, &journal, &outbox, now)
             .await
         {
             tracing::error!(run = run_id, "cannot journal the run, retrying: {e}");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        if !outbox.is_empty() {
+            shared.outbox_ready.notify_waiters();
         }
         for event in journal.into_iter().chain(progress) {
             let _ = shared.events.send(event);

@@ -57,6 +57,10 @@ enum Command {
         /// Apply even where targets changed since the preview.
         #[arg(long)]
         force: bool,
+        /// If a drill is rehearsing on the plan's agents, roll it forward
+        /// first (else the rollback is refused while it goes on).
+        #[arg(long)]
+        preempt_drill: bool,
     },
     /// Follow a run with the live view until it ends.
     Watch { run: String },
@@ -77,6 +81,9 @@ enum Command {
         #[command(subcommand)]
         command: Option<FleetCommand>,
     },
+    /// Rollback rehearsals: `drill list | run <drill> | history <drill> | report <run>`.
+    #[command(subcommand)]
+    Drill(cli::drill::DrillCommand),
     /// The main job, end to end on this machine: a coordinator and a local
     /// fleet of agents, a release, a bad deploy, and a 4-stage rollback.
     Demo(demo::DemoArgs),
@@ -136,6 +143,7 @@ pub fn main() -> ExitCode {
                 yes,
                 confirm_data_loss,
                 force,
+                preempt_drill,
             } => {
                 let plan_toml = cli::read_plan(&plan)?;
                 let mut client = connection.connect().await?;
@@ -148,6 +156,7 @@ pub fn main() -> ExitCode {
                         yes,
                         confirm_data_loss,
                         force,
+                        preempt_drill,
                     },
                 )
                 .await
@@ -161,6 +170,7 @@ pub fn main() -> ExitCode {
             Command::Fleet {
                 command: Some(FleetCommand::Remove { agent }),
             } => cli::remove_agent(&connection, agent).await.map(|_| true),
+            Command::Drill(command) => cli::drill::command(&connection, command).await,
             Command::Demo(args) => demo::run(args).await,
         }
     });

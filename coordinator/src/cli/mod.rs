@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod client;
+pub mod drill;
 pub mod view;
 
 use crate::certs;
@@ -190,6 +191,8 @@ pub struct RollbackOptions {
     pub yes: bool,
     pub confirm_data_loss: bool,
     pub force: bool,
+    /// Roll a drill on the plan's agents forward first.
+    pub preempt_drill: bool,
 }
 
 /// Preview, confirm, start, watch, report. Returns whether the run succeeded.
@@ -238,6 +241,7 @@ pub async fn rollback(
                 release: release.to_string(),
                 confirm_data_loss: options.confirm_data_loss,
                 force: options.force,
+                preempt_drill: options.preempt_drill,
                 // The run starts only if the targets still preview as shown.
                 approved: preview
                     .stages

@@ -39,7 +39,7 @@ mod properties;
 #[cfg(test)]
 mod tests;
 
-pub use model::{Corrupt, RunStatus, StageStatus, StepWord};
+pub use model::{Corrupt, RunKind, RunStatus, StageStatus, StepWord};
 
 use crate::plan::{HookWhen, OnFailure};
 

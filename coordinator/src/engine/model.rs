@@ -136,6 +136,37 @@ impl StepWord {
     }
 }
 
+/// What a run is for: an operator's rollback, or one leg of a drill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    Rollback,
+    /// A drill's roll back: any failure halts it (the drill then rolls
+    /// forward at once; nobody is asked to approve).
+    DrillBack,
+    /// A drill's roll forward: any failure pauses it for an operator, since
+    /// the fleet must end where it started.
+    DrillForward,
+}
+
+impl RunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Rollback => "rollback",
+            RunKind::DrillBack => "drill-back",
+            RunKind::DrillForward => "drill-forward",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<RunKind, Corrupt> {
+        Ok(match text {
+            "rollback" => RunKind::Rollback,
+            "drill-back" => RunKind::DrillBack,
+            "drill-forward" => RunKind::DrillForward,
+            other => return Err(corrupt("run kind", other)),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +208,9 @@ mod tests {
         );
         assert!(StageStatus::parse("").is_err());
         assert!(StepWord::parse("done").is_err());
+        for k in [RunKind::Rollback, RunKind::DrillBack, RunKind::DrillForward] {
+            assert_eq!(RunKind::parse(k.as_str()), Ok(k));
+        }
+        assert!(RunKind::parse("drill").is_err());
     }
 }

@@ -12,6 +12,7 @@
 //! or another) and the process exits within `DRAIN` + `CLOSE`.
 
 pub mod agents;
+pub mod drills;
 pub mod operator;
 
 use crate::config::CoordinatorConfig;
@@ -67,11 +68,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let store = Store::open(&config.database).await?;
-    let shared = Arc::new(Shared::new(store));
+    let shared = Arc::new(Shared::new(store, config.notifications.clone()));
+    let config = Arc::new(config);
     let resumed = runner::resume_all(shared.clone()).await?;
     if resumed > 0 {
         tracing::info!("resumed {resumed} unfinished run(s)");
     }
+    let drills = crate::drill::driver::resume_all(&shared, &config).await?;
+    if drills > 0 {
+        tracing::info!("resumed {drills} unfinished drill run(s)");
+    }
+    tokio::spawn(crate::drill::scheduler::run(shared.clone(), config.clone()));
+    crate::notify::deliver::spawn_all(shared.clone(), &config.notifications);
     let ca = std::fs::read(&config.tls.ca).map_err(|e| tls_error(&config.tls.ca, e))?;
     let authenticator =
         Arc::new(Authenticator::new(&ca).map_err(|e| tls_error(&config.tls.ca, e))?);
@@ -88,7 +96,6 @@ pub async fn serve(
         max_handshakes = limits.max_handshakes,
         "connection bounds"
     );
-    let config = Arc::new(config);
     let agents = agents::AgentApi {
         shared: shared.clone(),
         authenticator: authenticator.clone(),

@@ -1,12 +1,19 @@
 //! The coordinator's TOML configuration: where it listens, its database, its
-//! certificates (and revocation list), operator roles, and environments:
-//! which are protected, and which agents may claim each. Parsed once; errors
-//! name the file and line.
+//! certificates (and revocation list), operator roles, environments (which
+//! are protected, and which agents may claim each), drills and
+//! notifications. Parsed once; errors name the file and line.
+
+pub mod drills;
+pub mod notify;
+
+pub use drills::DrillConfig;
+pub use notify::{WebhookConfig, WebhookKind};
 
 use rewind_proto::tls::TlsFiles;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use toml::Spanned;
 
 /// What an operator may do. Ordered: each role may do what the ones below it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -50,6 +57,30 @@ pub struct CoordinatorConfig {
     pub trust_domain: String,
     pub operators: BTreeMap<String, Role>,
     pub environments: BTreeMap<String, Environment>,
+    /// Rollback rehearsals, by name.
+    pub drills: BTreeMap<String, DrillConfig>,
+    /// Where events of runs and drills are delivered.
+    pub notifications: Vec<WebhookConfig>,
+}
+
+/// The configuration's text, for turning a byte offset into a line.
+pub(crate) struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    pub fn line(&self, at: usize) -> usize {
+        self.text[..at.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    pub fn error(&self, at: usize, message: String) -> ConfigError {
+        ConfigError {
+            path: self.path.to_path_buf(),
+            line: Some(self.line(at)),
+            message,
+        }
+    }
 }
 
 /// An environment (an agent's `env` label).
@@ -137,6 +168,10 @@ struct Raw {
     operators: BTreeMap<String, Role>,
     #[serde(default)]
     environments: BTreeMap<String, RawEnvironment>,
+    #[serde(default)]
+    drills: BTreeMap<String, Spanned<drills::RawDrill>>,
+    #[serde(default)]
+    notifications: BTreeMap<String, Spanned<notify::RawWebhook>>,
 }
 
 #[derive(Deserialize)]
@@ -172,11 +207,12 @@ pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
     };
     let text =
         std::fs::read_to_string(path).map_err(|e| error(None, format!("cannot read: {e}")))?;
+    let source = Source { path, text: &text };
     let raw: Raw = toml::from_str(&text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        error(line, e.message().to_string())
+        error(
+            e.span().map(|s| source.line(s.start)),
+            e.message().to_string(),
+        )
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let resolve = |p: &Path| {
@@ -205,6 +241,23 @@ pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
         }
         _ => raw.coordinator.database,
     };
+    let protected: Vec<&str> = raw
+        .environments
+        .iter()
+        .filter(|(_, e)| e.protected)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let mut drills = BTreeMap::new();
+    for (name, drill) in &raw.drills {
+        drills.insert(
+            name.clone(),
+            drills::parse(&source, base, name, drill, &protected)?,
+        );
+    }
+    let mut notifications = Vec::new();
+    for (name, webhook) in &raw.notifications {
+        notifications.push(notify::parse(&source, base, name, webhook)?);
+    }
     Ok(CoordinatorConfig {
         path: path.to_path_buf(),
         listen: raw.coordinator.listen,
@@ -226,6 +279,8 @@ pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
                 )
             })
             .collect(),
+        drills,
+        notifications,
     })
 }
 
@@ -258,6 +313,8 @@ mod tests {
             crl: None,
             trust_domain: "rewind.local".into(),
             operators: BTreeMap::new(),
+            drills: BTreeMap::new(),
+            notifications: Vec::new(),
             environments: environments
                 .iter()
                 .map(|(name, protected, agents)| {

@@ -3,7 +3,14 @@
 //! Both run the same migrations and the same queries.
 //!
 //! A run's state is written in one transaction per batch of engine events,
-//! before the steps it dispatches are sent.
+//! before the steps it dispatches are sent, together with the notifications
+//! those events cause (the outbox), so that none is lost or invented.
+
+mod drills;
+mod outbox;
+
+pub use drills::{BusyAgent, DrillRunRecord, ScheduleRecord};
+pub use outbox::OutboxRecord;
 
 use crate::engine::{HookStatus, Note, RunState, StepStatus};
 use serde::{Deserialize, Serialize};
@@ -77,6 +84,10 @@ pub struct RunRecord {
     pub cancelling: bool,
     /// What the stages decided, once over (empty before).
     pub verdict: String,
+    /// `rollback`, or a drill's `drill-back` / `drill-forward`.
+    pub kind: String,
+    /// The drill run this run is a leg of (empty for a rollback).
+    pub drill_run: String,
 }
 
 #[derive(Debug, Clone)]
@@ -141,7 +152,7 @@ pub struct EventRecord {
 macro_rules! run_columns {
     () => {
         "id, plan_name, plan_path, plan_toml, release_name, status, started_by, started_ms, finished_ms, \
-         confirm_data_loss, force_apply, data_loss_window, halting, cancelling, verdict"
+         confirm_data_loss, force_apply, data_loss_window, halting, cancelling, verdict, kind, drill_run"
     };
 }
 
@@ -345,7 +356,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO runs (id, plan_name, plan_path, plan_toml, release_name, status, started_by, started_ms, finished_ms, \
-             confirm_data_loss, force_apply, data_loss_window) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $11)",
+             confirm_data_loss, force_apply, data_loss_window, kind, drill_run) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $11, $12, $13)",
         )
         .bind(&run.id)
         .bind(&run.plan_name)
@@ -358,6 +370,8 @@ impl Store {
         .bind(run.confirm_data_loss as i64)
         .bind(run.force as i64)
         .bind(run.data_loss_window.map(|w| w as i64))
+        .bind(&run.kind)
+        .bind(&run.drill_run)
         .execute(&mut *tx)
         .await?;
         for stage in stages {
@@ -404,16 +418,19 @@ impl Store {
         Ok(())
     }
 
-    /// Journal what changed in a run since the last call, and its notes, in
-    /// one transaction; clears the state's dirty lists.
+    /// Journal what changed in a run since the last call, its notes and
+    /// the notifications they cause, in one transaction; clears the state's
+    /// dirty lists.
     pub async fn persist(
         &self,
         run_id: &str,
         state: &mut RunState,
         events: &[EventRecord],
+        outbox: &[OutboxRecord],
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        outbox::insert(&mut tx, outbox).await?;
         let mut steps = std::mem::take(&mut state.dirty_steps);
         steps.sort_unstable();
         steps.dedup();
@@ -569,6 +586,8 @@ impl Store {
             halting: u(row, "halting")? != 0,
             cancelling: u(row, "cancelling")? != 0,
             verdict: s(row, "verdict")?,
+            kind: s(row, "kind")?,
+            drill_run: s(row, "drill_run")?,
         })
     }
 
