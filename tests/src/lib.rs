@@ -159,6 +159,7 @@ pub use rewind_agent::host;
 pub mod alembic;
 pub mod cdn;
 pub mod docker;
+pub mod drills;
 pub mod etcd;
 pub mod fleet;
 pub mod platform;

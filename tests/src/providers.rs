@@ -27,7 +27,7 @@ pub struct ProviderApi {
 }
 
 impl ProviderApi {
-    pub fn start(answer: fn(&Received) -> (u16, String)) -> ProviderApi {
+    pub fn start(answer: impl Fn(&Received) -> (u16, String) + Send + 'static) -> ProviderApi {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));

@@ -265,10 +265,15 @@ impl OperatorService for OperatorApi {
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<EventStream>, Status> {
         self.authorize(&request, Role::Viewer, "watching a run")?;
         let WatchRequest { run_id, after_seq } = request.into_inner();
-        if run_id.starts_with("drill-") {
-            super::drills::existing(&self.shared, &run_id).await?;
-        } else {
-            self.existing_run(&run_id).await?;
+        // A run, or a drill run (whose events are its phases).
+        if self.existing_run(&run_id).await.is_err() {
+            super::drills::existing(&self.shared, &run_id)
+                .await
+                .map_err(|_| {
+                    Status::not_found(format!(
+                        "no run or drill run {run_id} (see `rewind history`)"
+                    ))
+                })?;
         }
         // Subscribe first, then read the journal, so nothing falls between.
         let mut live = self.shared.events.subscribe();
