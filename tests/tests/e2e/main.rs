@@ -15,6 +15,7 @@ mod forgery;
 mod hooks;
 mod journal_postgres;
 mod migrations;
+mod notifications;
 mod pg_restore;
 mod postgres_capability;
 mod refusals;
