@@ -224,6 +224,20 @@ viewer = "viewer"
         Ok(host_dir)
     }
 
+    /// Change an agent's plugins and targets (applied when it next starts).
+    pub fn set_targets(
+        &mut self,
+        agent: &str,
+        plugins_and_targets: &str,
+    ) -> Result<(), FleetError> {
+        let (spec, _) = self
+            .agents
+            .get_mut(agent)
+            .ok_or_else(|| FleetError::Setup(format!("no agent {agent}")))?;
+        spec.plugins_and_targets = plugins_and_targets.to_string();
+        Ok(())
+    }
+
     /// The directory of an agent's host (its files and state).
     pub fn host_dir(&self, agent: &str) -> PathBuf {
         self.dir.join("hosts").join(agent)

@@ -109,8 +109,8 @@ async fn list(client: &mut Client, address: &str) -> anyhow::Result<bool> {
         return Ok(true);
     }
     println!(
-        "{:<20} {:<10} {:<22} {:<10} {:<16} {}",
-        "DRILL", "ENV", "NEXT RUN", "LAST", "SINCE LAST PASS", "EVIDENCE"
+        "{:<20} {:<10} {:<22} {:<10} {:<16} EVIDENCE",
+        "DRILL", "ENV", "NEXT RUN", "LAST", "SINCE LAST PASS"
     );
     let now = crate::runner::now_ms();
     for d in reply.drills {

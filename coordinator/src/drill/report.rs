@@ -197,10 +197,12 @@ pub async fn earlier_rtos(store: &Store, record: &DrillRunRecord) -> Result<Vec<
             break;
         }
         let passed = earlier.state.verdict == Some(super::Verdict::Passed);
-        if earlier.id != record.id && earlier.started_ms < record.started_ms && passed {
-            if let Some(rto) = rto_of(store, &earlier).await? {
-                rtos.push(rto);
-            }
+        if earlier.id != record.id
+            && earlier.started_ms < record.started_ms
+            && passed
+            && let Some(rto) = rto_of(store, &earlier).await?
+        {
+            rtos.push(rto);
         }
     }
     Ok(rtos)

@@ -595,3 +595,80 @@ async fn a_drill_on_a_protected_environment_is_refused_naming_the_line() {
         "{stderr}"
     );
 }
+
+/// A drill whose roll back took more than 20 % longer than the median of
+/// its earlier passes is flagged slower; a drill whose last pass is older
+/// than its freshness is stale. Both are notified, each once, and shown.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slower_drill_and_a_stale_one_are_flagged_and_notified_once() {
+    let api = ProviderApi::start(|_| (200, "ok".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write(dir.path(), "plan.toml", RECORDER_PLAN);
+    let environments = format!(
+        "{}\n[notifications.ops]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{}/ops\"\nevents = [\"drill-slower\", \"drill-stale\"]\n",
+        drill_table(
+            "evidence",
+            &plan,
+            "schedule = \"0 0 3 1 1 *\"\nrto = \"5m\"\nfresh_for = \"6s\""
+        ),
+        api.port
+    );
+    let mut fleet = TestFleet::start_in(
+        vec![host("stg-db-1", "data"), host("stg-api-1", "core")],
+        None,
+        Some(&environments),
+        None,
+    )
+    .await;
+    fleet.checkpoint("v1").await;
+    let first = run_drill(&fleet, "evidence").await;
+    let first = drills::wait_for(&fleet, &first, MINUTE, drills::ended).await;
+    assert_eq!(first.status, "passed");
+    assert!(!first.slower);
+
+    // The core host became slow to restore.
+    fleet.fleet.kill_agent("stg-api-1");
+    let slow = format!(
+        "[plugins.recorder]\npath = \"{{plugins}}/fixture_recorder.wasm\"\nallow_unsigned = true\n\n\
+         [targets.app]\nplugin = \"recorder\"\nsettings = {{ log = \"{records}/stg-api-1.log\", delay_ms = 2500 }}\n\
+         grant = {{ files = [\"{records}\"] }}\n",
+        records = fleet.records.display()
+    );
+    fleet.fleet.set_targets("stg-api-1", &slow).unwrap();
+    fleet.fleet.start_agent("stg-api-1").unwrap();
+    fleet.wait_connected(2).await;
+    let second = run_drill(&fleet, "evidence").await;
+    let second = drills::wait_for(&fleet, &second, MINUTE, drills::ended).await;
+    assert_eq!(second.status, "passed");
+    assert!(second.slower, "{second:#?}");
+    let report = drills::report(&fleet, &second.run_id).await;
+    let comparison = report.comparison.expect("compared with the first pass");
+    assert_eq!(comparison.earlier_ms, vec![first.rto_ms.unwrap()]);
+    assert!(
+        comparison.slower && comparison.ratio > 1.2,
+        "{comparison:?}"
+    );
+    let history = fleet.rewind("viewer", &["drill", "history", "evidence"]);
+    assert!(history.stdout.contains("SLOWER"), "{history}");
+
+    // Six seconds after the last pass the evidence is stale.
+    let deadline = std::time::Instant::now() + MINUTE;
+    let events = |api: &ProviderApi| -> Vec<String> {
+        api.requests()
+            .iter()
+            .map(|r| r.headers.get("x-rewind-event").cloned().unwrap_or_default())
+            .collect()
+    };
+    while !events(&api).contains(&"drill-stale".to_string()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no stale notice: {:?}",
+            events(&api)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let list = fleet.rewind("viewer", &["drill", "list"]);
+    assert!(list.stdout.contains("STALE (fresh for 6s)"), "{list}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(events(&api), ["drill-slower", "drill-stale"], "each once");
+}
