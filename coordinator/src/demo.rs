@@ -179,6 +179,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         HOSTS.len()
     );
     let mut fleet = LocalFleet::create(&dir, &rewind_bin, &agent_bin, &plugins)?;
+    // The platform team's monthly rehearsal of the same plan.
+    let plan_path = dir.join("plan.toml");
+    std::fs::write(&plan_path, PLAN)?;
+    fleet.environments += &format!(
+        "\n[drills.monthly]\nplan = \"{}\"\nenv = \"demo\"\nschedule = \"0 0 3 1 * *\"\ntime_zone = \"UTC\"\nrto = \"2m\"\nfresh_for = \"35d\"\n",
+        plan_path.display()
+    );
     let address = fleet.start_coordinator()?;
     println!("coordinator listening on {address}");
     for host in HOSTS {
@@ -205,8 +212,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     }
 
     println!("\n== rewind rollback plan.toml --to v1.2.3 --yes");
-    let plan_path = dir.join("plan.toml");
-    std::fs::write(&plan_path, PLAN)?;
     let succeeded = cli::rollback(
         &mut client,
         &plan_path,
@@ -239,18 +244,47 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
             }
         );
     }
+
+    println!("\n== deploy v1.3.1 (the fix) to every host, then rehearse the rollback:");
+    println!("== rewind drill run monthly (checkpoint, roll back to v1.2.3, roll forward, verify)");
+    write_files(&fleet, false)?;
+    let reports = dir.join("reports");
+    let drilled = cli::drill::command(
+        &connection(&fleet)?,
+        cli::drill::DrillCommand::Run {
+            drill: "monthly".into(),
+            to: Some("v1.2.3".into()),
+            report_dir: Some(reports.clone()),
+        },
+    )
+    .await?;
+    let mut where_it_started = drilled;
+    for host in HOSTS {
+        let path = fleet.host_dir(host.name).join("etc").join(host.file);
+        where_it_started &= std::fs::read_to_string(&path).unwrap_or_default() == host.bad;
+    }
+    println!(
+        "  the drill {}; every host {} on v1.3.1, where it started",
+        if drilled { "passed" } else { "did not pass" },
+        if where_it_started {
+            "is back"
+        } else {
+            "is NOT"
+        }
+    );
     fleet.stop();
     println!(
-        "\n{} in {:.1}s. The fleet, logs and journal stay in {} for a look.",
+        "\n{} in {:.1}s. The drill's report is in {}; the fleet, logs and journal stay in {} for a look.",
         if all_good {
-            "every host is back on v1.2.3"
+            "every host was rolled back to v1.2.3"
         } else {
             "the rollback did not complete"
         },
         started.elapsed().as_secs_f64(),
+        reports.display(),
         dir.display()
     );
-    Ok(all_good)
+    Ok(all_good && where_it_started)
 }
 
 fn connection(fleet: &LocalFleet) -> anyhow::Result<client::Connection> {

@@ -445,6 +445,15 @@ impl TestFleet {
         self.rewind("ops", &args)
     }
 
+    /// `rewind` as `operator` with the program's output on this terminal;
+    /// whether it succeeded.
+    pub fn rewind_live(&self, operator: &str, args: &[&str]) -> bool {
+        self.command(operator, args)
+            .status()
+            .expect("running rewind")
+            .success()
+    }
+
     /// `rollback_cli` with the program's output on this terminal (the
     /// preview, the live view and the report); whether it succeeded.
     pub fn rollback_live(&self, plan: &str, release: &str, extra: &[&str]) -> bool {

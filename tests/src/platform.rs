@@ -327,6 +327,28 @@ impl Platform {
             .replace("10.0.1.10:8010", &format!("127.0.0.1:{}", self.ports.l10))
     }
 
+    /// Add a drill of the example plan on the platform's environment to the
+    /// coordinator's configuration (the coordinator restarts to read it),
+    /// run it with the live view and write its report to `reports`;
+    /// whether it passed.
+    pub async fn drill(&mut self, reports: &Path) -> bool {
+        let plan = self.dir.path().join("plan.toml");
+        std::fs::write(&plan, self.plan()).unwrap();
+        self.fleet.fleet.environments += &format!(
+            "\n[drills.platform]\nplan = \"{}\"\nenv = \"staging\"\nschedule = \"0 0 3 1 * *\"\n\
+             time_zone = \"UTC\"\nrto = \"15m\"\nfresh_for = \"35d\"\nconfirm_data_loss = true\n",
+            plan.display()
+        );
+        self.fleet
+            .fleet
+            .terminate_coordinator(std::time::Duration::from_secs(20));
+        self.fleet.fleet.start_coordinator().expect("coordinator");
+        self.fleet.wait_connected(4).await;
+        let dir = reports.display().to_string();
+        self.fleet
+            .rewind_live("ops", &["drill", "run", "platform", "--report-dir", &dir])
+    }
+
     /// `rewind rollback` of the example plan to [`GOOD`], output captured.
     pub fn roll_back(&self) -> CommandOutput {
         self.fleet

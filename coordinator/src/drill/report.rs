@@ -147,9 +147,13 @@ impl Comparison {
     }
 }
 
-/// `12.3 s`
+/// `47 ms`, `12.3 s`
 pub fn seconds(ms: u64) -> String {
-    format!("{:.1} s", ms as f64 / 1000.0)
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
 }
 
 fn span(start: Option<u64>, end: Option<u64>) -> Option<u64> {
@@ -434,6 +438,19 @@ fn time(ms: u64) -> String {
         .to_string()
 }
 
+/// The time of day (UTC) to the millisecond: the report's header has the date.
+fn clock(ms: u64) -> String {
+    let text = humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+    )
+    .to_string();
+    text.get(11..23).unwrap_or(&text).to_string()
+}
+
+fn opt_clock(ms: Option<u64>) -> String {
+    ms.map(clock).unwrap_or_else(|| "-".into())
+}
+
 fn opt_time(ms: Option<u64>) -> String {
     ms.map(time).unwrap_or_else(|| "-".into())
 }
@@ -495,7 +512,7 @@ impl DrillReport {
         let _ = writeln!(md, "\n## Timeline\n");
         let _ = writeln!(
             md,
-            "| Phase | Stage | Host | Target | Action | Status | Start | End | Duration |\n|---|---|---|---|---|---|---|---|---|"
+            "| Phase | Stage | Host | Target | Action | Status | Start (UTC) | End | Duration |\n|---|---|---|---|---|---|---|---|---|"
         );
         for p in &self.phases {
             let _ = writeln!(
@@ -503,8 +520,8 @@ impl DrillReport {
                 "| **{}** | | | | | {} | {} | {} | {} |",
                 p.name,
                 p.status,
-                opt_time(p.started_ms),
-                opt_time(p.finished_ms),
+                opt_clock(p.started_ms),
+                opt_clock(p.finished_ms),
                 opt_seconds(p.duration_ms)
             );
             for s in &p.stages {
@@ -513,8 +530,8 @@ impl DrillReport {
                     "| | {} | | | | {} | {} | {} | {} |",
                     cell(&s.name),
                     s.status,
-                    opt_time(s.started_ms),
-                    opt_time(s.finished_ms),
+                    opt_clock(s.started_ms),
+                    opt_clock(s.finished_ms),
                     opt_seconds(s.duration_ms)
                 );
                 for step in &s.steps {
@@ -529,8 +546,8 @@ impl DrillReport {
                         cell(&step.target),
                         step.action,
                         status,
-                        opt_time(step.started_ms),
-                        opt_time(step.finished_ms),
+                        opt_clock(step.started_ms),
+                        opt_clock(step.finished_ms),
                         opt_seconds(step.duration_ms)
                     );
                 }

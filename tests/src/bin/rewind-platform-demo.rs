@@ -16,7 +16,7 @@ async fn main() -> ExitCode {
          and a status page; a coordinator and 4 agents (mutual TLS, SQLite journal)",
         LAYERS.len()
     );
-    let platform = Platform::start("demo", Data::Small).await;
+    let mut platform = Platform::start("demo", Data::Small).await;
     println!(
         "== checkpointed release {GOOD} on db-1, config-1, app-1 and ui-1 in {:.1}s",
         platform.checkpoint_took.as_secs_f64()
@@ -62,15 +62,32 @@ async fn main() -> ExitCode {
             platform.status_messages().len() == 2,
         ),
     ];
-    let all = succeeded && checks.iter().all(|ok| *ok) && now == good;
+    let rolled_back = succeeded && checks.iter().all(|ok| *ok) && now == good;
+
     println!(
-        "\n{} in {:.0}s; the platform is taken down now.",
+        "\n== {BAD} again, fixed (the planner model kept where {GOOD} reads it); the platform \
+         team rehearses the rollback to {GOOD}: rewind drill run platform"
+    );
+    platform.deploy_bad_release(true);
+    let deployed = platform.state();
+    let reports = rewind_tests::root().join("target/rewind-demo/reports");
+    let drilled = platform.drill(&reports).await;
+    println!("\n== what the components hold after the drill");
+    let drill_ok = check(
+        "the drill passed, and every component is where it started (the fixed release)",
+        drilled && platform.state() == deployed,
+    );
+    let all = rolled_back && drill_ok;
+    println!(
+        "\n{} in {:.0}s; the drill's report (Markdown, JSON, JUnit XML) is in {}; \
+         the platform is taken down now.",
         if all {
-            format!("the platform is back on {GOOD}")
+            format!("the platform was rolled back to {GOOD} and the rollback rehearsed")
         } else {
-            "the rollback did not bring everything back".to_string()
+            "the rollback or its rehearsal did not bring everything back".to_string()
         },
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        reports.display()
     );
     if all {
         ExitCode::SUCCESS
