@@ -672,3 +672,59 @@ async fn a_slower_drill_and_a_stale_one_are_flagged_and_notified_once() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(events(&api), ["drill-slower", "drill-stale"], "each once");
 }
+
+/// A blackout window that begins while a drill rolls back makes it roll
+/// forward at once and stop; a drill is not started in one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blackout_beginning_mid_drill_rolls_it_forward_and_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write(dir.path(), "plan.toml", RECORDER_PLAN);
+    let hosts = vec![
+        host("stg-db-1", "data").with("delay_ms = 8000"),
+        host("stg-api-1", "core"),
+    ];
+    let mut fleet = TestFleet::start(hosts, None).await;
+    fleet.checkpoint("v1").await;
+    let at = moment(Duration::from_secs(6), 0);
+    fleet.fleet.environments = drill_table(
+        "window",
+        &plan,
+        &format!(
+            "schedule = \"0 0 3 1 1 *\"\nrto = \"5m\"\nblackouts = [{{ cron = \"{}\", length = \"10m\" }}]",
+            cron_at(&[at])
+        ),
+    );
+    fleet.fleet.kill_coordinator();
+    fleet.fleet.start_coordinator().expect("coordinator");
+    fleet.wait_connected(2).await;
+    let id = run_drill(&fleet, "window").await;
+    let done = drills::wait_for(&fleet, &id, 2 * MINUTE, drills::ended).await;
+    assert_eq!(done.status, "aborted", "{done:#?}");
+    assert!(
+        done.reason
+            .starts_with("a blackout window began: in the blackout window"),
+        "{}",
+        done.reason
+    );
+    // The roll back stopped after the step in flight; the roll forward
+    // put the data host back; the core host was never touched.
+    let db = drills::restores(&fleet, "stg-db-1");
+    assert_eq!(db.len(), 2, "{db:#?}");
+    assert!(db[1].starts_with(&format!("{id}-forward/")), "{db:#?}");
+    let api = drills::restores(&fleet, "stg-api-1");
+    assert!(
+        api.iter().all(|s| s.starts_with(&format!("{id}-forward/"))),
+        "{api:#?}"
+    );
+    let back = fleet.report(&done.back_run).await;
+    assert_eq!(back.status, "cancelled");
+    // Within the window, no drill starts.
+    let refused = fleet.rewind("ops", &["drill", "run", "window"]);
+    assert!(!refused.success, "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("not started: in the blackout window"),
+        "{refused}"
+    );
+}
