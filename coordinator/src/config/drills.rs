@@ -141,7 +141,7 @@ pub(super) fn parse(
         blackouts.push(Blackout::parse(&b.get_ref().cron, length).map_err(|e| here(b.span(), e))?);
     }
     let start_deadline = match &raw.start_deadline {
-        Some(v) => duration(source, v, "start_deadline")?,
+        Some(v) => duration(source, v, &format!("drill {name}: start_deadline"))?,
         None => DEFAULT_START_DEADLINE,
     };
     let time_zone = raw
@@ -161,9 +161,9 @@ pub(super) fn parse(
         };
         here(span, e)
     })?;
-    let rto = duration(source, &raw.rto, "rto")?;
+    let rto = duration(source, &raw.rto, &format!("drill {name}: rto"))?;
     let fresh_for = match &raw.fresh_for {
-        Some(v) => duration(source, v, "fresh_for")?,
+        Some(v) => duration(source, v, &format!("drill {name}: fresh_for"))?,
         None => DEFAULT_FRESH_FOR,
     };
     if rto.is_zero() || fresh_for.is_zero() {

@@ -361,4 +361,135 @@ mod tests {
         );
         assert_eq!(config.is_protected("stg-1", Some("staging")), None);
     }
+
+    /// A directory with a development CA and a coordinator certificate, and
+    /// secret files, for configurations that name them.
+    fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        crate::certs::init(&certs, "rewind.local").unwrap();
+        crate::certs::issue_for_days(
+            &certs,
+            rewind_proto::identity::Kind::Coordinator,
+            "main",
+            &[],
+            1,
+        )
+        .unwrap();
+        let secrets = dir.path().join("secrets");
+        std::fs::create_dir_all(&secrets).unwrap();
+        for name in [
+            "webhook-signing-key",
+            "slack-webhook-url",
+            "pagerduty-routing-key",
+        ] {
+            std::fs::write(secrets.join(name), "s3cret\n").unwrap();
+        }
+        let path = dir.path().join("coordinator.toml");
+        (dir, path)
+    }
+
+    fn with_paths(text: &str, dir: &Path) -> String {
+        let plan = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/examples/v2-platform/plan.toml")
+            .display()
+            .to_string();
+        text.replace(
+            "/etc/rewind/certs",
+            &dir.join("certs").display().to_string(),
+        )
+        .replace(
+            "/etc/rewind/secrets",
+            &dir.join("secrets").display().to_string(),
+        )
+        .replace("/etc/rewind/plans/v2-platform.toml", &plan)
+    }
+
+    #[test]
+    fn the_example_configuration_parses_with_its_drill_and_notifications() {
+        let (dir, path) = setup();
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/coordinator.example.toml"),
+        )
+        .unwrap();
+        std::fs::write(&path, with_paths(&example, dir.path())).unwrap();
+        let config = load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let drill = &config.drills["staging-monthly"];
+        assert_eq!(drill.env, "staging");
+        assert_eq!(drill.plan.name, "v2-platform");
+        assert_eq!(drill.rto, std::time::Duration::from_secs(15 * 60));
+        assert!(drill.confirm_data_loss);
+        let kinds: Vec<&str> = config
+            .notifications
+            .iter()
+            .map(|n| n.kind.as_str())
+            .collect();
+        assert_eq!(kinds, ["slack", "webhook", "pagerduty"]);
+        assert_eq!(
+            config.notifications[2].url,
+            notify::Url::Plain(notify::PAGERDUTY_URL.into())
+        );
+    }
+
+    #[test]
+    fn drill_and_notification_mistakes_name_their_line() {
+        let (dir, path) = setup();
+        let head = with_paths(
+            "[coordinator]\nlisten = \"127.0.0.1:0\"\ndatabase = \"sqlite://j.db\"\n\
+             [coordinator.tls]\nca = \"/etc/rewind/certs/ca.pem\"\ncert = \"/etc/rewind/certs/coordinator-main.pem\"\n\
+             key = \"/etc/rewind/certs/coordinator-main.key\"\n[environments.production]\nprotected = true\n",
+            dir.path(),
+        );
+        let drill = |body: &str| {
+            with_paths(
+                &format!(
+                    "{head}[drills.d]\nplan = \"/etc/rewind/plans/v2-platform.toml\"\nenv = \"staging\"\nrto = \"1m\"\n{body}\n"
+                ),
+                dir.path(),
+            )
+        };
+        let error = |text: String| {
+            std::fs::write(&path, text).unwrap();
+            load(&path).unwrap_err().to_string()
+        };
+        let e = error(drill("schedule = \"0 3 * *\""));
+        assert!(
+            e.contains("coordinator.toml:14: drill d: `0 3 * *` is not a cron pattern"),
+            "{e}"
+        );
+        let e = error(drill(
+            "schedule = \"0 0 3 * * *\"\ntime_zone = \"Moon/Base\"",
+        ));
+        assert!(
+            e.contains("coordinator.toml:15: drill d: `Moon/Base` is not a time zone"),
+            "{e}"
+        );
+        let e = error(drill("schedule = \"0 0 3 * * *\"\nfresh_for = \"a month\""));
+        assert!(
+            e.contains(":15: drill d: fresh_for = \"a month\" is not a duration"),
+            "{e}"
+        );
+        let e = error(format!(
+            "{head}[notifications.n]\nkind = \"webhook\"\nurl = \"http://x/\"\nevents = [\"run-exploded\"]\n"
+        ));
+        assert!(
+            e.contains(":13: notification n: event `run-exploded` is not one"),
+            "{e}"
+        );
+        let e = error(format!(
+            "{head}[notifications.n]\nkind = \"pagerduty\"\nrouting_key_secret = \"/nonexistent/key\"\n"
+        ));
+        assert!(
+            e.contains(":10: notification n: secret file /nonexistent/key"),
+            "{e}"
+        );
+        let e = error(format!(
+            "{head}[notifications.n]\nkind = \"pagerduty\"\nrouting_key_secret = \"{}\"\nevents = [\"run-started\"]\n",
+            dir.path().join("secrets/pagerduty-routing-key").display()
+        ));
+        assert!(
+            e.contains("event `run-started` is not one a pagerduty notification is sent"),
+            "{e}"
+        );
+    }
 }

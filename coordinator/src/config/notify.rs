@@ -232,7 +232,9 @@ pub(super) fn parse(
         }
     };
     let retry_after = match &raw.retry_after {
-        Some(v) => super::drills::duration(source, v, "retry_after")?,
+        Some(v) => {
+            super::drills::duration(source, v, &format!("notification {name}: retry_after"))?
+        }
         None => Duration::from_secs(5),
     };
     Ok(WebhookConfig {
