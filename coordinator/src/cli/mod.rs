@@ -284,19 +284,40 @@ pub async fn watch_run(client: &mut Client, run_id: &str) -> anyhow::Result<bool
     while let Some(event) = events.message().await.map_err(refused)? {
         live.event(&event, &mut stdout)?;
     }
-    let report = within(
-        "the coordinator",
-        QUICK,
-        client.get_run(request(
+    let report = client
+        .get_run(request(
             RunRef {
                 run_id: run_id.to_string(),
             },
             QUICK,
-        )),
-    )
-    .await?;
-    view::print_report(&report, &mut stdout)?;
-    Ok(report.status == "succeeded")
+        ))
+        .await;
+    match report {
+        Ok(report) => {
+            let report = report.into_inner();
+            view::print_report(&report, &mut stdout)?;
+            Ok(report.status == "succeeded")
+        }
+        // A drill run: its phases were the events; its report follows.
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            let reply = within(
+                "the coordinator",
+                QUICK,
+                client.drill_report(request(
+                    DrillRunRef {
+                        run_id: run_id.to_string(),
+                    },
+                    QUICK,
+                )),
+            )
+            .await?;
+            let report: crate::drill::report::DrillReport = serde_json::from_str(&reply.json)
+                .context("the coordinator's drill report does not parse")?;
+            print!("{}", report.to_markdown());
+            Ok(report.status == "passed")
+        }
+        Err(status) => Err(refused(status)),
+    }
 }
 
 pub async fn status(connection: &Connection, run_id: String) -> anyhow::Result<bool> {
