@@ -499,17 +499,13 @@ pub async fn resume_all(shared: Arc<Shared>) -> Result<usize, StoreError> {
                     .await?
                     .last()
                     .map_or(0, |e| e.seq);
-                let event = EventRecord {
-                    run_id: run.id.clone(),
-                    seq: seq + 1,
-                    unix_ms: now_ms(),
-                    kind: "run-unreadable".into(),
-                    stage: String::new(),
-                    agent: String::new(),
-                    target: String::new(),
-                    step_id: String::new(),
-                    message: format!("the coordinator cannot resume this run: {why}"),
-                };
+                let event = EventRecord::whole(
+                    &run.id,
+                    seq + 1,
+                    now_ms(),
+                    "run-unreadable",
+                    format!("the coordinator cannot resume this run: {why}"),
+                );
                 shared.store.append_events(&[event]).await?;
             }
         }

@@ -59,6 +59,15 @@ pub fn drill_table(name: &str, plan: &std::path::Path, settings: &str) -> String
     )
 }
 
+/// A `[notifications.ops]` webhook on a local receiver's port, sent `events`.
+pub fn webhook_table(port: u16, events: &[&str]) -> String {
+    let events: Vec<String> = events.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "\n[notifications.ops]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/ops\"\nevents = [{}]\n",
+        events.join(", ")
+    )
+}
+
 /// A drill's runs, newest first.
 pub async fn history(fleet: &TestFleet, drill: &str) -> Vec<DrillRunSummary> {
     fleet

@@ -311,17 +311,13 @@ pub async fn skip(
     record.state.verdict = Some(Verdict::Skipped);
     record.state.reason = why.clone();
     record.finished_ms = Some(record.started_ms);
-    let event = EventRecord {
-        run_id: record.id.clone(),
-        seq: 1,
-        unix_ms: record.started_ms,
-        kind: "drill-skipped".into(),
-        stage: String::new(),
-        agent: String::new(),
-        target: String::new(),
-        step_id: String::new(),
-        message: why.clone(),
-    };
+    let event = EventRecord::whole(
+        &record.id,
+        1,
+        record.started_ms,
+        "drill-skipped",
+        why.clone(),
+    );
     let notice = drill_notice(
         &record,
         "drill-skipped",
@@ -501,17 +497,13 @@ async fn drive(
         for command in &commands {
             if let Command::Note { kind, message } = command {
                 seq += 1;
-                journal.push(EventRecord {
-                    run_id: record.id.clone(),
+                journal.push(EventRecord::whole(
+                    &record.id,
                     seq,
-                    unix_ms: now,
-                    kind: kind.to_string(),
-                    stage: String::new(),
-                    agent: String::new(),
-                    target: String::new(),
-                    step_id: String::new(),
-                    message: message.clone(),
-                });
+                    now,
+                    kind,
+                    message.clone(),
+                ));
                 if let Some(notice) = notice_of(&record, kind, message, now) {
                     outbox.extend(notify::rows(&shared.webhooks, seq, &notice));
                 }
@@ -523,17 +515,13 @@ async fn drive(
             // The comparison with earlier passes goes with the verdict.
             if let Some(slower) = slower(&shared, &record).await {
                 seq += 1;
-                journal.push(EventRecord {
-                    run_id: record.id.clone(),
+                journal.push(EventRecord::whole(
+                    &record.id,
                     seq,
-                    unix_ms: now,
-                    kind: "drill-slower".into(),
-                    stage: String::new(),
-                    agent: String::new(),
-                    target: String::new(),
-                    step_id: String::new(),
-                    message: slower.clone(),
-                });
+                    now,
+                    "drill-slower",
+                    slower.clone(),
+                ));
                 if let Some(notice) = notice_of(&record, "drill-slower", &slower, now) {
                     outbox.extend(notify::rows(&shared.webhooks, seq, &notice));
                 }

@@ -215,17 +215,7 @@ async fn notice_stale(
     };
     let subject = format!("drill/{}", drill.name);
     let seq = shared.store.next_event_seq(&subject).await?;
-    let event = EventRecord {
-        run_id: subject.clone(),
-        seq,
-        unix_ms: now,
-        kind: "drill-stale".into(),
-        stage: String::new(),
-        agent: String::new(),
-        target: String::new(),
-        step_id: String::new(),
-        message: message.clone(),
-    };
+    let event = EventRecord::whole(&subject, seq, now, "drill-stale", message.clone());
     let notice = Notice {
         event: "drill-stale".into(),
         severity: notify::severity_of("drill-stale").into(),

@@ -2,7 +2,7 @@
 //! timings), each drill's schedule (the occurrence it last fired or skipped
 //! for), and which agents the unfinished runs touch.
 
-use super::{EventRecord, OutboxRecord, Store, StoreError, insert_event, opt_u, outbox, s, u};
+use super::{EventRecord, OutboxRecord, Store, StoreError, journal, opt_u, s, u};
 use crate::drill::{DrillState, Phase, Verdict};
 use sqlx::any::AnyRow;
 
@@ -145,10 +145,7 @@ impl Store {
         if let Some(schedule) = schedule {
             upsert_schedule(&mut tx, schedule).await?;
         }
-        for event in events {
-            insert_event(&mut tx, event).await?;
-        }
-        outbox::insert(&mut tx, outbox_rows).await?;
+        journal(&mut tx, events, outbox_rows).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -182,10 +179,7 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        for event in events {
-            insert_event(&mut tx, event).await?;
-        }
-        outbox::insert(&mut tx, outbox_rows).await?;
+        journal(&mut tx, events, outbox_rows).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -262,10 +256,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         upsert_schedule(&mut tx, schedule).await?;
-        for event in events {
-            insert_event(&mut tx, event).await?;
-        }
-        outbox::insert(&mut tx, outbox_rows).await?;
+        journal(&mut tx, events, outbox_rows).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -148,6 +148,23 @@ pub struct EventRecord {
     pub message: String,
 }
 
+impl EventRecord {
+    /// An event of a run or drill run as a whole (no stage, host or step).
+    pub fn whole(run_id: &str, seq: u64, unix_ms: u64, kind: &str, message: String) -> EventRecord {
+        EventRecord {
+            run_id: run_id.to_string(),
+            seq,
+            unix_ms,
+            kind: kind.to_string(),
+            stage: String::new(),
+            agent: String::new(),
+            target: String::new(),
+            step_id: String::new(),
+            message,
+        }
+    }
+}
+
 /// The columns `run_from` reads, in one place for every runs query.
 macro_rules! run_columns {
     () => {
@@ -430,7 +447,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        outbox::insert(&mut tx, outbox).await?;
+        journal(&mut tx, events, outbox).await?;
         let mut steps = std::mem::take(&mut state.dirty_steps);
         steps.sort_unstable();
         steps.dedup();
@@ -519,9 +536,6 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        for event in events {
-            insert_event(&mut tx, event).await?;
-        }
         let finished = state.status.is_terminal().then_some(now_ms as i64);
         sqlx::query(
             "UPDATE runs SET status = $1, finished_ms = $2, halting = $3, cancelling = $4, verdict = $5 WHERE id = $6",
@@ -552,9 +566,7 @@ impl Store {
     /// Journal events outside of a run's batches (e.g. a run that cannot be resumed).
     pub async fn append_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for event in events {
-            insert_event(&mut tx, event).await?;
-        }
+        journal(&mut tx, events, &[]).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -739,6 +751,18 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Journal events and the notifications they cause, in the caller's transaction.
+async fn journal(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    events: &[EventRecord],
+    notifications: &[OutboxRecord],
+) -> Result<(), StoreError> {
+    for event in events {
+        insert_event(tx, event).await?;
+    }
+    outbox::insert(tx, notifications).await
 }
 
 async fn insert_event(

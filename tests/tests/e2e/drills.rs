@@ -604,15 +604,11 @@ async fn a_slower_drill_and_a_stale_one_are_flagged_and_notified_once() {
     let api = ProviderApi::start(|_| (200, "ok".into()));
     let dir = tempfile::tempdir().unwrap();
     let plan = write(dir.path(), "plan.toml", RECORDER_PLAN);
-    let environments = format!(
-        "{}\n[notifications.ops]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{}/ops\"\nevents = [\"drill-slower\", \"drill-stale\"]\n",
-        drill_table(
-            "evidence",
-            &plan,
-            "schedule = \"0 0 3 1 1 *\"\nrto = \"5m\"\nfresh_for = \"6s\""
-        ),
-        api.port
-    );
+    let environments = drill_table(
+        "evidence",
+        &plan,
+        "schedule = \"0 0 3 1 1 *\"\nrto = \"5m\"\nfresh_for = \"6s\"",
+    ) + &drills::webhook_table(api.port, &["drill-slower", "drill-stale"]);
     let mut fleet = TestFleet::start_in(
         vec![host("stg-db-1", "data"), host("stg-api-1", "core")],
         None,
@@ -727,4 +723,81 @@ async fn a_blackout_beginning_mid_drill_rolls_it_forward_and_stops_it() {
             .contains("not started: in the blackout window"),
         "{refused}"
     );
+}
+
+/// The roll forward fails on one host: the drill notifies with severity
+/// critical, leaves the forward run paused for an operator, and its report
+/// says where each host was left; cancelled, the drill ends failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_roll_forward_is_critical_paused_and_reported_host_by_host() {
+    let api = ProviderApi::start(|_| (200, "ok".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write(dir.path(), "plan.toml", RECORDER_PLAN);
+    let environments = drill_table("forward", &plan, "schedule = \"0 0 3 1 1 *\"\nrto = \"5m\"")
+        + &drills::webhook_table(api.port, &["drill-failed"]);
+    let hosts = vec![
+        host("stg-db-1", "data"),
+        host("stg-api-1", "core").with("fail_when = \"-forward/\""),
+    ];
+    let fleet = TestFleet::start_in(hosts, None, Some(&environments), None).await;
+    fleet.checkpoint("v1").await;
+    let id = run_drill(&fleet, "forward").await;
+    let paused = drills::wait_for(&fleet, &id, MINUTE, |d| d.status == "paused").await;
+    assert_eq!(paused.phase, "roll-forward");
+    let forward = fleet.report(&paused.forward_run).await;
+    assert_eq!(forward.status, "paused", "{forward:?}");
+
+    let deadline = std::time::Instant::now() + MINUTE;
+    while api.requests().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no notification");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body: serde_json::Value = serde_json::from_slice(&api.requests()[0].body).unwrap();
+    assert_eq!(body["event"], "drill-failed");
+    assert_eq!(body["severity"], "critical");
+    assert!(
+        body["summary"]
+            .as_str()
+            .unwrap()
+            .contains("the roll forward failed and is paused"),
+        "{body}"
+    );
+
+    let report = drills::report(&fleet, &id).await;
+    assert!(report.critical);
+    assert_eq!(report.status, "paused");
+    let state = |host: &str| {
+        report
+            .hosts
+            .iter()
+            .find(|h| h.host == host)
+            .map(|h| h.left_on.clone())
+            .unwrap()
+    };
+    assert!(
+        state("stg-db-1").starts_with("on the checkpoint drill/forward/"),
+        "{:?}",
+        report.hosts
+    );
+    assert!(
+        state("stg-api-1").starts_with("roll forward failed (failed: ")
+            && state("stg-api-1").ends_with(
+                "recorder on app fails on purpose): on v1 or between it and the checkpoint"
+            ),
+        "{:?}",
+        report.hosts
+    );
+
+    // The operator gives up on it: the drill ends failed, critical.
+    let cancel = fleet.rewind("ops", &["cancel", &paused.forward_run]);
+    assert!(cancel.success, "{cancel}");
+    let done = drills::wait_for(&fleet, &id, MINUTE, drills::ended).await;
+    assert_eq!(done.status, "failed");
+    assert!(
+        done.reason
+            .starts_with("roll forward: stage core host stg-api-1 target app"),
+        "{}",
+        done.reason
+    );
+    assert!(drills::report(&fleet, &id).await.critical);
 }
