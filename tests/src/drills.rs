@@ -188,3 +188,41 @@ pub async fn wait_run(fleet: &TestFleet, run_id: &str, patience: Duration) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A 2-stage plan over recorder hosts: data, then core (verified).
+pub const RECORDER_PLAN: &str = r#"name = "staging platform"
+
+[[stage]]
+name = "data"
+select = { tier = "data" }
+target = "app"
+
+[[stage]]
+name = "core"
+after = ["data"]
+select = { tier = "core" }
+target = "app"
+health = [{ verify = true }]
+"#;
+
+/// Restores of each host, by leg: none repeated, as many as `wanted`.
+pub fn assert_each_step_ran_once(
+    fleet: &TestFleet,
+    hosts: &[&str],
+    drill_run: &str,
+    wanted: usize,
+) {
+    for host in hosts {
+        let ids = restores(fleet, host);
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len(), "{host} ran a step twice: {ids:#?}");
+        assert_eq!(ids.len(), wanted, "{host}: {ids:#?}");
+        assert!(
+            ids[0].starts_with(&format!("{drill_run}-back/"))
+                && ids[ids.len() - 1].starts_with(&format!("{drill_run}-forward/")),
+            "{host}: {ids:#?}"
+        );
+    }
+}

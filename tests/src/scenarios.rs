@@ -82,3 +82,75 @@ pub async fn coordinator_killed_mid_run(database: Option<&str>) {
     assert_eq!(report.status, "succeeded", "{report:?}");
     assert_ran_once_in_stage_order(&fleet);
 }
+
+/// A drill whose coordinator is SIGKILLed while it rolls back and again
+/// while it rolls forward: each time the restarted coordinator resumes it;
+/// it passes with every host restored once per leg, and its notifications
+/// reach their webhook once each.
+pub async fn drill_with_coordinator_kills(database: Option<&str>) {
+    use crate::drills::{
+        self, RECORDER_PLAN, assert_each_step_ran_once, drill_table, webhook_table,
+    };
+    use crate::fleet::host;
+    use std::time::Duration;
+    let minute = Duration::from_secs(60);
+    let receiver = crate::providers::ProviderApi::start(|_| (200, "ok".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(&plan, RECORDER_PLAN).unwrap();
+    let hosts = vec![
+        host("stg-db-1", "data").with("delay_ms = 1500"),
+        host("stg-api-1", "core").with("delay_ms = 1500"),
+        host("stg-api-2", "core").with("delay_ms = 1500"),
+    ];
+    let environments = drill_table("resume", &plan, "schedule = \"0 0 3 1 1 *\"\nrto = \"5m\"")
+        + &webhook_table(receiver.port, &["drill-started", "drill-passed"]);
+    let mut fleet = TestFleet::start_in(hosts, database, Some(&environments), None).await;
+    fleet.checkpoint("v1").await;
+    let id = fleet
+        .client("ops")
+        .await
+        .run_drill(rewind_proto::v1::DrillRef {
+            drill: "resume".into(),
+            to: String::new(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("run drill: {}", s.message()))
+        .into_inner()
+        .run_id;
+    for (leg, stage) in [("back", "data"), ("forward", "core")] {
+        let run = format!("{id}-{leg}");
+        drills::wait_run(&fleet, &run, minute).await;
+        fleet
+            .events_until(&run, |e| e.kind == "step-sent" && e.stage == stage)
+            .await;
+        fleet.fleet.kill_coordinator();
+        fleet
+            .fleet
+            .start_coordinator()
+            .expect("restarted coordinator");
+        fleet.wait_connected(3).await;
+    }
+    let done = drills::wait_for(&fleet, &id, 2 * minute, drills::ended).await;
+    assert_eq!(done.status, "passed", "{done:#?}");
+    assert_each_step_ran_once(&fleet, &["stg-db-1", "stg-api-1", "stg-api-2"], &id, 2);
+    let events = fleet.events_until(&id, |_| false).await;
+    let recovered = events
+        .iter()
+        .filter(|e| e.kind == "drill-recovered")
+        .count();
+    assert_eq!(recovered, 2, "{events:#?}");
+    let deadline = std::time::Instant::now() + minute;
+    let told = || -> Vec<String> {
+        receiver
+            .requests()
+            .iter()
+            .map(|r| r.headers.get("x-rewind-event").cloned().unwrap_or_default())
+            .collect()
+    };
+    while told().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", told());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(told(), ["drill-started", "drill-passed"]);
+}

@@ -10,7 +10,7 @@
 
 use rewind_proto::v1::{DrillRef, DrillRunSummary};
 use rewind_tests::docker::{self, Project, inspect};
-use rewind_tests::drills::{self, cron_at, drill_table, moment, until};
+use rewind_tests::drills::{self, RECORDER_PLAN, cron_at, drill_table, moment, until};
 use rewind_tests::fleet::{TestFleet, host};
 use rewind_tests::providers::ProviderApi;
 use rewind_tests::unsigned_plugin;
@@ -37,40 +37,6 @@ async fn run_drill(fleet: &TestFleet, drill: &str) -> String {
         .unwrap_or_else(|s| panic!("run drill {drill}: {}", s.message()))
         .into_inner()
         .run_id
-}
-
-/// A recorder fleet of staging hosts (data, core x2) and a 2-stage plan
-/// over them, written to `dir`.
-const RECORDER_PLAN: &str = r#"name = "staging platform"
-
-[[stage]]
-name = "data"
-select = { tier = "data" }
-target = "app"
-
-[[stage]]
-name = "core"
-after = ["data"]
-select = { tier = "core" }
-target = "app"
-health = [{ verify = true }]
-"#;
-
-/// Restores of each host, by leg: none repeated, as many as `wanted`.
-fn assert_each_step_ran_once(fleet: &TestFleet, hosts: &[&str], drill_run: &str, wanted: usize) {
-    for host in hosts {
-        let ids = drills::restores(fleet, host);
-        let mut unique = ids.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!(unique.len(), ids.len(), "{host} ran a step twice: {ids:#?}");
-        assert_eq!(ids.len(), wanted, "{host}: {ids:#?}");
-        assert!(
-            ids[0].starts_with(&format!("{drill_run}-back/"))
-                && ids[ids.len() - 1].starts_with(&format!("{drill_run}-forward/")),
-            "{host}: {ids:#?}"
-        );
-    }
 }
 
 /// A scheduled drill on files and a compose project: at its moment it
@@ -360,54 +326,9 @@ async fn a_drill_whose_roll_back_fails_a_gate_rolls_forward_and_reports_it() {
 /// which passes with every host restored once per leg.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_coordinator_killed_in_either_leg_resumes_the_drill_with_no_step_run_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let plan = write(dir.path(), "plan.toml", RECORDER_PLAN);
-    let hosts = vec![
-        host("stg-db-1", "data").with("delay_ms = 1500"),
-        host("stg-api-1", "core").with("delay_ms = 1500"),
-        host("stg-api-2", "core").with("delay_ms = 1500"),
-    ];
-    let environments = drill_table("resume", &plan, "schedule = \"0 0 3 1 1 *\"\nrto = \"5m\"");
-    let mut fleet = TestFleet::start_in(hosts, None, Some(&environments), None).await;
-    fleet.checkpoint("v1").await;
-    let id = run_drill(&fleet, "resume").await;
-    drills::wait_run(&fleet, &format!("{id}-back"), MINUTE).await;
-    fleet
-        .events_until(&format!("{id}-back"), |e| {
-            e.kind == "step-sent" && e.stage == "data"
-        })
-        .await;
-    fleet.fleet.kill_coordinator();
-    fleet
-        .fleet
-        .start_coordinator()
-        .expect("restarted coordinator");
-    fleet.wait_connected(3).await;
-    drills::wait_run(&fleet, &format!("{id}-forward"), MINUTE).await;
-    fleet
-        .events_until(&format!("{id}-forward"), |e| {
-            e.kind == "step-sent" && e.stage == "core"
-        })
-        .await;
-    fleet.fleet.kill_coordinator();
-    fleet
-        .fleet
-        .start_coordinator()
-        .expect("restarted coordinator");
-    fleet.wait_connected(3).await;
-    let done = drills::wait_for(&fleet, &id, 2 * MINUTE, drills::ended).await;
-    assert_eq!(done.status, "passed", "{done:#?}");
-    assert_each_step_ran_once(&fleet, &["stg-db-1", "stg-api-1", "stg-api-2"], &id, 2);
-    let events = fleet.events_until(&id, |_| false).await;
-    let recovered = events
-        .iter()
-        .filter(|e| e.kind == "drill-recovered")
-        .count();
-    assert_eq!(recovered, 2, "{events:#?}");
+    rewind_tests::scenarios::drill_with_coordinator_kills(None).await;
 }
 
-/// A scheduled drill whose moment comes while an operator's run holds one
-/// of its agents does not start: it is recorded as skipped, naming the run.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_drill_is_skipped_while_a_run_is_active_on_its_agents() {
     let dir = tempfile::tempdir().unwrap();

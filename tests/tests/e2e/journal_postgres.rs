@@ -15,3 +15,9 @@ async fn a_coordinator_restart_on_a_postgres_journal() {
     let pg = PgServer::start();
     scenarios::coordinator_killed_mid_run(Some(&pg.url())).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drill_across_coordinator_kills_on_a_postgres_journal() {
+    let pg = PgServer::start();
+    scenarios::drill_with_coordinator_kills(Some(&pg.url())).await;
+}
