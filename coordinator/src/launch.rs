@@ -419,7 +419,7 @@ pub async fn start_run(
         let mut agents: Vec<String> = resolved.iter().flatten().map(|s| s.agent.clone()).collect();
         agents.sort();
         agents.dedup();
-        crate::drill::driver::clear_the_way(shared, &agents, preempt_drill, &operator).await?;
+        crate::drill::admit::clear_the_way(shared, &agents, preempt_drill, &operator).await?;
     }
     let offline: Vec<&str> = {
         let mut names: Vec<&str> = resolved

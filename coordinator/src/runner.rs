@@ -52,7 +52,7 @@ pub struct Shared {
     /// Woken when notifications were journaled.
     pub outbox_ready: tokio::sync::Notify,
     /// The drills in progress, for operators' runs that preempt them.
-    pub drills: crate::drill::driver::Registry,
+    pub drills: crate::drill::admit::Registry,
 }
 
 impl Shared {

@@ -17,7 +17,9 @@
 //! left paused for an operator (its stages pause on failure) and the failure
 //! is critical.
 
+pub mod admit;
 pub mod driver;
+pub mod render;
 pub mod report;
 pub mod schedule;
 pub mod scheduler;

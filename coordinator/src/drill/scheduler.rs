@@ -6,7 +6,7 @@
 //! back before it decides anything.
 
 use super::Verdict;
-use super::driver::{self, Started};
+use super::admit::{self, Started};
 use crate::config::{CoordinatorConfig, DrillConfig};
 use crate::notify::{self, Notice};
 use crate::runner::{Shared, now_ms};
@@ -157,9 +157,9 @@ async fn fire_or_skip(
                 last_due_ms: Some(due.timestamp_millis() as u64),
                 ..record
             };
-            driver::skip(
+            admit::skip(
                 shared,
-                driver::record_for(drill, "schedule", updated.last_due_ms, now_ms()),
+                admit::record_for(drill, "schedule", updated.last_due_ms, now_ms()),
                 &updated,
                 reason,
             )
@@ -171,7 +171,7 @@ async fn fire_or_skip(
         last_due_ms: Some(due.timestamp_millis() as u64),
         ..record
     };
-    match driver::start(shared, config, drill, trigger, Some(&updated), None).await? {
+    match admit::start(shared, config, drill, trigger, Some(&updated), None).await? {
         Started::Running(id) => tracing::info!(
             drill = drill.name,
             run = id,

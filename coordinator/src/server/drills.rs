@@ -3,7 +3,7 @@
 //! report. Roles are checked by the caller (`OperatorApi`).
 
 use crate::config::CoordinatorConfig;
-use crate::drill::driver::{self, Started};
+use crate::drill::admit::{self, Started};
 use crate::drill::{report, scheduler};
 use crate::launch::internal;
 use crate::runner::{Shared, now_ms};
@@ -89,7 +89,7 @@ pub async fn start(
         .get(&request.drill)
         .ok_or_else(|| no_drill(config, &request.drill))?;
     let to = (!request.to.is_empty()).then_some(request.to);
-    match driver::start(
+    match admit::start(
         shared,
         config,
         drill,
