@@ -59,6 +59,10 @@ enum PluginCommand {
         /// For restart: the parts to restart (all when none).
         #[arg(long = "part")]
         parts: Vec<String>,
+        /// For restore: the step id (as the coordinator would send it; the
+        /// same id again is a retry of the same step).
+        #[arg(long)]
+        step_id: Option<String>,
     },
     /// Print a plugin's describe info, imports, digest and signature status.
     Inspect {
@@ -137,13 +141,16 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<ExitCode> {
             confirm_data_loss,
             force,
             parts,
+            step_id,
         } => {
+            let step_id = step_id.unwrap_or_else(|| format!("local-{}", std::process::id()));
             let action = parse_action(
                 &action,
                 snapshot.as_deref(),
                 confirm_data_loss,
                 force,
                 parts,
+                step_id,
             )?;
             run(&plugin, &config, &target, action)
         }
@@ -165,6 +172,7 @@ fn parse_action(
     confirm_data_loss: bool,
     force: bool,
     parts: Vec<String>,
+    step_id: String,
 ) -> anyhow::Result<Action> {
     let to = || -> anyhow::Result<SnapshotRecord> {
         let path = snapshot.with_context(|| {
@@ -181,7 +189,7 @@ fn parse_action(
             options: RestoreOptions {
                 confirm_data_loss,
                 force,
-                step_id: format!("local-{}", std::process::id()),
+                step_id,
             },
         },
         "restart" => Action::Restart { parts },
@@ -241,6 +249,19 @@ fn run(
         )
     })?;
     let mut plugin_config = config.plugins[&target.plugin].clone();
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if !same(&plugin_config.path, plugin_path) {
+        eprintln!(
+            "warning: running {}, not {} that plugin `{}` of {} names (its pin and signature checks apply to the file run)",
+            plugin_path.display(),
+            plugin_config.path.display(),
+            target.plugin,
+            config_path.display()
+        );
+    }
     plugin_config.path = plugin_path.to_path_buf();
     let host = PluginHost::new(&config.cache_dir, config.trusted_keys.clone())?;
     let plugin = host.load(&plugin_config)?;
@@ -266,7 +287,7 @@ fn run(
     let code = match result {
         Ok(output) => {
             report["ok"] = json!(true);
-            report["result"] = serde_json::to_value(&output.output)?;
+            report["result"] = output.output.to_wit_json();
             report["logs"] = serde_json::to_value(&output.logs)?;
             report["elapsed_ms"] = json!(output.elapsed_ms);
             if action_name == "snapshot" {
@@ -311,7 +332,7 @@ fn inspect(plugin_path: &Path, config_path: Option<&Path>) -> anyhow::Result<Exi
         "signature_text": plugin.signature.to_string(),
         "imports": imports,
         "describe": match describe {
-            Ok(info) => serde_json::to_value(info)?,
+            Ok(info) => crate::host::ActionOutput::Info(info).to_wit_json(),
             Err(e) => json!({ "error": e.to_string() }),
         },
     });

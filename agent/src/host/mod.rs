@@ -99,6 +99,56 @@ pub enum ActionOutput {
     Outcome(Outcome),
 }
 
+impl ActionOutput {
+    /// The output as JSON with the contract's own words: enum cases in the
+    /// WIT's kebab-case (`restart`, `data-loss`), as error kinds are.
+    pub fn to_wit_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        wit_case(&mut value);
+        value
+    }
+}
+
+/// Rust's names of WIT enum cases (`DataLoss`) as the WIT spells them
+/// (`data-loss`), wherever a string is a whole case name. Field names and
+/// free text are left alone: only the values of `actions`, `risk` and
+/// `level` are case names.
+fn wit_case(value: &mut serde_json::Value) {
+    fn kebab(name: &str) -> String {
+        let mut out = String::new();
+        for (i, c) in name.chars().enumerate() {
+            if c.is_ascii_uppercase() {
+                if i > 0 {
+                    out.push('-');
+                }
+                out.push(c.to_ascii_lowercase());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, field) in map.iter_mut() {
+                match (key.as_str(), &mut *field) {
+                    ("risk" | "level", serde_json::Value::String(s)) => *s = kebab(s),
+                    ("actions", serde_json::Value::Array(items)) => {
+                        for item in items {
+                            if let serde_json::Value::String(s) = item {
+                                *s = kebab(s);
+                            }
+                        }
+                    }
+                    _ => wit_case(field),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(wit_case),
+        _ => {}
+    }
+}
+
 /// A successful call: the action's output and what the plugin logged.
 #[derive(Debug, Clone, Serialize)]
 pub struct CallOutput {
@@ -471,7 +521,7 @@ impl PluginHost {
         let result = tokio::time::timeout(target.deadline + DEADLINE_GRACE, run).await;
         let elapsed = started.elapsed();
         let state = store.into_data();
-        let logs: Vec<LogLine> = if state.revealed.is_empty() {
+        let mut logs: Vec<LogLine> = if state.revealed.is_empty() {
             state.log.finish()
         } else {
             state
@@ -484,6 +534,16 @@ impl PluginHost {
                 })
                 .collect()
         };
+        if state.progress_dropped > 0 {
+            logs.push(LogLine {
+                level: "warn",
+                message: format!(
+                    "{} progress reports dropped: reports closer together than {} ms are (the progress limit)",
+                    state.progress_dropped,
+                    caps::progress::MIN_INTERVAL.as_millis()
+                ),
+            });
+        }
         match result {
             Ok(Ok(Ok(output))) => Ok(CallOutput {
                 output,
@@ -594,4 +654,37 @@ fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> std::io::Result<
             }
         })
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bindings::rewind::plugin::types::{Action as WitAction, Change, Risk};
+
+    #[test]
+    fn json_output_speaks_the_wits_words() {
+        let info = ActionOutput::Info(PluginInfo {
+            name: "x".into(),
+            version: "1.0.0".into(),
+            description: "Restart stays as written".into(),
+            actions: vec![WitAction::Snapshot, WitAction::Restart],
+        })
+        .to_wit_json();
+        assert_eq!(info["actions"], serde_json::json!(["snapshot", "restart"]));
+        assert_eq!(info["description"], "Restart stays as written");
+        let preview = ActionOutput::Preview(Preview {
+            changes: vec![Change {
+                subject: "db".into(),
+                summary: "DataLoss in words".into(),
+                detail: None,
+                risk: Risk::DataLoss,
+            }],
+            risk: Risk::DataLoss,
+            data_loss_window_seconds: Some(5),
+        })
+        .to_wit_json();
+        assert_eq!(preview["risk"], "data-loss");
+        assert_eq!(preview["changes"][0]["risk"], "data-loss");
+        assert_eq!(preview["changes"][0]["summary"], "DataLoss in words");
+    }
 }

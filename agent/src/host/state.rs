@@ -30,6 +30,10 @@ pub struct CallState {
     pub(crate) log: CallLog,
     pub(crate) progress: Option<ProgressSink>,
     pub(crate) last_progress: Option<Instant>,
+    /// The percent of the last report passed on.
+    pub(crate) last_percent: Option<u8>,
+    /// Reports dropped by the rate limit.
+    pub(crate) progress_dropped: u64,
     /// When the whole call must be over; host calls never wait past it.
     pub(crate) deadline: Instant,
     pub(crate) stderr: TailPipe,
@@ -70,6 +74,8 @@ impl CallState {
             target,
             progress,
             last_progress: None,
+            last_percent: None,
+            progress_dropped: 0,
             deadline,
             stderr,
             revealed: Vec::new(),

@@ -185,7 +185,7 @@ fn served_mismatches(settings: &Settings, snapshot: &Snapshot) -> Result<Vec<Str
 
 impl Plugin for Cdn {
     fn describe() -> PluginInfo {
-        info(
+        info!(
             "cdn",
             "the UI back on a previous build: origin switched, cache purged, pages checked",
             &[

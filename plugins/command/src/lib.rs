@@ -149,7 +149,7 @@ fn run_all(
 
 impl Plugin for Commands {
     fn describe() -> PluginInfo {
-        info(
+        info!(
             "command",
             "allow-listed commands as restart parts and as verify (smoke tests, health scripts, maintenance switches)",
             &[

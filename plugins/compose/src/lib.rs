@@ -194,7 +194,7 @@ fn await_healthy(
 
 impl Plugin for Compose {
     fn describe() -> PluginInfo {
-        info(
+        info!(
             "compose",
             "Docker Compose services back on a snapshot's images, in depends_on order, healthy",
             &[

@@ -369,7 +369,7 @@ fn as_run_output(snapshot: &Snapshot, summary: String) -> Result<Vec<u8>, Plugin
 
 impl Plugin for Etcd {
     fn describe() -> PluginInfo {
-        info(
+        info!(
             "etcd",
             "etcd key prefixes back to a snapshot, in guarded transactions",
             &[

@@ -132,7 +132,7 @@ struct Files;
 
 impl Plugin for Files {
     fn describe() -> PluginInfo {
-        info(
+        info!(
             "files",
             "snapshot and restore configuration files atomically, then reload",
             &[

@@ -20,7 +20,7 @@ struct Migrations;
 
 impl Plugin for Migrations {
     fn describe() -> PluginInfo {
-        info(
+        info!(
             "migrations",
             "schema rollback without restoring data: Alembic downgrades",
             &[

@@ -483,7 +483,7 @@ fn unique_suffix() -> String {
 
 impl Plugin for PgRestore {
     fn describe() -> PluginInfo {
-        info(
+        info!(
             "pg-restore",
             "PostgreSQL back to a verified pg_dump, swapped in by rename, with an emergency backup",
             &[

@@ -132,7 +132,7 @@ fn switch(target: &Target, settings: &Settings, release: &str) -> Result<Vec<Str
 
 impl Plugin for ReleaseDir {
     fn describe() -> PluginInfo {
-        info(
+        info!(
             "release-dir",
             "releases/<version> with a current symlink: switch back atomically, restart, check health",
             &[

@@ -9,7 +9,7 @@
 //!
 //! struct Hello;
 //! impl Plugin for Hello {
-//!     fn describe() -> PluginInfo { info("hello", "says hello", &[Action::Snapshot]) }
+//!     fn describe() -> PluginInfo { info!("hello", "says hello", &[Action::Snapshot]) }
 //!     fn snapshot(target: Target) -> Result<Captured, PluginError> {
 //!         log::info(&format!("snapshot of {}", target.name));
 //!         Ok(Captured { data: "{}".into(), summary: "nothing".into() })
@@ -52,7 +52,7 @@ use sha2::{Digest, Sha256};
 /// The rollback contract with defaults: implement what your plugin supports;
 /// the rest answers `unsupported`.
 pub trait Plugin {
-    /// Who the plugin is; see [`info`].
+    /// Who the plugin is; see [`info!`].
     fn describe() -> PluginInfo;
 
     fn snapshot(target: Target) -> Result<Captured, PluginError> {
@@ -132,14 +132,19 @@ macro_rules! export_plugin {
     };
 }
 
-/// A [`PluginInfo`] with this crate's version.
-pub fn info(name: &str, description: &str, actions: &[Action]) -> PluginInfo {
-    PluginInfo {
-        name: name.to_string(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        description: description.to_string(),
-        actions: actions.to_vec(),
-    }
+/// A [`PluginInfo`] with the plugin's own version: `info!(name,
+/// description, actions)` expands in the plugin's crate, so the version is
+/// its Cargo.toml's, not the SDK's.
+#[macro_export]
+macro_rules! info {
+    ($name:expr, $description:expr, $actions:expr $(,)?) => {
+        $crate::PluginInfo {
+            name: ::std::string::ToString::to_string($name),
+            version: ::std::string::ToString::to_string(env!("CARGO_PKG_VERSION")),
+            description: ::std::string::ToString::to_string($description),
+            actions: <[$crate::Action]>::to_vec($actions),
+        }
+    };
 }
 
 /// The target's settings, deserialised; a clear `invalid-settings` error otherwise.
@@ -261,9 +266,33 @@ pub mod log {
     }
 }
 
-/// Tell the live view what the action is doing now.
+/// Tell the live view what the action is doing now. Reports closer
+/// together than 100 ms are dropped here, before they cost a host call
+/// (the agent drops them too); a phase's first 100% always goes.
 pub fn progress(detail: &str, percent: Option<u8>) {
-    bindings::rewind::plugin::progress::report(detail, percent)
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+    thread_local! {
+        static LAST: Cell<Option<(Instant, Option<u8>)>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    let send = LAST.with(|last| {
+        let finishing = |before: Option<u8>| percent == Some(100) && before != Some(100);
+        match last.get() {
+            Some((at, before))
+                if now.duration_since(at) < Duration::from_millis(100) && !finishing(before) =>
+            {
+                false
+            }
+            _ => {
+                last.set(Some((now, percent)));
+                true
+            }
+        }
+    });
+    if send {
+        bindings::rewind::plugin::progress::report(detail, percent)
+    }
 }
 
 /// The target's secrets (from the file its `secrets` setting names).

@@ -17,7 +17,7 @@ struct SqlMigrations;
 
 impl Plugin for SqlMigrations {
     fn describe() -> PluginInfo {
-        info(
+        info!(
             "sql-migrations",
             "schema rollback without restoring data: SQL rollback scripts and a schema_migrations table",
             &[

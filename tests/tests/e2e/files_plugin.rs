@@ -375,3 +375,91 @@ async fn a_rollback_through_the_coordinator_puts_the_files_back() {
     // No data step, no data-loss window.
     assert!(!output.stdout.contains("data-loss window"), "{output}");
 }
+
+/// `plugin run` as a plugin author uses it: JSON in the WIT's words, a
+/// restore with the step id a coordinator would send, a warning when the
+/// file run is not the one the configuration names, and `describe` with
+/// the plugin's own version.
+#[test]
+fn the_cli_speaks_the_wits_words_takes_a_step_id_and_warns_of_another_file() {
+    let agent = agent(r#""touch", "{dir}/reloaded""#);
+    let app = agent.path().join("app");
+    let cli = binary("rewind-agent");
+    let config = agent.path().join("agent.toml");
+    let copy = agent.path().join("files-copy.wasm");
+    std::fs::copy(plugin("files"), &copy).unwrap();
+    let run = |file: &Path, args: &[&str]| {
+        std::process::Command::new(&cli)
+            .args(["plugin", "run"])
+            .arg(file)
+            .arg("--config")
+            .arg(&config)
+            .args(["--target", "app-config"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let files = plugin("files");
+    let snapshot = run(&files, &["snapshot"]);
+    let stderr = String::from_utf8_lossy(&snapshot.stderr);
+    assert!(
+        !stderr.contains("warning: running"),
+        "the configured file: {stderr}"
+    );
+    let snapshot_file = agent.path().join("snapshot.json");
+    std::fs::write(&snapshot_file, &snapshot.stdout).unwrap();
+    let snap = snapshot_file.to_str().unwrap();
+    deploy_v2(&app);
+
+    let describe = run(&files, &["describe"]);
+    let describe: serde_json::Value = serde_json::from_slice(&describe.stdout).unwrap();
+    assert_eq!(
+        describe["result"]["actions"],
+        serde_json::json!(["snapshot", "plan", "restore", "restart", "verify"]),
+        "{describe}"
+    );
+    let plan = run(&files, &["plan", "--snapshot", snap]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(plan["result"]["risk"], "restart", "{plan}");
+    assert_eq!(plan["result"]["changes"][0]["risk"], "restart", "{plan}");
+
+    let other = run(
+        &copy,
+        &[
+            "restore",
+            "--snapshot",
+            snap,
+            "--step-id",
+            "run-7/web/web-1/app-config/1f2e",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        stderr.contains(&format!("warning: running {}, not ", copy.display()))
+            && stderr.contains("that plugin `files` of"),
+        "{stderr}"
+    );
+    let restore: serde_json::Value = serde_json::from_slice(&other.stdout).unwrap();
+    assert_eq!(restore["ok"], true, "{restore}");
+    assert!(
+        restore["result"]["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d
+                .as_str()
+                .unwrap()
+                .contains("emergency/run-7_web_web-1_app-config_1f2e-")),
+        "the step id reached the plugin: {restore}"
+    );
+    assert_eq!(read(&app, ".env.production"), ENV_V1);
+
+    // describe carries the plugin crate's own version (3.1.4), not the SDK's.
+    let inspect = std::process::Command::new(&cli)
+        .args(["plugin", "inspect"])
+        .arg(plugin("fixture_noop"))
+        .output()
+        .unwrap();
+    let inspect: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(inspect["describe"]["version"], "3.1.4", "{inspect}");
+}

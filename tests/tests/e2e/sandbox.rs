@@ -515,3 +515,49 @@ async fn the_compiled_plugin_is_cached_on_disk() {
     assert!(again.from_cache);
     assert!(!first.from_cache);
 }
+
+/// 200,000 progress reports, each at 100% and straight to the host (past
+/// the SDK's own limit), through `plugin run`: the agent passes at most one
+/// per 100 ms to its output and says how many it dropped.
+#[test]
+fn a_progress_flood_is_cut_to_the_progress_limit() {
+    let agent = Agent::new(&format!(
+        "{}[targets.flood]\nplugin = \"flood\"\nsettings = {{ progress = 200000, raw = true }}\n",
+        unsigned_plugin("flood", "fixture_flood")
+    ));
+    let snapshot = agent.path().join("snapshot.json");
+    std::fs::write(
+        &snapshot,
+        r#"{"result": {"data": "{}", "summary": ""}, "taken_at": 0}"#,
+    )
+    .unwrap();
+    let started = Instant::now();
+    let output = std::process::Command::new(rewind_tests::binary("rewind-agent"))
+        .args(["plugin", "run"])
+        .arg(rewind_tests::plugin("fixture_flood"))
+        .arg("--config")
+        .arg(agent.path().join("agent.toml"))
+        .args(["--target", "flood", "restore", "--snapshot"])
+        .arg(&snapshot)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let reports = stderr
+        .lines()
+        .filter(|l| l.starts_with("progress: "))
+        .count();
+    let allowed = took.as_millis() as usize / 100 + 2;
+    assert!(reports <= allowed, "{reports} reports in {took:?}");
+    let warning = result["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .find(|m| m.contains("progress reports dropped"))
+        .unwrap_or_else(|| panic!("no note of the dropped reports: {result}"));
+    let dropped: usize = warning.split(' ').next().unwrap().parse().unwrap();
+    assert_eq!(dropped + reports, 200_000, "{warning}");
+}
