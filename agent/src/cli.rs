@@ -64,6 +64,24 @@ enum PluginCommand {
         #[arg(long)]
         step_id: Option<String>,
     },
+    /// Check that a plugin keeps the contract on a real target: describe,
+    /// plan without writes, restore + verify, idempotence, interrupted
+    /// restores, typed errors, no secrets in output. With --snapshot (taken
+    /// before the target changed) the restore checks move the target to it
+    /// and back. Exit 1 when a check fails.
+    Check {
+        plugin: PathBuf,
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        target: String,
+        /// The JSON printed by an earlier `snapshot` run of this target.
+        #[arg(long)]
+        snapshot: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a plugin's describe info, imports, digest and signature status.
     Inspect {
         plugin: PathBuf,
@@ -154,6 +172,13 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<ExitCode> {
             )?;
             run(&plugin, &config, &target, action)
         }
+        PluginCommand::Check {
+            plugin,
+            config,
+            target,
+            snapshot,
+            json,
+        } => check(&plugin, &config, &target, snapshot.as_deref(), json),
         PluginCommand::Inspect { plugin, config } => inspect(&plugin, config.as_deref()),
         PluginCommand::Keygen { out } => keygen(&out),
         PluginCommand::Sign { plugin, key } => sign(&plugin, &key),
@@ -229,12 +254,17 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn run(
+/// The agent configuration's target, and the plugin file loaded for it
+/// (with a warning when it is not the file the configuration names).
+fn load_for_target(
     plugin_path: &Path,
     config_path: &Path,
     target_name: &str,
-    action: Action,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<(
+    PluginHost,
+    Arc<crate::host::LoadedPlugin>,
+    Arc<config::TargetConfig>,
+)> {
     let config = config::load(config_path)?;
     let target = config.targets.get(target_name).cloned().with_context(|| {
         format!(
@@ -265,6 +295,64 @@ fn run(
     plugin_config.path = plugin_path.to_path_buf();
     let host = PluginHost::new(&config.cache_dir, config.trusted_keys.clone())?;
     let plugin = host.load(&plugin_config)?;
+    Ok((host, plugin, target))
+}
+
+fn check(
+    plugin_path: &Path,
+    config_path: &Path,
+    target_name: &str,
+    snapshot: Option<&Path>,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let to = snapshot.map(read_snapshot).transpose()?;
+    let (host, plugin, target) = load_for_target(plugin_path, config_path, target_name)?;
+    let checks = runtime()?.block_on(crate::conformance::run(&host, &plugin, &target, to));
+    let failed = checks.iter().filter(|c| c.status == "failed").count();
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "plugin": plugin.name,
+                "digest": format!("sha256:{}", plugin.digest),
+                "target": target.name,
+                "passed": failed == 0,
+                "checks": checks,
+            }))?
+        );
+    } else {
+        println!("conformance of {} on target {}:", plugin.name, target.name);
+        for c in &checks {
+            let mark = match c.status {
+                "passed" => "ok  ",
+                "failed" => "FAIL",
+                _ => "skip",
+            };
+            println!("  {mark} {}: {}", c.name, c.detail);
+        }
+        println!(
+            "{}",
+            if failed == 0 {
+                "every check passed".to_string()
+            } else {
+                format!("{failed} check(s) failed")
+            }
+        );
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn run(
+    plugin_path: &Path,
+    config_path: &Path,
+    target_name: &str,
+    action: Action,
+) -> anyhow::Result<ExitCode> {
+    let (host, plugin, target) = load_for_target(plugin_path, config_path, target_name)?;
     let action_name = action.name();
     let taken_at = now_secs();
     let progress: crate::host::ProgressSink = Arc::new(|report| {

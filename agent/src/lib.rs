@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod conformance;
 pub mod daemon;
 pub mod docker;
 pub mod host;

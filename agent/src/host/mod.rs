@@ -13,6 +13,8 @@ pub mod caps;
 mod errors;
 mod imports;
 pub mod state;
+
+pub use state::{CapCall, Tape};
 pub mod tls;
 
 pub use caps::log::LogLine;
@@ -468,18 +470,64 @@ impl PluginHost {
         action: Action,
         progress: Option<ProgressSink>,
     ) -> Result<CallOutput, CallError> {
+        self.call_taped(plugin, target, action, progress, None)
+            .await
+            .0
+    }
+
+    /// Run one action recording its capability calls (and, with
+    /// `tape.stop_at`, interrupting it there): the outcome and the tape.
+    pub async fn call_recorded(
+        &self,
+        plugin: &LoadedPlugin,
+        target: &Arc<TargetConfig>,
+        action: Action,
+        stop_at: Option<usize>,
+    ) -> (Result<CallOutput, CallError>, Tape) {
+        if let Some((interface, capability)) = plugin.ungranted(target).into_iter().next() {
+            let context = errors::Context::new(plugin, target, &action);
+            let refused = CallError::NotGranted {
+                context,
+                interface,
+                capability,
+            };
+            return (Err(refused), Tape::default());
+        }
+        let tape = Tape {
+            calls: Vec::new(),
+            stop_at,
+        };
+        let (result, tape) = self
+            .call_taped(plugin, target, action, None, Some(tape))
+            .await;
+        (result, tape.unwrap_or_default())
+    }
+
+    async fn call_taped(
+        &self,
+        plugin: &LoadedPlugin,
+        target: &Arc<TargetConfig>,
+        action: Action,
+        progress: Option<ProgressSink>,
+        tape: Option<Tape>,
+    ) -> (Result<CallOutput, CallError>, Option<Tape>) {
         let context = errors::Context::new(plugin, target, &action);
-        let pre = plugin.pre.as_ref().map_err(|e| CallError::Instantiate {
-            context: context.clone(),
-            error: e.clone(),
-        })?;
+        let pre = match plugin.pre.as_ref() {
+            Ok(pre) => pre,
+            Err(e) => {
+                let error = CallError::Instantiate {
+                    context: context.clone(),
+                    error: e.clone(),
+                };
+                return (Err(error), tape);
+            }
+        };
 
         let started = Instant::now();
         let deadline = started + target.deadline;
-        let mut store = Store::new(
-            &self.engine,
-            CallState::new(&plugin.name, target.clone(), progress, deadline),
-        );
+        let mut state = CallState::new(&plugin.name, target.clone(), progress, deadline);
+        state.set_tape(tape);
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(HOSTCALL_COPY_LIMIT);
         store.set_epoch_deadline(ticks(target.deadline));
@@ -520,7 +568,8 @@ impl PluginHost {
         };
         let result = tokio::time::timeout(target.deadline + DEADLINE_GRACE, run).await;
         let elapsed = started.elapsed();
-        let state = store.into_data();
+        let mut state = store.into_data();
+        let tape = state.take_tape();
         let mut logs: Vec<LogLine> = if state.revealed.is_empty() {
             state.log.finish()
         } else {
@@ -544,7 +593,7 @@ impl PluginHost {
                 ),
             });
         }
-        match result {
+        let outcome = match result {
             Ok(Ok(Ok(output))) => Ok(CallOutput {
                 output,
                 logs,
@@ -572,7 +621,8 @@ impl PluginHost {
                 deadline: target.deadline,
                 logs,
             }),
-        }
+        };
+        (outcome, tape)
     }
 }
 

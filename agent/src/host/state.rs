@@ -42,6 +42,88 @@ pub struct CallState {
     pub(crate) revealed: Vec<String>,
     /// This call's PostgreSQL connection (at most one), by database.
     pub(crate) pg: std::collections::BTreeMap<String, sqlx::postgres::PgConnection>,
+    /// The capability calls made, when a conformance check records them
+    /// (shared with the HTTP gate).
+    tape: Option<Arc<Mutex<Tape>>>,
+}
+
+/// One capability call of a plugin, as a conformance check sees it.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct CapCall {
+    /// files, process, docker, postgres, http or secrets.
+    pub capability: &'static str,
+    /// The function, e.g. `write`, `run`, `recreate`.
+    pub op: &'static str,
+    /// What it was called on: a path, a program, a container, a URL.
+    pub subject: String,
+    /// Whether the call may change something (a write, a process, a
+    /// mutating statement or request).
+    pub writes: bool,
+}
+
+/// The record of a call's capability calls. With `stop_at = Some(n)`, the
+/// n-th call (from 0) and every later one are not made: the plugin gets an
+/// `interrupted` error, as if the agent had died there, and the world sees
+/// only what came before.
+#[derive(Debug, Default, Clone)]
+pub struct Tape {
+    pub calls: Vec<CapCall>,
+    pub stop_at: Option<usize>,
+}
+
+/// What a plugin is told of a call the conformance check did not make.
+pub const INTERRUPTED: &str =
+    "interrupted: the conformance check stopped this call here, as a crash of the agent would";
+
+impl Tape {
+    /// Note a capability call; false when it must not be made.
+    pub(crate) fn note(
+        tape: &Option<Arc<Mutex<Tape>>>,
+        capability: &'static str,
+        op: &'static str,
+        subject: &str,
+        writes: bool,
+    ) -> bool {
+        let Some(tape) = tape else { return true };
+        let mut tape = tape.lock().unwrap_or_else(|e| e.into_inner());
+        let index = tape.calls.len();
+        tape.calls.push(CapCall {
+            capability,
+            op,
+            subject: subject.to_string(),
+            writes,
+        });
+        tape.stop_at.is_none_or(|n| index < n)
+    }
+}
+
+impl CallState {
+    /// Note a capability call; false when it must not be made (the call is
+    /// being interrupted). Without a tape, every call is made.
+    pub(crate) fn record(
+        &mut self,
+        capability: &'static str,
+        op: &'static str,
+        subject: &str,
+        writes: bool,
+    ) -> bool {
+        Tape::note(&self.tape, capability, op, subject, writes)
+    }
+
+    /// Record this call's capability calls on `tape`.
+    pub(crate) fn set_tape(&mut self, tape: Option<Tape>) {
+        self.tape = tape.map(|t| Arc::new(Mutex::new(t)));
+        self.http_gate.tape = self.tape.clone();
+    }
+
+    /// The record, once the call is over.
+    pub(crate) fn take_tape(&mut self) -> Option<Tape> {
+        self.http_gate.tape = None;
+        self.tape.take().map(|t| match Arc::try_unwrap(t) {
+            Ok(tape) => tape.into_inner().unwrap_or_else(|e| e.into_inner()),
+            Err(shared) => shared.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        })
+    }
 }
 
 impl CallState {
@@ -80,6 +162,7 @@ impl CallState {
             stderr,
             revealed: Vec::new(),
             pg: std::collections::BTreeMap::new(),
+            tape: None,
         }
     }
 }

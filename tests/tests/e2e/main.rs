@@ -6,6 +6,7 @@ mod cdn_bucket;
 mod cdn_plugin;
 mod cdn_providers;
 mod compose;
+mod conformance;
 mod drills;
 mod errors;
 mod etcd_plugin;

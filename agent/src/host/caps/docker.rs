@@ -72,6 +72,25 @@ impl CallState {
     }
 }
 
+impl CallState {
+    /// Record a docker call; an interrupted call is a `failed` error.
+    fn docker_gate(
+        &mut self,
+        op: &'static str,
+        subject: &str,
+        writes: bool,
+    ) -> Result<(), DockerError> {
+        if self.record("docker", op, subject, writes) {
+            Ok(())
+        } else {
+            Err(DockerError::Failed(format!(
+                "{op} {subject}: {}",
+                crate::host::state::INTERRUPTED
+            )))
+        }
+    }
+}
+
 impl Call {
     /// Run one operation on the target's Docker daemon within `timeout`.
     async fn run<T, F, Fut>(
@@ -116,6 +135,7 @@ impl Call {
 
 impl Host for CallState {
     async fn list_containers(&mut self, project: String) -> Result<Vec<Container>, DockerError> {
+        self.docker_gate("list-containers", &project, false)?;
         let containers = self
             .docker_call()
             .run(
@@ -128,6 +148,7 @@ impl Host for CallState {
     }
 
     async fn inspect_image(&mut self, reference: String) -> Result<Option<Image>, DockerError> {
+        self.docker_gate("inspect-image", &reference, false)?;
         let image = self
             .docker_call()
             .run(
@@ -149,6 +170,7 @@ impl Host for CallState {
         image: String,
         labels: Vec<(String, String)>,
     ) -> Result<Container, DockerError> {
+        self.docker_gate("recreate", &container, true)?;
         let what = format!("recreate {container} on {image}");
         tracing::info!(plugin = self.plugin, target = self.target.name, "{what}");
         let new = self
@@ -161,6 +183,7 @@ impl Host for CallState {
     }
 
     async fn restart(&mut self, container: String) -> Result<(), DockerError> {
+        self.docker_gate("restart", &container, true)?;
         tracing::info!(
             plugin = self.plugin,
             target = self.target.name,
@@ -180,6 +203,7 @@ impl Host for CallState {
         container: String,
         timeout_ms: u32,
     ) -> Result<(), DockerError> {
+        self.docker_gate("wait-healthy", &container, false)?;
         let wait = Duration::from_millis(timeout_ms.into());
         // The wait gets a moment beyond its own timeout to say why it failed.
         self.docker_call()
@@ -192,6 +216,7 @@ impl Host for CallState {
     }
 
     async fn logs(&mut self, container: String, tail: u32) -> Result<String, DockerError> {
+        self.docker_gate("logs", &container, false)?;
         self.docker_call()
             .run(
                 &format!("logs of {container}"),

@@ -180,17 +180,20 @@ fn read_all(mut file: fs::File) -> io::Result<Result<Vec<u8>, u64>> {
 
 impl Host for CallState {
     async fn read(&mut self, path: String) -> Result<Vec<u8>, FileError> {
+        self.gate("read", &path, false)?;
         self.with_file(&path, |p| read_all(p.open(OFlags::RDONLY)?))
             .await?
             .map_err(FileError::TooLarge)
     }
 
     async fn write(&mut self, path: String, contents: Vec<u8>) -> Result<(), FileError> {
+        self.gate("write", &path, true)?;
         self.with_file(&path, move |p| write_atomic(p, &contents))
             .await
     }
 
     async fn remove(&mut self, path: String) -> Result<(), FileError> {
+        self.gate("remove", &path, true)?;
         self.with_file(&path, |p| {
             let (dir, name) = p.parent()?;
             match rustix::fs::unlinkat(&dir, name.as_os_str(), rustix::fs::AtFlags::empty()) {
@@ -203,6 +206,7 @@ impl Host for CallState {
     }
 
     async fn stat(&mut self, path: String) -> Result<Option<FileInfo>, FileError> {
+        self.gate("stat", &path, false)?;
         self.with_file(&path, |p| match p.open(OFlags::PATH) {
             Ok(file) => {
                 let meta = file.metadata()?;
@@ -219,6 +223,7 @@ impl Host for CallState {
     }
 
     async fn read_dir(&mut self, dir: String) -> Result<Vec<String>, FileError> {
+        self.gate("read-dir", &dir, false)?;
         let shown = dir.clone();
         let names = self
             .with_file(&dir, |p| {
@@ -249,6 +254,7 @@ impl Host for CallState {
     }
 
     async fn sha256(&mut self, path: String) -> Result<String, FileError> {
+        self.gate("sha256", &path, false)?;
         self.with_file(&path, |p| {
             let mut file = p.open(OFlags::RDONLY)?;
             let mut hasher = Sha256::new();
@@ -266,6 +272,7 @@ impl Host for CallState {
     }
 
     async fn read_link(&mut self, path: String) -> Result<String, FileError> {
+        self.gate("read-link", &path, false)?;
         self.with_file(&path, |p| {
             let (dir, name) = p.parent()?;
             let target = rustix::fs::readlinkat(&dir, name.as_os_str(), Vec::new())?;
@@ -275,6 +282,7 @@ impl Host for CallState {
     }
 
     async fn set_link(&mut self, link: String, target: String) -> Result<(), FileError> {
+        self.gate("set-link", &link, true)?;
         self.check_link_target(&link, &target)?;
         self.with_file(&link, move |p| replace_link(p, Path::new(&target)))
             .await
@@ -282,6 +290,18 @@ impl Host for CallState {
 }
 
 impl CallState {
+    /// Record a files call; an interrupted call is an `io` error.
+    fn gate(&mut self, op: &'static str, path: &str, writes: bool) -> Result<(), FileError> {
+        if self.record("files", op, path, writes) {
+            Ok(())
+        } else {
+            Err(FileError::Io(format!(
+                "{path}: {}",
+                crate::host::state::INTERRUPTED
+            )))
+        }
+    }
+
     /// A link's new target must itself be a path the plugin could use
     /// (opening through it later is checked beneath the root again).
     fn check_link_target(&self, link: &str, target: &str) -> Result<(), FileError> {

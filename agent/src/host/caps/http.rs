@@ -29,6 +29,8 @@ pub struct HttpGate {
     allow: Vec<HostPort>,
     tls: Vec<HostTls>,
     deadline: Instant,
+    /// The call's record of capability calls, when one is kept.
+    pub(crate) tape: Option<std::sync::Arc<std::sync::Mutex<crate::host::state::Tape>>>,
 }
 
 impl HttpGate {
@@ -39,6 +41,7 @@ impl HttpGate {
             allow: target.grant.http.clone(),
             tls: target.grant.tls.clone(),
             deadline,
+            tape: None,
         }
     }
 
@@ -112,6 +115,12 @@ impl WasiHttpHooks for HttpGate {
         fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> ResponseFuture {
         let _ = fut;
+        // A GET or HEAD reads; anything else may change something.
+        let reads = matches!(*request.method(), http::Method::GET | http::Method::HEAD);
+        let subject = format!("{} {}", request.method(), request.uri());
+        if !crate::host::state::Tape::note(&self.tape, "http", "send", &subject, !reads) {
+            return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
         if !self.allows(request.uri()) {
             tracing::warn!(
                 plugin = self.plugin,

@@ -390,6 +390,7 @@ impl Host for CallState {
         sql: String,
         params: Vec<Option<String>>,
     ) -> Result<Rows, PgError> {
+        self.pg_gate("query", &database, &sql, false)?;
         self.pg_query(&database, &sql, &params).await
     }
 
@@ -399,7 +400,30 @@ impl Host for CallState {
         sql: String,
         params: Vec<Option<String>>,
     ) -> Result<u64, PgError> {
+        self.pg_gate("execute", &database, &sql, true)?;
         self.pg_execute(&database, &sql, &params).await
+    }
+}
+
+impl CallState {
+    /// Record a postgres call (the database and the statement's first
+    /// words); an interrupted call is `unavailable`.
+    fn pg_gate(
+        &mut self,
+        op: &'static str,
+        database: &str,
+        sql: &str,
+        writes: bool,
+    ) -> Result<(), PgError> {
+        let head: String = sql.split_whitespace().take(6).collect::<Vec<_>>().join(" ");
+        if self.record("postgres", op, &format!("{database}: {head}"), writes) {
+            Ok(())
+        } else {
+            Err(PgError::Unavailable(format!(
+                "{database}: {}",
+                crate::host::state::INTERRUPTED
+            )))
+        }
     }
 }
 

@@ -29,7 +29,7 @@ pub fn parse(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-pub(super) fn read(path: &Path) -> BTreeMap<String, String> {
+pub(crate) fn read(path: &Path) -> BTreeMap<String, String> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse(&text),
         Err(e) => {
@@ -52,6 +52,9 @@ impl CallState {
 
 impl Host for CallState {
     async fn get(&mut self, name: String) -> Option<String> {
+        if !self.record("secrets", "get", &name, false) {
+            return None;
+        }
         let path = self.target.secrets.as_deref()?;
         let value = read(path).remove(&name)?;
         // Very short values would mask unrelated text; they are still
