@@ -16,7 +16,9 @@
 
 use crate::config::TargetConfig;
 use crate::host::bindings::{RestoreOptions, SnapshotRecord};
-use crate::host::{Action, ActionOutput, CallError, CallOutput, LoadedPlugin, PluginHost, Tape};
+use crate::host::{
+    Action, ActionOutput, CallError, CallOutput, Effect, LoadedPlugin, PluginHost, Tape,
+};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -96,12 +98,30 @@ fn failure(error: &CallError) -> String {
     format!("{}: {error}", error.kind())
 }
 
-fn writes(tape: &Tape) -> Vec<String> {
+/// The calls of a tape with this effect, as `capability op subject`.
+fn calls(tape: &Tape, effect: Effect) -> Vec<String> {
     tape.calls
         .iter()
-        .filter(|c| c.writes)
+        .filter(|c| c.effect == effect)
         .map(|c| format!("{} {} {}", c.capability, c.op, c.subject))
         .collect()
+}
+
+fn writes(tape: &Tape) -> Vec<String> {
+    calls(tape, Effect::Writes)
+}
+
+/// A note of the calls that may have written (programs, POSTs).
+fn maybe(tape: &Tape) -> String {
+    let may = calls(tape, Effect::MayWrite);
+    if may.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; may have written (not told from the call): {}",
+            may.join("; ")
+        )
+    }
 }
 
 impl Checker<'_> {
@@ -116,6 +136,12 @@ impl Checker<'_> {
             .await;
         self.said.add(&result);
         (result, tape)
+    }
+
+    async fn preview_before(&mut self, action: &Action) {
+        if let Action::Restore { to, .. } = action {
+            let _ = self.call(Action::Plan { to: to.clone() }, None).await;
+        }
     }
 
     async fn snapshot(&mut self) -> Result<SnapshotRecord, String> {
@@ -133,7 +159,10 @@ impl Checker<'_> {
         }
     }
 
+    /// An action's outcome; a restore is previewed first, as every run
+    /// previews its steps before it restores (plugins may compare the two).
     async fn outcome(&mut self, action: Action) -> Result<(bool, Tape), String> {
+        self.preview_before(&action).await;
         let name = action.name();
         match self.call(action, None).await {
             (
@@ -209,8 +238,9 @@ impl Checker<'_> {
             ));
         }
         Ok(format!(
-            "{changes} change(s) previewed with {} read(s)",
-            tape.calls.len()
+            "{changes} change(s) previewed with {} capability call(s){}",
+            tape.calls.len(),
+            maybe(&tape)
         ))
     }
 
@@ -245,8 +275,9 @@ impl Checker<'_> {
             ));
         }
         Ok(format!(
-            "the second restore changed nothing ({} read(s))",
-            tape.calls.len()
+            "the second restore changed nothing ({} capability call(s){})",
+            tape.calls.len(),
+            maybe(&tape)
         ))
     }
 
@@ -263,7 +294,9 @@ impl Checker<'_> {
             self.outcome(restore(from, &format!("conformance-back-{stop}")))
                 .await?;
             let step = format!("conformance-interrupted-{stop}");
-            let (first, _) = self.call(restore(to, &step), Some(stop)).await;
+            let interrupted = restore(to, &step);
+            self.preview_before(&interrupted).await;
+            let (first, _) = self.call(interrupted, Some(stop)).await;
             if let Err(e) = &first
                 && matches!(e, CallError::Crashed { .. })
             {

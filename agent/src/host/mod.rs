@@ -14,7 +14,7 @@ mod errors;
 mod imports;
 pub mod state;
 
-pub use state::{CapCall, Tape};
+pub use state::{CapCall, Effect, Tape};
 pub mod tls;
 
 pub use caps::log::LogLine;

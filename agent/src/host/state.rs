@@ -56,9 +56,23 @@ pub struct CapCall {
     pub op: &'static str,
     /// What it was called on: a path, a program, a container, a URL.
     pub subject: String,
-    /// Whether the call may change something (a write, a process, a
-    /// mutating statement or request).
-    pub writes: bool,
+    /// What it may do to the world: see [`Effect`].
+    pub effect: Effect,
+}
+
+/// What a capability call may do.
+#[derive(Debug, Clone, Copy, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Effect {
+    /// Reads only.
+    Reads,
+    /// Writes the plugin's own state directory (its bookkeeping), not the target.
+    State,
+    /// Changes the target: a file written, a container recreated, a
+    /// statement executed, a PUT or DELETE.
+    Writes,
+    /// Cannot be told from the call: a program run, an HTTP POST.
+    MayWrite,
 }
 
 /// The record of a call's capability calls. With `stop_at = Some(n)`, the
@@ -82,7 +96,7 @@ impl Tape {
         capability: &'static str,
         op: &'static str,
         subject: &str,
-        writes: bool,
+        effect: Effect,
     ) -> bool {
         let Some(tape) = tape else { return true };
         let mut tape = tape.lock().unwrap_or_else(|e| e.into_inner());
@@ -91,7 +105,7 @@ impl Tape {
             capability,
             op,
             subject: subject.to_string(),
-            writes,
+            effect,
         });
         tape.stop_at.is_none_or(|n| index < n)
     }
@@ -105,9 +119,9 @@ impl CallState {
         capability: &'static str,
         op: &'static str,
         subject: &str,
-        writes: bool,
+        effect: Effect,
     ) -> bool {
-        Tape::note(&self.tape, capability, op, subject, writes)
+        Tape::note(&self.tape, capability, op, subject, effect)
     }
 
     /// Record this call's capability calls on `tape`.

@@ -381,6 +381,24 @@ impl Plugin for Compose {
                 work.push((name.clone(), reference_for(name, service)?, containers));
             }
         }
+        // A container already running its snapshot's image may still be
+        // starting (a restore cut off right after recreating it, run again
+        // with the same step): it is in place only once it is healthy.
+        let mut waited = Vec::new();
+        for name in order.iter().filter(|n| !work.iter().any(|(w, ..)| w == *n)) {
+            let service = &snapshot.services[name];
+            for c in now.get(name).into_iter().flatten().filter(|c| {
+                c.image_id == service.image_id
+                    && c.health.as_deref().is_some_and(|h| h != "healthy")
+            }) {
+                await_healthy(&settings, name, &c.name, "runs the snapshot's image")?;
+                waited.push(format!(
+                    "{name}: {} was {}, now healthy",
+                    c.name,
+                    c.health.as_deref().unwrap_or_default()
+                ));
+            }
+        }
         if work.is_empty() {
             return Ok(Outcome {
                 changed: false,
@@ -388,7 +406,7 @@ impl Plugin for Compose {
                     "all {} services already run the snapshot's images",
                     order.len()
                 ),
-                details: Vec::new(),
+                details: waited,
             });
         }
 

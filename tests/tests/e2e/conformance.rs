@@ -141,7 +141,7 @@ fn each_broken_rule_fails_the_check_named_for_it() {
         (
             "plan-writes",
             "plan-makes-no-writes",
-            "plan must change nothing, and made: files write planned",
+            "plan must change nothing, and made: files write /",
         ),
         (
             "not-idempotent",
@@ -177,4 +177,153 @@ fn each_broken_rule_fails_the_check_named_for_it() {
             );
         }
     }
+}
+
+/// Every check passed, and what it said of the interrupted restores.
+fn assert_all_passed(checks: &[(String, String, String)], passed: bool) -> String {
+    assert!(passed, "{checks:#?}");
+    for (name, state, detail) in checks {
+        assert!(
+            state == "passed" || name == "no-secrets-in-output",
+            "{name}: {state}: {detail}"
+        );
+    }
+    status(checks, "interrupted-restore-completes")
+        .1
+        .to_string()
+}
+
+#[test]
+fn the_etcd_plugin_passes_every_check() {
+    use rewind_tests::etcd::EtcdServer;
+    let etcd = EtcdServer::start();
+    etcd.put("/shop/db/host", "db-v1");
+    etcd.put("/shop/feature", "off");
+    let agent = Agent::new(&format!(
+        "{}[targets.config]\nplugin = \"etcd\"\n\
+         settings = {{ endpoint = \"{}\", prefixes = [\"/shop/\"] }}\n\
+         grant = {{ http = [\"127.0.0.1:{}\"] }}\n",
+        unsigned_plugin("etcd", "etcd"),
+        etcd.endpoint(),
+        etcd.port
+    ));
+    let v1 = snapshot(&agent, &plugin("etcd"), "config");
+    etcd.put("/shop/db/host", "db-v2");
+    etcd.delete("/shop/feature");
+    etcd.put("/shop/new", "v2");
+    let (passed, checks) = check(&agent, &plugin("etcd"), "config", &v1);
+    assert_all_passed(&checks, passed);
+    assert_eq!(
+        etcd.get("/shop/db/host").as_deref(),
+        Some("db-v2"),
+        "put back"
+    );
+    assert_eq!(etcd.get("/shop/feature"), None);
+}
+
+#[test]
+fn the_pg_restore_plugin_passes_every_check() {
+    use rewind_tests::postgres::{PgServer, pg_restore_target};
+    let pg = PgServer::start();
+    pg.psql("rewind", "CREATE DATABASE shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE schema_migrations (version text PRIMARY KEY); INSERT INTO schema_migrations VALUES ('1'); \
+         CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 50) i",
+    );
+    let (settings, grant) = pg_restore_target(&pg, "shop");
+    let agent = Agent::new(&format!(
+        "{}[targets.db]\nplugin = \"pg-restore\"\nsettings = {settings}\ngrant = {grant}\n",
+        unsigned_plugin("pg-restore", "pg_restore")
+    ));
+    let v1 = snapshot(&agent, &plugin("pg_restore"), "db");
+    pg.psql(
+        "shop",
+        "INSERT INTO items SELECT i, 'new ' || i FROM generate_series(51, 60) i",
+    );
+    let (passed, checks) = check(&agent, &plugin("pg_restore"), "db", &v1);
+    assert_all_passed(&checks, passed);
+    assert_eq!(
+        pg.psql("shop", "SELECT count(*) FROM items").trim(),
+        "60",
+        "put back"
+    );
+}
+
+#[test]
+fn the_cdn_plugin_passes_every_check() {
+    use rewind_tests::cdn::{Origin, VCL_PURGE_ALLOWED, Varnish};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ui");
+    for build in ["2026.11.01", "2026.11.20"] {
+        for file in ["index.html", "app.js"] {
+            let path = root.join("builds").join(build).join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, format!("{file} of {build}\n")).unwrap();
+        }
+    }
+    let point = |build: &str| {
+        let link = root.join("current");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(root.join("builds").join(build), &link).unwrap();
+    };
+    point("2026.11.01");
+    let origin = Origin::start(root.join("current"));
+    let varnish = Varnish::start(origin.port, VCL_PURGE_ALLOWED);
+    let agent = Agent::new(&format!(
+        "{}[targets.ui]\nplugin = \"cdn\"\n\
+         settings = {{ builds = \"{root}/builds\", current = \"{root}/current\", verify_url = \"{url}\", purge = [{{ kind = \"varnish\", url = \"{url}\" }}] }}\n\
+         grant = {{ files = [\"{root}\"], http = [\"127.0.0.1:{port}\"] }}\n",
+        unsigned_plugin("cdn", "cdn"),
+        root = root.display(),
+        url = varnish.url(),
+        port = varnish.port
+    ));
+    let v1 = snapshot(&agent, &plugin("cdn"), "ui");
+    point("2026.11.20");
+    let (passed, checks) = check(&agent, &plugin("cdn"), "ui", &v1);
+    assert_all_passed(&checks, passed);
+    assert_eq!(
+        std::fs::read_link(root.join("current")).unwrap(),
+        root.join("builds/2026.11.20"),
+        "put back"
+    );
+}
+
+/// A one-service compose project (each interrupted restore recreates it).
+const ONE_SERVICE: &str = r#"version: "2.4"
+services:
+  api:
+    image: rewind-test/app:${TAG}
+    environment:
+      ROLE: api
+    init: true
+    healthcheck:
+      test: ["CMD", "/bin/busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/version"]
+      interval: 1s
+      timeout: 2s
+      retries: 3
+"#;
+
+#[test]
+fn the_compose_plugin_passes_every_check() {
+    use rewind_tests::docker::{self, Project, inspect};
+    let (_v1, v2) = docker::v1_v2().clone();
+    let project = Project::with_file("conform", ONE_SERVICE, &[]);
+    project.up("v1");
+    let agent = Agent::new(&format!(
+        "{}[targets.shop]\nplugin = \"compose\"\n\
+         settings = {{ project = \"{name}\", health_timeout_secs = 60 }}\ngrant = {{ docker = [\"{name}\"] }}\n",
+        unsigned_plugin("compose", "compose"),
+        name = project.name
+    ));
+    let v1 = snapshot(&agent, &plugin("compose"), "shop");
+    project.up("v2");
+    let (passed, checks) = check(&agent, &plugin("compose"), "shop", &v1);
+    assert_all_passed(&checks, passed);
+    assert_eq!(
+        inspect(&project.container("api"))["Image"],
+        v2.as_str(),
+        "put back"
+    );
 }

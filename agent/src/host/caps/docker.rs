@@ -80,7 +80,13 @@ impl CallState {
         subject: &str,
         writes: bool,
     ) -> Result<(), DockerError> {
-        if self.record("docker", op, subject, writes) {
+        use crate::host::state::Effect;
+        let effect = if writes {
+            Effect::Writes
+        } else {
+            Effect::Reads
+        };
+        if self.record("docker", op, subject, effect) {
             Ok(())
         } else {
             Err(DockerError::Failed(format!(

@@ -292,7 +292,14 @@ impl Host for CallState {
 impl CallState {
     /// Record a files call; an interrupted call is an `io` error.
     fn gate(&mut self, op: &'static str, path: &str, writes: bool) -> Result<(), FileError> {
-        if self.record("files", op, path, writes) {
+        use crate::host::state::Effect;
+        // A relative path is in the target's state directory: bookkeeping.
+        let effect = match (writes, Path::new(path).is_absolute()) {
+            (false, _) => Effect::Reads,
+            (true, false) => Effect::State,
+            (true, true) => Effect::Writes,
+        };
+        if self.record("files", op, path, effect) {
             Ok(())
         } else {
             Err(FileError::Io(format!(

@@ -115,10 +115,16 @@ impl WasiHttpHooks for HttpGate {
         fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> ResponseFuture {
         let _ = fut;
-        // A GET or HEAD reads; anything else may change something.
-        let reads = matches!(*request.method(), http::Method::GET | http::Method::HEAD);
+        // GET and HEAD read; PUT, PATCH and DELETE write; a POST may be
+        // either (etcd reads with POST).
+        use crate::host::state::Effect;
+        let effect = match *request.method() {
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS => Effect::Reads,
+            http::Method::PUT | http::Method::PATCH | http::Method::DELETE => Effect::Writes,
+            _ => Effect::MayWrite,
+        };
         let subject = format!("{} {}", request.method(), request.uri());
-        if !crate::host::state::Tape::note(&self.tape, "http", "send", &subject, !reads) {
+        if !crate::host::state::Tape::note(&self.tape, "http", "send", &subject, effect) {
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         if !self.allows(request.uri()) {

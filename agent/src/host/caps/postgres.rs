@@ -416,7 +416,12 @@ impl CallState {
         writes: bool,
     ) -> Result<(), PgError> {
         let head: String = sql.split_whitespace().take(6).collect::<Vec<_>>().join(" ");
-        if self.record("postgres", op, &format!("{database}: {head}"), writes) {
+        let effect = if writes {
+            crate::host::state::Effect::Writes
+        } else {
+            crate::host::state::Effect::Reads
+        };
+        if self.record("postgres", op, &format!("{database}: {head}"), effect) {
             Ok(())
         } else {
             Err(PgError::Unavailable(format!(

@@ -52,7 +52,7 @@ impl CallState {
 
 impl Host for CallState {
     async fn get(&mut self, name: String) -> Option<String> {
-        if !self.record("secrets", "get", &name, false) {
+        if !self.record("secrets", "get", &name, crate::host::state::Effect::Reads) {
             return None;
         }
         let path = self.target.secrets.as_deref()?;
