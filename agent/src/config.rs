@@ -12,6 +12,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 pub const DEFAULT_MEMORY_LIMIT: ByteSize = ByteSize(64 << 20);
+/// What a target's state directory may hold, unless its `state_quota` /
+/// `state_files` say otherwise (the `files` capability enforces it).
+pub const DEFAULT_STATE_QUOTA: ByteSize = ByteSize(20 << 30);
+pub const DEFAULT_STATE_FILES: u64 = 100_000;
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_PROCESS_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const MIN_MEMORY_LIMIT: ByteSize = ByteSize(1 << 20);
@@ -86,6 +90,10 @@ pub struct TargetConfig {
     pub deadline: Duration,
     /// The target's private directory, the root of the `files` capability.
     pub state_dir: PathBuf,
+    /// The most bytes and files the plugin may keep in its state directory
+    /// through the `files` capability.
+    pub state_quota: ByteSize,
+    pub state_files: u64,
     /// A file of the target's secrets (`KEY=VALUE` lines), read at each call.
     pub secrets: Option<PathBuf>,
     pub grant: Grant,
@@ -402,6 +410,8 @@ struct RawTarget {
     memory_limit: Option<Spanned<ByteSize>>,
     #[serde(default, deserialize_with = "units::opt_duration")]
     deadline: Option<Duration>,
+    state_quota: Option<ByteSize>,
+    state_files: Option<u64>,
     #[serde(default)]
     grant: RawGrant,
     secrets: Option<PathBuf>,
@@ -607,6 +617,8 @@ pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
             target_name.clone(),
             Arc::new(TargetConfig {
                 state_dir: state_dir.join("targets").join(&target_name),
+                state_quota: target.state_quota.unwrap_or(DEFAULT_STATE_QUOTA),
+                state_files: target.state_files.unwrap_or(DEFAULT_STATE_FILES),
                 name: target_name,
                 plugin,
                 settings_json,

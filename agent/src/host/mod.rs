@@ -450,6 +450,8 @@ impl PluginHost {
             memory_limit: crate::config::DEFAULT_MEMORY_LIMIT,
             deadline: Duration::from_secs(10),
             state_dir: scratch_dir.to_path_buf(),
+            state_quota: crate::config::DEFAULT_STATE_QUOTA,
+            state_files: crate::config::DEFAULT_STATE_FILES,
             secrets: None,
             grant: crate::config::Grant::default(),
         });

@@ -45,6 +45,10 @@ pub struct CallState {
     /// The capability calls made, when a conformance check records them
     /// (shared with the HTTP gate).
     tape: Option<Arc<Mutex<Tape>>>,
+    /// The bytes and files in the target's state directory, counted at the
+    /// call's first write there and kept up to date by its writes (one
+    /// action per target runs at a time).
+    pub(crate) state_usage: Option<(u64, u64)>,
 }
 
 /// One capability call of a plugin, as a conformance check sees it.
@@ -177,6 +181,7 @@ impl CallState {
             revealed: Vec::new(),
             pg: std::collections::BTreeMap::new(),
             tape: None,
+            state_usage: None,
         }
     }
 }

@@ -561,3 +561,43 @@ fn a_progress_flood_is_cut_to_the_progress_limit() {
     let dropped: usize = warning.split(' ').next().unwrap().parse().unwrap();
     assert_eq!(dropped + reports, 200_000, "{warning}");
 }
+
+/// A plugin writing 10,000 files to its state directory stops at the
+/// target's quota of files, with an error naming it; what was written
+/// before stays, nothing past the quota does.
+#[test]
+fn the_state_directory_quota_stops_a_plugin_filling_it() {
+    let agent = Agent::new(&format!(
+        "{}[targets.flood]\nplugin = \"flood\"\nstate_files = 1000\nsettings = {{ state_files = 10000 }}\n",
+        unsigned_plugin("flood", "fixture_flood")
+    ));
+    let snapshot = agent.path().join("snapshot.json");
+    std::fs::write(
+        &snapshot,
+        r#"{"result": {"data": "{}", "summary": ""}, "taken_at": 0}"#,
+    )
+    .unwrap();
+    let output = std::process::Command::new(rewind_tests::binary("rewind-agent"))
+        .args(["plugin", "run"])
+        .arg(rewind_tests::plugin("fixture_flood"))
+        .arg("--config")
+        .arg(agent.path().join("agent.toml"))
+        .args(["--target", "flood", "restore", "--snapshot"])
+        .arg(&snapshot)
+        .output()
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["ok"], false, "{result}");
+    let message = result["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("state-quota")
+            && message.contains("over its quota of")
+            && message.contains("in 1000 files")
+            && message.contains("state_quota and state_files of target flood"),
+        "{message}"
+    );
+    let kept = std::fs::read_dir(agent.path().join("state/targets/flood/many"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 1000);
+}

@@ -162,6 +162,30 @@ impl CallState {
     }
 }
 
+/// The bytes and regular files under a directory (links not followed).
+fn usage_of(dir: &Path) -> io::Result<(u64, u64)> {
+    let (mut bytes, mut files) = (0, 0);
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.is_file() {
+                bytes += meta.len();
+                files += 1;
+            }
+        }
+    }
+    Ok((bytes, files))
+}
+
 /// Read a whole file, refusing one over `MAX_READ` (as `TooLarge`).
 fn read_all(mut file: fs::File) -> io::Result<Result<Vec<u8>, u64>> {
     let size = file.metadata()?.len();
@@ -188,21 +212,34 @@ impl Host for CallState {
 
     async fn write(&mut self, path: String, contents: Vec<u8>) -> Result<(), FileError> {
         self.gate("write", &path, true)?;
+        let after = self
+            .charge_state(&path, Some(contents.len() as u64))
+            .await?;
         self.with_file(&path, move |p| write_atomic(p, &contents))
-            .await
+            .await?;
+        if after.is_some() {
+            self.state_usage = after;
+        }
+        Ok(())
     }
 
     async fn remove(&mut self, path: String) -> Result<(), FileError> {
         self.gate("remove", &path, true)?;
-        self.with_file(&path, |p| {
-            let (dir, name) = p.parent()?;
-            match rustix::fs::unlinkat(&dir, name.as_os_str(), rustix::fs::AtFlags::empty()) {
-                Ok(()) => dir.sync_all(),
-                Err(rustix::io::Errno::NOENT) => Ok(()),
-                Err(e) => Err(e.into()),
-            }
-        })
-        .await
+        let after = self.charge_state(&path, None).await?;
+        let removed = self
+            .with_file(&path, |p| {
+                let (dir, name) = p.parent()?;
+                match rustix::fs::unlinkat(&dir, name.as_os_str(), rustix::fs::AtFlags::empty()) {
+                    Ok(()) => dir.sync_all(),
+                    Err(rustix::io::Errno::NOENT) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await;
+        if removed.is_ok() && after.is_some() {
+            self.state_usage = after;
+        }
+        removed
     }
 
     async fn stat(&mut self, path: String) -> Result<Option<FileInfo>, FileError> {
@@ -290,6 +327,54 @@ impl Host for CallState {
 }
 
 impl CallState {
+    /// What the state directory would hold once `path` (relative: in the
+    /// state directory) holds `size` bytes (None: is removed); refused with
+    /// an error naming the quota when that is over it. None for paths
+    /// outside the state directory.
+    async fn charge_state(
+        &mut self,
+        path: &str,
+        size: Option<u64>,
+    ) -> Result<Option<(u64, u64)>, FileError> {
+        let allowed = check(&self.target, path)?;
+        if !allowed.in_state_dir {
+            return Ok(None);
+        }
+        let dir = self.target.state_dir.clone();
+        let known = self.state_usage;
+        let file = dir.join(&allowed.rel);
+        let counted =
+            tokio::task::spawn_blocking(move || -> io::Result<((u64, u64), Option<u64>)> {
+                let usage = match known {
+                    Some(usage) => usage,
+                    None => usage_of(&dir)?,
+                };
+                let old = fs::symlink_metadata(&file)
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len());
+                Ok((usage, old))
+            })
+            .await
+            .map_err(|e| FileError::Io(format!("{path}: {e}")))?;
+        let ((bytes, files), old) = counted.map_err(|e| io_error(&self.target, path, e))?;
+        let bytes_after = bytes.saturating_sub(old.unwrap_or(0)) + size.unwrap_or(0);
+        let files_after = match (old.is_some(), size.is_some()) {
+            (false, true) => files + 1,
+            (true, false) => files.saturating_sub(1),
+            _ => files,
+        };
+        let (quota, most) = (self.target.state_quota, self.target.state_files);
+        if size.is_some() && (bytes_after > quota.0 || files_after > most) {
+            return Err(FileError::Io(format!(
+                "{path}: state-quota: the target's state directory would hold {} in {files_after} files, over its quota of {quota} in {most} files                  (state_quota and state_files of target {}); remove what the plugin no longer needs",
+                crate::units::ByteSize(bytes_after),
+                self.target.name
+            )));
+        }
+        Ok(Some((bytes_after, files_after)))
+    }
+
     /// Record a files call; an interrupted call is an `io` error.
     fn gate(&mut self, op: &'static str, path: &str, writes: bool) -> Result<(), FileError> {
         use crate::host::state::Effect;
