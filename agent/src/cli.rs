@@ -64,6 +64,20 @@ enum PluginCommand {
         #[arg(long)]
         step_id: Option<String>,
     },
+    /// Make a new plugin project that builds as it is: source with every
+    /// action, its tests, an agent config for trying it, a README.
+    New {
+        /// The plugin's name: lowercase letters, digits and `-`.
+        name: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: crate::scaffold::Lang,
+        /// Where to make it (it goes in <dir>/<name>).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// rewind's plugins/sdk directory (default: the one this program was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Check that a plugin keeps the contract on a real target: describe,
     /// plan without writes, restore + verify, idempotence, interrupted
     /// restores, typed errors, no secrets in output. With --snapshot (taken
@@ -171,6 +185,19 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<ExitCode> {
                 step_id,
             )?;
             run(&plugin, &config, &target, action)
+        }
+        PluginCommand::New {
+            name,
+            lang,
+            dir,
+            sdk,
+        } => {
+            let made = crate::scaffold::new(&name, lang, &dir, sdk)?;
+            println!(
+                "made {}: see its README.md (cargo test; cargo build --release --target wasm32-wasip2; rewind-agent plugin check ...)",
+                made.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Check {
             plugin,

@@ -9,5 +9,6 @@ pub mod docker;
 pub mod host;
 pub mod ledger;
 pub mod limits;
+pub mod scaffold;
 pub mod signing;
 pub mod units;

@@ -24,4 +24,5 @@ mod release_dir;
 mod rollback;
 mod runbooks;
 mod sandbox;
+mod scaffold;
 mod signatures;
