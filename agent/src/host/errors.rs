@@ -123,7 +123,7 @@ pub enum CallError {
         error: PluginFailure,
         logs: Vec<LogLine>,
     },
-    #[error("{context} refused before it ran: the plugin imports {interface}, which target {} does not grant (capability `{capability}`); grant it in [targets.{}.grant] or use another plugin", context.target, context.target)]
+    #[error("{context} refused before it ran: the plugin imports {interface}, {}", not_granted_advice(*capability, &context.target))]
     NotGranted {
         context: Context,
         interface: String,
@@ -195,5 +195,16 @@ impl CallError {
             | CallError::Crashed { logs, .. } => logs,
             CallError::NotGranted { .. } | CallError::Instantiate { .. } => &[],
         }
+    }
+}
+
+/// What to do about an import a target cannot satisfy: grant the
+/// capability, or (an interface the agent does not know) rebuild the plugin.
+fn not_granted_advice(capability: Capability, target: &str) -> String {
+    match capability {
+        Capability::Unknown => "an interface this agent does not provide: a plugin may import the rewind:plugin@0.1.0 capabilities and WASI 0.2 (io, clocks, random, cli, filesystem, sockets, http); build it against those".to_string(),
+        capability => format!(
+            "which target {target} does not grant (capability `{capability}`); grant it in [targets.{target}.grant] (see docs/agent.md) or use another plugin"
+        ),
     }
 }

@@ -14,7 +14,10 @@ pub enum Capability {
     Http,
     Docker,
     Postgres,
-    /// Never granted: plugins reach the network only through `wasi:http`.
+    /// Always linked, never a way out: every call refuses (`access-denied`;
+    /// the sandbox allows no TCP, no UDP, no name lookup). Toolchains such
+    /// as componentize-py import these whether or not a plugin uses them;
+    /// plugins reach the network only through `wasi:http`.
     Sockets,
     /// An interface this agent does not know.
     Unknown,
@@ -69,12 +72,12 @@ pub fn capability_of(import: &str) -> Capability {
 
 fn granted(capability: Capability, target: &TargetConfig) -> bool {
     match capability {
-        Capability::Base => true,
+        Capability::Base | Capability::Sockets => true,
         Capability::Process => target.grant.process_granted,
         Capability::Http => target.grant.http_granted,
         Capability::Docker => target.grant.docker_granted,
         Capability::Postgres => target.grant.postgres.is_some(),
-        Capability::Sockets | Capability::Unknown => false,
+        Capability::Unknown => false,
     }
 }
 

@@ -601,3 +601,44 @@ fn the_state_directory_quota_stops_a_plugin_filling_it() {
         .count();
     assert_eq!(kept, 1000);
 }
+
+/// A plugin that imports `wasi:sockets` runs (toolchains such as
+/// componentize-py import it whatever the plugin does), but every socket
+/// call is refused: a listener on loopback never sees a connection, a
+/// datagram or a lookup.
+#[tokio::test]
+async fn sockets_are_linked_but_refuse_every_call() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The same port number for UDP: the fixture sends its datagram there.
+    let udp = std::net::UdpSocket::bind(addr).unwrap();
+    udp.set_nonblocking(true).unwrap();
+    let agent = Agent::new(&format!(
+        "{}[targets.net]\nplugin = \"socket\"\nsettings = {{ addr = \"{addr}\" }}\n",
+        unsigned_plugin("socket", "fixture_socket")
+    ));
+    let done = agent
+        .call("net", restore())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rewind_agent::host::ActionOutput::Outcome(outcome) = done.output else {
+        panic!("{:?}", done.output)
+    };
+    assert_eq!(outcome.summary, "every attempt refused");
+    assert_eq!(outcome.details.len(), 3, "{:?}", outcome.details);
+    for answer in &outcome.details[..2] {
+        assert!(answer.to_lowercase().contains("denied"), "{answer}");
+    }
+    assert!(
+        outcome.details[2].starts_with("name lookup: failed to lookup address"),
+        "{}",
+        outcome.details[2]
+    );
+    assert!(
+        listener.accept().is_err(),
+        "no connection reached the listener"
+    );
+    let mut buffer = [0u8; 8];
+    assert!(udp.recv(&mut buffer).is_err(), "no datagram arrived");
+}
