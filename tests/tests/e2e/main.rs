@@ -19,6 +19,7 @@ mod migrations;
 mod notifications;
 mod pg_restore;
 mod postgres_capability;
+mod python_plugin;
 mod refusals;
 mod release_dir;
 mod rollback;
