@@ -194,7 +194,7 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<ExitCode> {
         } => {
             let made = crate::scaffold::new(&name, lang, &dir, sdk)?;
             println!(
-                "made {}: see its README.md (cargo test; cargo build --release --target wasm32-wasip2; rewind-agent plugin check ...)",
+                "made {}: its README.md has the commands to test, build, check and sign it",
                 made.display()
             );
             Ok(ExitCode::SUCCESS)

@@ -19,7 +19,11 @@ fn its_unit_tests_pass_on_the_generated_bindings() {
         .arg(bindings.path())
         .output()
         .expect("componentize-py (scripts/install-deps installs it)");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let example = root().join("plugins/python-example");
     let path = format!(
         "{}:{}:{}",
@@ -35,7 +39,10 @@ fn its_unit_tests_pass_on_the_generated_bindings() {
         .unwrap();
     let report = String::from_utf8_lossy(&tests.stderr);
     assert!(tests.status.success(), "{report}");
-    assert!(report.contains("Ran 2 tests") && report.contains("OK"), "{report}");
+    assert!(
+        report.contains("Ran 2 tests") && report.contains("OK"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -63,18 +70,35 @@ fn it_passes_every_conformance_check() {
             .unwrap()
     };
     let before = run(&["run", "snapshot"]);
-    assert!(before.status.success(), "{}", String::from_utf8_lossy(&before.stdout));
+    assert!(
+        before.status.success(),
+        "{}",
+        String::from_utf8_lossy(&before.stdout)
+    );
     let snapshot = agent.path().join("before.json");
     std::fs::write(&snapshot, &before.stdout).unwrap();
     std::fs::write(app.join("a.conf"), "a=2\n").unwrap();
     std::fs::write(app.join("b.conf"), "new\n").unwrap();
     let check = run(&["check", "--snapshot", snapshot.to_str().unwrap()]);
     let report = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "{report}{}", String::from_utf8_lossy(&check.stderr));
-    assert!(report.contains("ok   interrupted-restore-completes"), "{report}");
-    assert!(report.contains("ok   describe: python-files 0.1.0"), "{report}");
+    assert!(
+        check.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        report.contains("ok   interrupted-restore-completes"),
+        "{report}"
+    );
+    assert!(
+        report.contains("ok   describe: python-files 0.1.0"),
+        "{report}"
+    );
     // Put back where the checks found it.
-    assert_eq!(std::fs::read_to_string(app.join("a.conf")).unwrap(), "a=2\n");
+    assert_eq!(
+        std::fs::read_to_string(app.join("a.conf")).unwrap(),
+        "a=2\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -97,6 +121,9 @@ async fn it_rolls_a_hosts_files_back_through_the_coordinator() {
     let output = fleet.rollback_cli(plan, "v1", &[]);
     assert!(output.success, "{output}");
     assert!(output.stdout.contains("restored 2 file(s)"), "{output}");
-    assert_eq!(std::fs::read_to_string(app.join("a.conf")).unwrap(), "a=1\n");
+    assert_eq!(
+        std::fs::read_to_string(app.join("a.conf")).unwrap(),
+        "a=1\n"
+    );
     assert!(!app.join("b.conf").exists());
 }

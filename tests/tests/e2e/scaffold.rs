@@ -134,3 +134,103 @@ fn a_new_rust_plugin_builds_tests_signs_passes_the_checks_and_restores() {
     let signed: serde_json::Value = serde_json::from_slice(&signed.stdout).unwrap();
     assert_eq!(signed["signature"]["status"], "valid", "{signed}");
 }
+
+#[test]
+fn a_new_python_plugin_tests_builds_signs_passes_the_checks_and_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(
+        "plugin new",
+        &agent_cli(
+            dir.path(),
+            &["plugin", "new", "hello-py", "--lang", "python"],
+        ),
+    );
+    let project = dir.path().join("hello-py");
+    let componentize = |args: &[&str]| {
+        Command::new("componentize-py")
+            .args(["-d", "wit", "-w", "local:hello-py/plugin"])
+            .args(args)
+            .current_dir(&project)
+            .output()
+            .expect("componentize-py (scripts/install-deps installs it)")
+    };
+    ok("bindings", &componentize(&["bindings", "."]));
+    let tests = Command::new("python3")
+        .args(["-B", "-m", "unittest", "discover", "-s", "tests"])
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    ok("python tests", &tests);
+    assert!(String::from_utf8_lossy(&tests.stderr).contains("Ran 2 tests"));
+    ok(
+        "componentize",
+        &componentize(&["componentize", "app", "-o", "hello_py.wasm"]),
+    );
+    ok(
+        "keygen",
+        &agent_cli(&project, &["plugin", "keygen", "--out", "release"]),
+    );
+    ok(
+        "sign",
+        &agent_cli(
+            &project,
+            &["plugin", "sign", "hello_py.wasm", "--key", "release.key"],
+        ),
+    );
+    let public = std::fs::read_to_string(project.join("release.pub")).unwrap();
+    let config = std::fs::read_to_string(project.join("agent.toml")).unwrap();
+    std::fs::write(
+        project.join("agent.toml"),
+        config
+            .replace(
+                "trusted_keys = []",
+                &format!("trusted_keys = [\"{}\"]", public.trim()),
+            )
+            .replace("allow_unsigned = true\n", ""),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec![
+            "plugin",
+            "run",
+            "hello_py.wasm",
+            "--config",
+            "agent.toml",
+            "--target",
+            "example",
+        ];
+        all.extend_from_slice(args);
+        agent_cli(&project, &all)
+    };
+    let before = ok("snapshot", &run(&["snapshot"]));
+    std::fs::write(project.join("before.json"), before).unwrap();
+    std::fs::write(project.join("example/value.txt"), "a newer value\n").unwrap();
+    let report = ok(
+        "check",
+        &agent_cli(
+            &project,
+            &[
+                "plugin",
+                "check",
+                "hello_py.wasm",
+                "--config",
+                "agent.toml",
+                "--target",
+                "example",
+                "--snapshot",
+                "before.json",
+            ],
+        ),
+    );
+    assert!(report.contains("every check passed"), "{report}");
+    let restored: serde_json::Value = serde_json::from_str(&ok(
+        "restore",
+        &run(&["restore", "--snapshot", "before.json"]),
+    ))
+    .unwrap();
+    assert_eq!(restored["result"]["changed"], true, "{restored}");
+    assert_eq!(
+        std::fs::read_to_string(project.join("example/value.txt")).unwrap(),
+        "the value at the start\n"
+    );
+}

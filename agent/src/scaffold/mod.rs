@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Lang {
     Rust,
+    /// componentize-py, with the SDK's helpers as a small package.
+    Python,
 }
 
 /// Where the SDK of this rewind is, when this program was built from a
@@ -59,15 +61,26 @@ pub fn new(name: &str, lang: Lang, dir: &Path, sdk: Option<PathBuf>) -> anyhow::
         );
     }
     let crate_name = name.replace('-', "_");
-    let files: Vec<(&str, String)> = match lang {
+    let files: Vec<(String, String)> = match lang {
         Lang::Rust => vec![
-            ("Cargo.toml", cargo_toml(name, &sdk)),
-            ("src/lib.rs", lib_rs(name)),
-            ("agent.toml", agent_toml(name, &crate_name, &root)),
-            ("example/value.txt", "the value at the start\n".into()),
-            ("README.md", readme(name, &crate_name)),
-            (".gitignore", "/target\n/state\n*.key\n".into()),
+            ("Cargo.toml".into(), cargo_toml(name, &sdk)),
+            ("src/lib.rs".into(), lib_rs(name)),
+            (
+                "agent.toml".into(),
+                agent_toml(
+                    name,
+                    &format!("target/wasm32-wasip2/release/{crate_name}.wasm"),
+                    &root,
+                ),
+            ),
+            (
+                "example/value.txt".into(),
+                "the value at the start\n".into(),
+            ),
+            ("README.md".into(), readme(name, &crate_name)),
+            (".gitignore".into(), "/target\n/state\n*.key\n".into()),
         ],
+        Lang::Python => python::files(name, &crate_name, &sdk, &root)?,
     };
     for (path, text) in files {
         let path = root.join(path);
@@ -225,6 +238,8 @@ impl Plugin for TYPE {
 
 export_plugin!(TYPE);
 
+mod python;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,7 +271,7 @@ fn type_name(name: &str) -> String {
         .collect()
 }
 
-fn agent_toml(name: &str, crate_name: &str, root: &Path) -> String {
+fn agent_toml(name: &str, wasm: &str, root: &Path) -> String {
     format!(
         r#"# An agent configuration for trying the plugin on this machine (see
 # rewind's docs/agent.md). Paths are relative to this file.
@@ -267,7 +282,7 @@ state_dir = "state"
 trusted_keys = []
 
 [plugins.{name}]
-path = "target/wasm32-wasip2/release/{crate_name}.wasm"
+path = "{wasm}"
 # Until it is signed and its key is trusted above:
 allow_unsigned = true
 
@@ -305,6 +320,8 @@ agent.toml and remove `allow_unsigned`.
 "#
     )
 }
+
+mod python;
 
 #[cfg(test)]
 mod tests {
