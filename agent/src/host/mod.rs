@@ -496,8 +496,8 @@ impl PluginHost {
             return (Err(refused), Tape::default());
         }
         let tape = Tape {
-            calls: Vec::new(),
             stop_at,
+            ..Tape::default()
         };
         let (result, tape) = self
             .call_taped(plugin, target, action, None, Some(tape))

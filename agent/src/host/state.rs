@@ -87,22 +87,69 @@ pub enum Effect {
 pub struct Tape {
     pub calls: Vec<CapCall>,
     pub stop_at: Option<usize>,
+    /// Faults injected on chosen calls, by the call's index (from 0).
+    pub faults: std::collections::BTreeMap<usize, Fault>,
+    /// When set, the process capability answers from this script and runs
+    /// nothing (a test of the plugin's logic, not of the programs).
+    pub process_script: Option<Vec<ScriptedRun>>,
+}
+
+/// A fault a test injects on a capability call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// The call times out (the capability's own `timed-out` error).
+    Timeout,
+    /// The call is refused (`denied`; for HTTP, the request is denied).
+    Refuse,
+    /// The call does half its work and fails: a file written half, a
+    /// program's output cut in half as if it was killed. Other calls: refused.
+    HalfWrite,
+}
+
+/// A scripted answer of the process capability.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptedRun {
+    /// The program as the plugin names it.
+    pub program: String,
+    /// The arguments it must be given; any when left out.
+    pub args: Option<Vec<String>>,
+    #[serde(default)]
+    pub exit: i32,
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+}
+
+/// What a capability call is to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Go,
+    /// Not made: the call is being interrupted.
+    Stop,
+    Fault(Fault),
 }
 
 /// What a plugin is told of a call the conformance check did not make.
 pub const INTERRUPTED: &str =
     "interrupted: the conformance check stopped this call here, as a crash of the agent would";
+/// What a plugin is told of a call a test made fail.
+pub const INJECTED: &str = "(a fault the test injected)";
 
 impl Tape {
-    /// Note a capability call; false when it must not be made.
+    /// Note a capability call; what it is to do.
     pub(crate) fn note(
         tape: &Option<Arc<Mutex<Tape>>>,
         capability: &'static str,
         op: &'static str,
         subject: &str,
         effect: Effect,
-    ) -> bool {
-        let Some(tape) = tape else { return true };
+    ) -> Verdict {
+        let Some(tape) = tape else {
+            return Verdict::Go;
+        };
         let mut tape = tape.lock().unwrap_or_else(|e| e.into_inner());
         let index = tape.calls.len();
         tape.calls.push(CapCall {
@@ -111,7 +158,12 @@ impl Tape {
             subject: subject.to_string(),
             effect,
         });
-        tape.stop_at.is_none_or(|n| index < n)
+        if tape.stop_at.is_some_and(|n| index >= n) {
+            return Verdict::Stop;
+        }
+        tape.faults
+            .get(&index)
+            .map_or(Verdict::Go, |f| Verdict::Fault(*f))
     }
 }
 
@@ -124,8 +176,44 @@ impl CallState {
         op: &'static str,
         subject: &str,
         effect: Effect,
-    ) -> bool {
+    ) -> Verdict {
         Tape::note(&self.tape, capability, op, subject, effect)
+    }
+
+    /// The scripted answer to a program run, when the process capability
+    /// is scripted: Some(Ok(exit, stdout, stderr)), or Some(Err(why)) when
+    /// the script has no answer for it.
+    pub(crate) fn scripted_run(
+        &self,
+        program: &str,
+        args: &[String],
+    ) -> Option<Result<ScriptedRun, String>> {
+        let tape = self
+            .tape
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let script = tape.process_script.as_ref()?;
+        Some(
+            script
+                .iter()
+                .find(|r| r.program == program && r.args.as_ref().is_none_or(|a| a == args))
+                .cloned()
+                .ok_or_else(|| {
+                    let known: Vec<String> = script
+                        .iter()
+                        .map(|r| match &r.args {
+                            Some(a) => format!("{} {}", r.program, a.join(" ")),
+                            None => format!("{} (any arguments)", r.program),
+                        })
+                        .collect();
+                    format!(
+                        "the test's process script has no answer for `{program} {}` (it answers: {})",
+                        args.join(" "),
+                        if known.is_empty() { "nothing".to_string() } else { known.join("; ") }
+                    )
+                }),
+        )
     }
 
     /// Record this call's capability calls on `tape`.

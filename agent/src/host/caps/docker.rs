@@ -80,19 +80,21 @@ impl CallState {
         subject: &str,
         writes: bool,
     ) -> Result<(), DockerError> {
-        use crate::host::state::Effect;
+        use crate::host::state::{Effect, Fault, INJECTED, INTERRUPTED, Verdict};
         let effect = if writes {
             Effect::Writes
         } else {
             Effect::Reads
         };
-        if self.record("docker", op, subject, effect) {
-            Ok(())
-        } else {
-            Err(DockerError::Failed(format!(
-                "{op} {subject}: {}",
-                crate::host::state::INTERRUPTED
-            )))
+        match self.record("docker", op, subject, effect) {
+            Verdict::Go => Ok(()),
+            Verdict::Stop => Err(DockerError::Failed(format!(
+                "{op} {subject}: {INTERRUPTED}"
+            ))),
+            Verdict::Fault(Fault::Timeout) => {
+                Err(DockerError::TimedOut(format!("{op} {subject} {INJECTED}")))
+            }
+            Verdict::Fault(_) => Err(DockerError::Denied(format!("{op} {subject} {INJECTED}"))),
         }
     }
 }

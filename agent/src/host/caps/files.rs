@@ -375,22 +375,24 @@ impl CallState {
         Ok(Some((bytes_after, files_after)))
     }
 
-    /// Record a files call; an interrupted call is an `io` error.
-    fn gate(&mut self, op: &'static str, path: &str, writes: bool) -> Result<(), FileError> {
-        use crate::host::state::Effect;
+    /// Record a files call: an interrupted call is an `io` error, an
+    /// injected fault its error; Ok(true) when the call must write half.
+    fn gate(&mut self, op: &'static str, path: &str, writes: bool) -> Result<bool, FileError> {
+        use crate::host::state::{Effect, Fault, INJECTED, INTERRUPTED, Verdict};
         // A relative path is in the target's state directory: bookkeeping.
         let effect = match (writes, Path::new(path).is_absolute()) {
             (false, _) => Effect::Reads,
             (true, false) => Effect::State,
             (true, true) => Effect::Writes,
         };
-        if self.record("files", op, path, effect) {
-            Ok(())
-        } else {
-            Err(FileError::Io(format!(
-                "{path}: {}",
-                crate::host::state::INTERRUPTED
-            )))
+        match self.record("files", op, path, effect) {
+            Verdict::Go => Ok(false),
+            Verdict::Stop => Err(FileError::Io(format!("{path}: {INTERRUPTED}"))),
+            Verdict::Fault(Fault::Timeout) => {
+                Err(FileError::Io(format!("{path}: timed out {INJECTED}")))
+            }
+            Verdict::Fault(Fault::HalfWrite) if op == "write" => Ok(true),
+            Verdict::Fault(_) => Err(FileError::Denied(format!("{path}: refused {INJECTED}"))),
         }
     }
 

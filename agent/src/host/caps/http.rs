@@ -124,8 +124,12 @@ impl WasiHttpHooks for HttpGate {
             _ => Effect::MayWrite,
         };
         let subject = format!("{} {}", request.method(), request.uri());
-        if !crate::host::state::Tape::note(&self.tape, "http", "send", &subject, effect) {
-            return Box::new(async { Err(Error::HttpRequestDenied) });
+        match crate::host::state::Tape::note(&self.tape, "http", "send", &subject, effect) {
+            crate::host::state::Verdict::Go => {}
+            crate::host::state::Verdict::Fault(crate::host::state::Fault::Timeout) => {
+                return Box::new(async { Err(Error::ConnectionTimeout) });
+            }
+            _ => return Box::new(async { Err(Error::HttpRequestDenied) }),
         }
         if !self.allows(request.uri()) {
             tracing::warn!(

@@ -421,13 +421,12 @@ impl CallState {
         } else {
             crate::host::state::Effect::Reads
         };
-        if self.record("postgres", op, &format!("{database}: {head}"), effect) {
-            Ok(())
-        } else {
-            Err(PgError::Unavailable(format!(
-                "{database}: {}",
-                crate::host::state::INTERRUPTED
-            )))
+        use crate::host::state::{Fault, INJECTED, INTERRUPTED, Verdict};
+        match self.record("postgres", op, &format!("{database}: {head}"), effect) {
+            Verdict::Go => Ok(()),
+            Verdict::Stop => Err(PgError::Unavailable(format!("{database}: {INTERRUPTED}"))),
+            Verdict::Fault(Fault::Timeout) => Err(PgError::TimedOut(0)),
+            Verdict::Fault(_) => Err(PgError::Denied(format!("{database}: {head} {INJECTED}"))),
         }
     }
 }

@@ -52,7 +52,8 @@ impl CallState {
 
 impl Host for CallState {
     async fn get(&mut self, name: String) -> Option<String> {
-        if !self.record("secrets", "get", &name, crate::host::state::Effect::Reads) {
+        let verdict = self.record("secrets", "get", &name, crate::host::state::Effect::Reads);
+        if verdict != crate::host::state::Verdict::Go {
             return None;
         }
         let path = self.target.secrets.as_deref()?;
