@@ -64,6 +64,17 @@ enum PluginCommand {
         #[arg(long)]
         step_id: Option<String>,
     },
+    /// Run a plugin against a test case (case.toml): a temporary tree,
+    /// scripted program runs, faults on chosen capability calls, and the
+    /// steps with what each must give. Exit 1 when a step fails.
+    Test {
+        plugin: PathBuf,
+        #[arg(long)]
+        script: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make a new plugin project that builds as it is: source with every
     /// action, its tests, an agent config for trying it, a README.
     New {
@@ -185,6 +196,41 @@ fn plugin_command(command: PluginCommand) -> anyhow::Result<ExitCode> {
                 step_id,
             )?;
             run(&plugin, &config, &target, action)
+        }
+        PluginCommand::Test {
+            plugin,
+            script,
+            json: json_out,
+        } => {
+            let steps = runtime()?.block_on(crate::testkit::run_case(&plugin, &script))?;
+            let failed = steps.iter().filter(|s| !s.passed).count();
+            if json_out {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({ "passed": failed == 0, "steps": steps })
+                    )?
+                );
+            } else {
+                println!("{}:", script.display());
+                for step in &steps {
+                    let mark = if step.passed { "ok  " } else { "FAIL" };
+                    println!("  {mark} {}: {}", step.step, step.detail);
+                }
+                println!(
+                    "{}",
+                    if failed == 0 {
+                        format!("{} step(s) passed", steps.len())
+                    } else {
+                        format!("{failed} of {} step(s) failed", steps.len())
+                    }
+                );
+            }
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         PluginCommand::New {
             name,

@@ -11,4 +11,5 @@ pub mod ledger;
 pub mod limits;
 pub mod scaffold;
 pub mod signing;
+pub mod testkit;
 pub mod units;

@@ -14,7 +14,7 @@ mod errors;
 mod imports;
 pub mod state;
 
-pub use state::{CapCall, Effect, Tape};
+pub use state::{CapCall, Effect, Fault, FaultRule, ScriptedRun, Tape};
 pub mod tls;
 
 pub use caps::log::LogLine;
@@ -486,6 +486,22 @@ impl PluginHost {
         action: Action,
         stop_at: Option<usize>,
     ) -> (Result<CallOutput, CallError>, Tape) {
+        let tape = Tape {
+            stop_at,
+            ..Tape::default()
+        };
+        self.call_with_tape(plugin, target, action, tape).await
+    }
+
+    /// Run one action on a tape: its calls recorded, its faults injected,
+    /// its process runs scripted. The outcome and the tape.
+    pub async fn call_with_tape(
+        &self,
+        plugin: &LoadedPlugin,
+        target: &Arc<TargetConfig>,
+        action: Action,
+        tape: Tape,
+    ) -> (Result<CallOutput, CallError>, Tape) {
         if let Some((interface, capability)) = plugin.ungranted(target).into_iter().next() {
             let context = errors::Context::new(plugin, target, &action);
             let refused = CallError::NotGranted {
@@ -493,12 +509,8 @@ impl PluginHost {
                 interface,
                 capability,
             };
-            return (Err(refused), Tape::default());
+            return (Err(refused), tape);
         }
-        let tape = Tape {
-            stop_at,
-            ..Tape::default()
-        };
         let (result, tape) = self
             .call_taped(plugin, target, action, None, Some(tape))
             .await;

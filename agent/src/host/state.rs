@@ -87,8 +87,8 @@ pub enum Effect {
 pub struct Tape {
     pub calls: Vec<CapCall>,
     pub stop_at: Option<usize>,
-    /// Faults injected on chosen calls, by the call's index (from 0).
-    pub faults: std::collections::BTreeMap<usize, Fault>,
+    /// Faults injected on chosen calls.
+    pub faults: Vec<FaultRule>,
     /// When set, the process capability answers from this script and runs
     /// nothing (a test of the plugin's logic, not of the programs).
     pub process_script: Option<Vec<ScriptedRun>>,
@@ -105,6 +105,57 @@ pub enum Fault {
     /// The call does half its work and fails: a file written half, a
     /// program's output cut in half as if it was killed. Other calls: refused.
     HalfWrite,
+}
+
+/// Where a fault strikes, and which.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRule {
+    /// The call's index (from 0) in the action's capability calls.
+    pub call: Option<usize>,
+    /// Or the first call of `capability op` (e.g. `process run`, `files
+    /// write`) whose subject (path, program, URL, ...) contains `subject`.
+    pub on: Option<String>,
+    pub subject: Option<String>,
+    pub fault: Fault,
+}
+
+impl FaultRule {
+    /// The fault on the first call of `capability op` (`files write`).
+    pub fn on(what: &str, fault: Fault) -> FaultRule {
+        FaultRule {
+            call: None,
+            on: Some(what.to_string()),
+            subject: None,
+            fault,
+        }
+    }
+
+    /// Only where the call's subject contains `text`.
+    pub fn subject(mut self, text: &str) -> FaultRule {
+        self.subject = Some(text.to_string());
+        self
+    }
+
+    /// The fault on the call of this index.
+    pub fn at_call(index: usize, fault: Fault) -> FaultRule {
+        FaultRule {
+            call: Some(index),
+            on: None,
+            subject: None,
+            fault,
+        }
+    }
+
+    fn hits(&self, index: usize, call: &CapCall) -> bool {
+        let named = format!("{} {}", call.capability, call.op);
+        self.call.is_none_or(|n| n == index)
+            && self.on.as_ref().is_none_or(|on| *on == named)
+            && self
+                .subject
+                .as_ref()
+                .is_none_or(|s| call.subject.contains(s.as_str()))
+    }
 }
 
 /// A scripted answer of the process capability.
@@ -161,9 +212,12 @@ impl Tape {
         if tape.stop_at.is_some_and(|n| index >= n) {
             return Verdict::Stop;
         }
-        tape.faults
-            .get(&index)
-            .map_or(Verdict::Go, |f| Verdict::Fault(*f))
+        // Each rule strikes once: the first call it names.
+        let call = tape.calls[index].clone();
+        let Some(at) = tape.faults.iter().position(|r| r.hits(index, &call)) else {
+            return Verdict::Go;
+        };
+        Verdict::Fault(tape.faults.remove(at).fault)
     }
 }
 

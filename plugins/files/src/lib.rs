@@ -256,7 +256,12 @@ impl Plugin for Files {
         };
         let record =
             serde_json::to_vec_pretty(&record).map_err(|e| PluginError::Failed(e.to_string()))?;
-        files::write(&emergency, &record)?;
+        // The same step run again (after a crash or a failure half-way)
+        // keeps the copy its first run took: that one holds the contents
+        // from before the step, not what the cut-off run left.
+        if files::read_if_exists(&emergency)?.is_none() {
+            files::write(&emergency, &record)?;
+        }
 
         let put_back = |count: usize| -> Vec<String> {
             previous[..count]
@@ -274,11 +279,13 @@ impl Plugin for Files {
                 Some((index * 100 / pending.len()) as u8),
             );
             if let Err(e) = apply(wanted, contents.as_deref()) {
-                let failures = put_back(index);
+                // The file whose write failed is put back too: the failure
+                // may have left it anything (half written, say).
+                let failures = put_back(index + 1);
                 return Err(PluginError::Failed(format!(
                     "writing {} failed: {e:?}; {}",
                     wanted.path,
-                    rollback_report(index, &failures, &emergency)
+                    rollback_report(index + 1, &failures, &emergency)
                 )));
             }
         }
@@ -362,7 +369,7 @@ impl Plugin for Files {
 
 fn rollback_report(written: usize, failures: &[String], emergency: &str) -> String {
     if failures.is_empty() {
-        format!("the {written} files already written were put back; nothing is changed")
+        format!("the {written} files written (or being written) were put back; nothing is changed")
     } else {
         format!(
             "putting back the files already written failed for: {}; their previous contents are listed in {emergency}",

@@ -214,7 +214,7 @@ async fn a_failing_reload_puts_the_previous_files_back() {
     assert!(
         failure
             .message
-            .contains("the 3 files already written were put back"),
+            .contains("the 3 files written (or being written) were put back"),
         "{error}"
     );
     assert_eq!(

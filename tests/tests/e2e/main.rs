@@ -27,3 +27,4 @@ mod runbooks;
 mod sandbox;
 mod scaffold;
 mod signatures;
+mod testkit;

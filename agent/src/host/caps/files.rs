@@ -211,7 +211,16 @@ impl Host for CallState {
     }
 
     async fn write(&mut self, path: String, contents: Vec<u8>) -> Result<(), FileError> {
-        self.gate("write", &path, true)?;
+        if self.gate("write", &path, true)? {
+            // A torn write: the first half lands, in place, then the call fails.
+            let half = contents[..contents.len() / 2].to_vec();
+            self.with_file(&path, move |p| write_atomic(p, &half))
+                .await?;
+            return Err(FileError::Io(format!(
+                "{path}: the write stopped half-way {}",
+                crate::host::state::INJECTED
+            )));
+        }
         let after = self
             .charge_state(&path, Some(contents.len() as u64))
             .await?;

@@ -22,7 +22,10 @@ impl Host for CallState {
             Verdict::Stop => {
                 return Err(ProcessError::Io(format!("{}: {INTERRUPTED}", cmd.program)));
             }
-            Verdict::Fault(Fault::Timeout) => return Err(ProcessError::TimedOut(0)),
+            Verdict::Fault(Fault::Timeout) => {
+                let limit = self.target.grant.process_timeout.as_millis();
+                return Err(ProcessError::TimedOut(limit.min(u32::MAX as u128) as u32));
+            }
             Verdict::Fault(Fault::Refuse) => {
                 return Err(ProcessError::Denied(format!("{}: {INJECTED}", cmd.program)));
             }
