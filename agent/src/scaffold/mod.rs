@@ -78,6 +78,7 @@ pub fn new(name: &str, lang: Lang, dir: &Path, sdk: Option<PathBuf>) -> anyhow::
                 "the value at the start\n".into(),
             ),
             ("README.md".into(), readme(name, &crate_name)),
+            ("tests/case.toml".into(), CASE.to_string()),
             (".gitignore".into(), "/target\n/state\n*.key\n".into()),
         ],
         Lang::Python => python::files(name, &crate_name, &sdk, &root)?,
@@ -92,6 +93,47 @@ pub fn new(name: &str, lang: Lang, dir: &Path, sdk: Option<PathBuf>) -> anyhow::
     }
     Ok(root)
 }
+
+/// A test case for `plugin test`: the plugin as the scaffold makes it, a
+/// refused write, the restore, and the second restore that does nothing.
+pub(super) const CASE: &str = r#"# rewind-agent plugin test <the plugin's .wasm> --script tests/case.toml
+# A temporary tree, the target's settings ({tree} stands for the tree),
+# and steps, each with what it must give (rewind's docs/plugins.md).
+
+[target]
+settings = { file = "{tree}/value.txt" }
+
+[tree]
+"value.txt" = "v1\n"
+
+[[step]]
+action = "snapshot"
+save = "v1"
+
+[[step]]
+name = "the deploy"
+write = { "value.txt" = "v2\n" }
+
+[[step]]
+name = "the write refused: an error, nothing changed"
+action = "restore"
+snapshot = "v1"
+faults = [{ on = "files write", fault = "refuse" }]
+expect = "error"
+expect_tree = { "value.txt" = "v2\n" }
+
+[[step]]
+action = "restore"
+snapshot = "v1"
+changed = true
+expect_tree = { "value.txt" = "v1\n" }
+
+[[step]]
+name = "again: nothing to do"
+action = "restore"
+snapshot = "v1"
+changed = false
+"#;
 
 fn cargo_toml(name: &str, sdk: &Path) -> String {
     format!(
@@ -238,8 +280,6 @@ impl Plugin for TYPE {
 
 export_plugin!(TYPE);
 
-mod python;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +346,7 @@ docs/plugin-guide.md for the whole walk-through.
 cargo test                                            # the plugin's own unit tests
 cargo build --release --target wasm32-wasip2          # the component
 W=target/wasm32-wasip2/release/{crate_name}.wasm
+rewind-agent plugin test $W --script tests/case.toml  # in the sandbox, with faults
 rewind-agent plugin inspect $W                       # describe, imports, digest
 rewind-agent plugin run $W --config agent.toml --target example snapshot > before.json
 echo "a newer value" > example/value.txt

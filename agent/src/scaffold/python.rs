@@ -28,6 +28,7 @@ pub fn files(
         ("wit/world.wit".to_string(), world_wit(name)),
         ("app.py".into(), APP.replace("NAME", name)),
         ("tests/test_app.py".into(), TEST.to_string()),
+        ("tests/case.toml".into(), super::CASE.to_string()),
         (
             "rewind_plugin/__init__.py".into(),
             read(&rewind.join("plugins/python/rewind_plugin/__init__.py"))?,
@@ -213,6 +214,7 @@ Needs componentize-py (`pip install componentize-py`).
 componentize-py -d wit -w {world} bindings .          # the bindings (for tests and editors)
 python3 -m unittest discover -s tests                  # the plugin's own tests
 componentize-py -d wit -w {world} componentize app -o {module}.wasm
+rewind-agent plugin test {module}.wasm --script tests/case.toml   # in the sandbox, with faults
 rewind-agent plugin inspect {module}.wasm
 rewind-agent plugin run {module}.wasm --config agent.toml --target example snapshot > before.json
 echo "a newer value" > example/value.txt

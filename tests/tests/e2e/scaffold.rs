@@ -51,6 +51,14 @@ fn a_new_rust_plugin_builds_tests_signs_passes_the_checks_and_restores() {
             .unwrap(),
     );
     let wasm = "target/wasm32-wasip2/release/hello_world.wasm";
+    let case = ok(
+        "plugin test",
+        &agent_cli(
+            &project,
+            &["plugin", "test", wasm, "--script", "tests/case.toml"],
+        ),
+    );
+    assert!(case.contains("5 step(s) passed"), "{case}");
     let inspect: serde_json::Value = serde_json::from_str(&ok(
         "inspect",
         &agent_cli(&project, &["plugin", "inspect", wasm]),
@@ -166,6 +174,20 @@ fn a_new_python_plugin_tests_builds_signs_passes_the_checks_and_restores() {
         "componentize",
         &componentize(&["componentize", "app", "-o", "hello_py.wasm"]),
     );
+    let case = ok(
+        "plugin test",
+        &agent_cli(
+            &project,
+            &[
+                "plugin",
+                "test",
+                "hello_py.wasm",
+                "--script",
+                "tests/case.toml",
+            ],
+        ),
+    );
+    assert!(case.contains("5 step(s) passed"), "{case}");
     ok(
         "keygen",
         &agent_cli(&project, &["plugin", "keygen", "--out", "release"]),
