@@ -14,6 +14,7 @@ mod fault_sweep;
 mod files_plugin;
 mod forgery;
 mod hooks;
+mod hostile;
 mod journal_postgres;
 mod migrations;
 mod notifications;
