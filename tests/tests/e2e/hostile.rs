@@ -15,7 +15,9 @@ struct Measured {
 }
 
 /// Run `rewind-agent plugin run` on the flood fixture and measure the
-/// process's peak resident memory.
+/// process's peak resident memory. The child is reaped by wait4, which
+/// also gives its rusage (Child::wait would not).
+#[allow(clippy::zombie_processes)]
 fn run(agent: &Agent, target: &str, action: &str) -> Measured {
     let snapshot = agent.path().join("snapshot.json");
     std::fs::write(
