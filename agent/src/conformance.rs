@@ -15,10 +15,11 @@
 //! | no-secrets-in-output | no secret of the target's secrets file appears in any result, log line or error |
 
 use crate::config::TargetConfig;
-use crate::host::bindings::{RestoreOptions, SnapshotRecord};
+use crate::host::bindings::SnapshotRecord;
 use crate::host::{
     Action, ActionOutput, CallError, CallOutput, Effect, LoadedPlugin, PluginHost, Tape,
 };
+use crate::testkit::restore;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -81,17 +82,6 @@ struct Checker<'a> {
     plugin: &'a LoadedPlugin,
     target: &'a Arc<TargetConfig>,
     said: Said,
-}
-
-fn restore(to: &SnapshotRecord, step_id: &str) -> Action {
-    Action::Restore {
-        to: to.clone(),
-        options: RestoreOptions {
-            confirm_data_loss: true,
-            force: false,
-            step_id: step_id.to_string(),
-        },
-    }
 }
 
 fn failure(error: &CallError) -> String {

@@ -102,21 +102,32 @@ fn floods_end_with_their_named_limit_in_bounded_memory_and_output() {
     );
     assert!(logs.peak_rss_mib < 128, "{} MiB", logs.peak_rss_mib);
 
-    // 200,000 progress reports: at most one per 100 ms reach the output.
+    // 200,000 progress reports, each at 100% and straight to the host
+    // (past the SDK's own limit): at most one per 100 ms reaches the
+    // output, and the result says how many were dropped.
+    let started = std::time::Instant::now();
     let progress = run(&agent, "progress", "restore");
+    let took = started.elapsed();
+    let reports = progress
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("progress: "))
+        .count();
     assert!(
-        progress
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("progress: "))
-            .count()
-            < 100
+        reports <= took.as_millis() as usize / 100 + 2,
+        "{reports} reports in {took:?}"
     );
-    assert!(
-        json(&progress)["logs"]
-            .to_string()
-            .contains("progress reports dropped")
-    );
+    let report = json(&progress);
+    let warning = report["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .find(|m| m.contains("progress reports dropped"))
+        .unwrap_or_else(|| panic!("no note of the dropped reports: {report}"))
+        .to_string();
+    let dropped: usize = warning.split(' ').next().unwrap().parse().unwrap();
+    assert_eq!(dropped + reports, 200_000, "{warning}");
     assert!(progress.peak_rss_mib < 128, "{} MiB", progress.peak_rss_mib);
 
     // A 200 MiB snapshot: refused by name; the agent holds little beyond
@@ -126,15 +137,22 @@ fn floods_end_with_their_named_limit_in_bounded_memory_and_output() {
     assert_eq!(report["error"]["kind"], "snapshot-too-large", "{report}");
     assert!(big.peak_rss_mib < 512, "{} MiB", big.peak_rss_mib);
 
-    // 10,000 files into a state directory of at most 1,000.
+    // 10,000 files into a state directory of at most 1,000: what was
+    // written before the quota stays, nothing past it does.
     let files = run(&agent, "files", "restore");
     let report = json(&files);
+    assert_eq!(report["ok"], false, "{report}");
+    let message = report["error"]["message"].as_str().unwrap();
     assert!(
-        report["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("state-quota"),
-        "{report}"
+        message.contains("state-quota")
+            && message.contains("over its quota of")
+            && message.contains("in 1000 files")
+            && message.contains("state_quota and state_files of target files"),
+        "{message}"
     );
+    let kept = std::fs::read_dir(agent.path().join("state/targets/files/many"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 1000);
     assert!(files.peak_rss_mib < 128, "{} MiB", files.peak_rss_mib);
 }

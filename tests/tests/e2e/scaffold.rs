@@ -67,80 +67,7 @@ fn a_new_rust_plugin_builds_tests_signs_passes_the_checks_and_restores() {
     assert_eq!(inspect["describe"]["name"], "hello-world");
     assert_eq!(inspect["describe"]["version"], "0.1.0");
 
-    // Signed, and the agent trusts its key instead of allowing it unsigned.
-    ok(
-        "keygen",
-        &agent_cli(&project, &["plugin", "keygen", "--out", "release"]),
-    );
-    ok(
-        "sign",
-        &agent_cli(&project, &["plugin", "sign", wasm, "--key", "release.key"]),
-    );
-    let public = std::fs::read_to_string(project.join("release.pub")).unwrap();
-    let config = std::fs::read_to_string(project.join("agent.toml")).unwrap();
-    let trusted = config
-        .replace(
-            "trusted_keys = []",
-            &format!("trusted_keys = [\"{}\"]", public.trim()),
-        )
-        .replace("allow_unsigned = true\n", "");
-    assert_ne!(trusted, config);
-    std::fs::write(project.join("agent.toml"), trusted).unwrap();
-
-    let run = |args: &[&str]| {
-        let mut all = vec![
-            "plugin",
-            "run",
-            wasm,
-            "--config",
-            "agent.toml",
-            "--target",
-            "example",
-        ];
-        all.extend_from_slice(args);
-        agent_cli(&project, &all)
-    };
-    let before = ok("snapshot", &run(&["snapshot"]));
-    std::fs::write(project.join("before.json"), before).unwrap();
-    std::fs::write(project.join("example/value.txt"), "a newer value\n").unwrap();
-    let report = ok(
-        "check",
-        &agent_cli(
-            &project,
-            &[
-                "plugin",
-                "check",
-                wasm,
-                "--config",
-                "agent.toml",
-                "--target",
-                "example",
-                "--snapshot",
-                "before.json",
-            ],
-        ),
-    );
-    assert!(report.contains("every check passed"), "{report}");
-    assert!(
-        report.contains("ok   interrupted-restore-completes"),
-        "{report}"
-    );
-    let restored: serde_json::Value = serde_json::from_str(&ok(
-        "restore",
-        &run(&["restore", "--snapshot", "before.json"]),
-    ))
-    .unwrap();
-    assert_eq!(restored["result"]["changed"], true, "{restored}");
-    assert_eq!(
-        std::fs::read_to_string(project.join("example/value.txt")).unwrap(),
-        "the value at the start\n"
-    );
-    let signed = agent_cli(
-        &project,
-        &["plugin", "inspect", wasm, "--config", "agent.toml"],
-    );
-    let signed: serde_json::Value = serde_json::from_slice(&signed.stdout).unwrap();
-    assert_eq!(signed["signature"]["status"], "valid", "{signed}");
+    sign_trust_check_restore(&project, wasm);
 }
 
 #[test]
@@ -188,66 +115,61 @@ fn a_new_python_plugin_tests_builds_signs_passes_the_checks_and_restores() {
         ),
     );
     assert!(case.contains("5 step(s) passed"), "{case}");
+    sign_trust_check_restore(&project, "hello_py.wasm");
+}
+
+/// The rest of the guide, the same for every language: a key pair, the
+/// plugin signed and its key trusted instead of allowing it unsigned, a
+/// snapshot, the deploy, every conformance check passed, and a restore
+/// through `plugin run` checked on the file.
+fn sign_trust_check_restore(project: &Path, wasm: &str) {
     ok(
         "keygen",
-        &agent_cli(&project, &["plugin", "keygen", "--out", "release"]),
+        &agent_cli(project, &["plugin", "keygen", "--out", "release"]),
     );
     ok(
         "sign",
-        &agent_cli(
-            &project,
-            &["plugin", "sign", "hello_py.wasm", "--key", "release.key"],
-        ),
+        &agent_cli(project, &["plugin", "sign", wasm, "--key", "release.key"]),
     );
     let public = std::fs::read_to_string(project.join("release.pub")).unwrap();
     let config = std::fs::read_to_string(project.join("agent.toml")).unwrap();
-    std::fs::write(
-        project.join("agent.toml"),
-        config
-            .replace(
-                "trusted_keys = []",
-                &format!("trusted_keys = [\"{}\"]", public.trim()),
-            )
-            .replace("allow_unsigned = true\n", ""),
-    )
-    .unwrap();
-    let run = |args: &[&str]| {
+    let trusted = config
+        .replace(
+            "trusted_keys = []",
+            &format!("trusted_keys = [\"{}\"]", public.trim()),
+        )
+        .replace("allow_unsigned = true\n", "");
+    assert_ne!(trusted, config);
+    std::fs::write(project.join("agent.toml"), trusted).unwrap();
+
+    let with_target = |command: &str, args: &[&str]| {
         let mut all = vec![
             "plugin",
-            "run",
-            "hello_py.wasm",
+            command,
+            wasm,
             "--config",
             "agent.toml",
             "--target",
             "example",
         ];
         all.extend_from_slice(args);
-        agent_cli(&project, &all)
+        agent_cli(project, &all)
     };
-    let before = ok("snapshot", &run(&["snapshot"]));
+    let before = ok("snapshot", &with_target("run", &["snapshot"]));
     std::fs::write(project.join("before.json"), before).unwrap();
     std::fs::write(project.join("example/value.txt"), "a newer value\n").unwrap();
     let report = ok(
         "check",
-        &agent_cli(
-            &project,
-            &[
-                "plugin",
-                "check",
-                "hello_py.wasm",
-                "--config",
-                "agent.toml",
-                "--target",
-                "example",
-                "--snapshot",
-                "before.json",
-            ],
-        ),
+        &with_target("check", &["--snapshot", "before.json"]),
     );
     assert!(report.contains("every check passed"), "{report}");
+    assert!(
+        report.contains("ok   interrupted-restore-completes"),
+        "{report}"
+    );
     let restored: serde_json::Value = serde_json::from_str(&ok(
         "restore",
-        &run(&["restore", "--snapshot", "before.json"]),
+        &with_target("run", &["restore", "--snapshot", "before.json"]),
     ))
     .unwrap();
     assert_eq!(restored["result"]["changed"], true, "{restored}");
@@ -255,4 +177,10 @@ fn a_new_python_plugin_tests_builds_signs_passes_the_checks_and_restores() {
         std::fs::read_to_string(project.join("example/value.txt")).unwrap(),
         "the value at the start\n"
     );
+    let signed = agent_cli(
+        project,
+        &["plugin", "inspect", wasm, "--config", "agent.toml"],
+    );
+    let signed: serde_json::Value = serde_json::from_slice(&signed.stdout).unwrap();
+    assert_eq!(signed["signature"]["status"], "valid", "{signed}");
 }
