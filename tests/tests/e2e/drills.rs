@@ -93,7 +93,8 @@ async fn a_scheduled_drill_rolls_back_and_forward_and_leaves_every_target_on_its
     );
     // The platform team adds the drill; it fires a few seconds after the
     // coordinator reads it.
-    let at = moment(Duration::from_secs(8), 0);
+    // Room for the coordinator to restart (under load too) before it.
+    let at = moment(Duration::from_secs(15), 0);
     fleet.fleet.environments = drill_table(
         "nightly",
         &plan,
@@ -334,7 +335,7 @@ async fn a_drill_is_skipped_while_a_run_is_active_on_its_agents() {
     let dir = tempfile::tempdir().unwrap();
     let plan = write(dir.path(), "plan.toml", RECORDER_PLAN);
     let hosts = vec![
-        host("stg-db-1", "data").with("delay_ms = 15000"),
+        host("stg-db-1", "data").with("delay_ms = 30000"),
         host("stg-api-1", "core"),
     ];
     let mut fleet = TestFleet::start(hosts, None).await;
@@ -343,7 +344,7 @@ async fn a_drill_is_skipped_while_a_run_is_active_on_its_agents() {
     let run = fleet.start_run(slow, "v1").await;
     fleet.events_until(&run, |e| e.kind == "step-sent").await;
     // The drill is added while the run goes on; its moment comes soon after.
-    let at = moment(Duration::from_secs(5), 0);
+    let at = moment(Duration::from_secs(12), 0);
     fleet.fleet.environments = drill_table(
         "busy",
         &plan,
@@ -597,12 +598,12 @@ async fn a_blackout_beginning_mid_drill_rolls_it_forward_and_stops_it() {
     let dir = tempfile::tempdir().unwrap();
     let plan = write(dir.path(), "plan.toml", RECORDER_PLAN);
     let hosts = vec![
-        host("stg-db-1", "data").with("delay_ms = 8000"),
+        host("stg-db-1", "data").with("delay_ms = 25000"),
         host("stg-api-1", "core"),
     ];
     let mut fleet = TestFleet::start(hosts, None).await;
     fleet.checkpoint("v1").await;
-    let at = moment(Duration::from_secs(6), 0);
+    let at = moment(Duration::from_secs(12), 0);
     fleet.fleet.environments = drill_table(
         "window",
         &plan,
