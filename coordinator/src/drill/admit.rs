@@ -81,6 +81,18 @@ pub async fn clear_the_way(
         if shared_agents.is_empty() {
             continue;
         }
+        if drill.status() == "paused" {
+            // Its roll forward waits for an operator: preempting would wait
+            // for the waiting drill.
+            return Err(Status::failed_precondition(format!(
+                "drill {} (run {}) could not roll forward and waits for an operator on {}: `rewind approve {}` retries its roll forward, `rewind cancel {}` gives it up; then roll back",
+                drill.drill,
+                drill.id,
+                shared_agents.join(", "),
+                drill.forward_run,
+                drill.forward_run
+            )));
+        }
         if !preempt {
             return Err(Status::failed_precondition(format!(
                 "drill {} (run {}, phase {}) is rehearsing on {}: its roll forward would undo this rollback. \

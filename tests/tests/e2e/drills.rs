@@ -710,6 +710,19 @@ async fn a_failed_roll_forward_is_critical_paused_and_reported_host_by_host() {
         report.hosts
     );
 
+    // A rollback on its agents is refused, even preempting: the drill
+    // waits for an operator, and the refusal says what to do.
+    let core = "[[stage]]\nname = \"core\"\nselect = { tier = \"core\" }\ntarget = \"app\"\n";
+    let refused = fleet.rollback_cli(core, "v1", &["--preempt-drill"]);
+    assert!(!refused.success, "{refused}");
+    assert!(
+        refused.stderr.contains(&format!(
+            "could not roll forward and waits for an operator on stg-api-1: `rewind approve {}`",
+            paused.forward_run
+        )),
+        "{refused}"
+    );
+
     // The operator gives up on it: the drill ends failed, critical.
     let cancel = fleet.rewind("ops", &["cancel", &paused.forward_run]);
     assert!(cancel.success, "{cancel}");

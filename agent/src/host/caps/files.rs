@@ -376,7 +376,7 @@ impl CallState {
         let (quota, most) = (self.target.state_quota, self.target.state_files);
         if size.is_some() && (bytes_after > quota.0 || files_after > most) {
             return Err(FileError::Io(format!(
-                "{path}: state-quota: the target's state directory would hold {} in {files_after} files, over its quota of {quota} in {most} files                  (state_quota and state_files of target {}); remove what the plugin no longer needs",
+                "{path}: state-quota: the target's state directory would hold {} in {files_after} files, over its quota of {quota} in {most} files (state_quota and state_files of target {}); remove what the plugin no longer needs",
                 crate::units::ByteSize(bytes_after),
                 self.target.name
             )));
