@@ -210,6 +210,18 @@ impl TestFleet {
         test
     }
 
+    /// Give the coordinator new `[environments.*]` (and drills,
+    /// notifications) tables: it is restarted to read them, and this waits
+    /// until `agents` are connected again.
+    pub async fn reconfigure(&mut self, tables: String, agents: usize) {
+        self.fleet.environments = tables;
+        self.fleet.kill_coordinator();
+        self.fleet
+            .start_coordinator()
+            .expect("restarted coordinator");
+        self.wait_connected(agents).await;
+    }
+
     pub async fn client(&self, operator: &str) -> Client {
         client::connect(&self.fleet.url().unwrap(), &self.fleet.operator(operator))
             .await

@@ -197,7 +197,8 @@ async fn history(
     Ok(true)
 }
 
-async fn fetch_report(client: &mut Client, run_id: &str) -> anyhow::Result<DrillReport> {
+/// A drill run's report, from the coordinator's JSON.
+pub async fn fetch_report(client: &mut Client, run_id: &str) -> anyhow::Result<DrillReport> {
     let reply = within(
         "the coordinator",
         QUICK,

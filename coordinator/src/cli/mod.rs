@@ -300,19 +300,7 @@ pub async fn watch_run(client: &mut Client, run_id: &str) -> anyhow::Result<bool
         }
         // A drill run: its phases were the events; its report follows.
         Err(status) if status.code() == tonic::Code::NotFound => {
-            let reply = within(
-                "the coordinator",
-                QUICK,
-                client.drill_report(request(
-                    DrillRunRef {
-                        run_id: run_id.to_string(),
-                    },
-                    QUICK,
-                )),
-            )
-            .await?;
-            let report: crate::drill::report::DrillReport = serde_json::from_str(&reply.json)
-                .context("the coordinator's drill report does not parse")?;
+            let report = drill::fetch_report(client, run_id).await?;
             print!("{}", report.to_markdown());
             Ok(report.status == "passed")
         }

@@ -91,21 +91,22 @@ async fn a_scheduled_drill_rolls_back_and_forward_and_leaves_every_target_on_its
          [[stage]]\nname = \"app\"\nafter = [\"config\"]\nselect = { tier = \"app\" }\ntarget = \"shop\"\n\
          health = [{ verify = true }]\n",
     );
-    // The platform team adds the drill; it fires a few seconds after the
-    // coordinator reads it.
-    // Room for the coordinator to restart (under load too) before it.
+    // The platform team adds the drill; it fires some seconds after the
+    // coordinator reads it (room for the restart, under load too).
     let at = moment(Duration::from_secs(15), 0);
-    fleet.fleet.environments = drill_table(
-        "nightly",
-        &plan,
-        &format!(
-            "schedule = \"{}\"\ntime_zone = \"UTC\"\nrto = \"5m\"\nfresh_for = \"35d\"",
-            cron_at(&[at])
-        ),
-    );
-    fleet.fleet.kill_coordinator();
-    fleet.fleet.start_coordinator().expect("coordinator");
-    fleet.wait_connected(2).await;
+    fleet
+        .reconfigure(
+            drill_table(
+                "nightly",
+                &plan,
+                &format!(
+                    "schedule = \"{}\"\ntime_zone = \"UTC\"\nrto = \"5m\"\nfresh_for = \"35d\"",
+                    cron_at(&[at])
+                ),
+            ),
+            2,
+        )
+        .await;
     let list = fleet.rewind("viewer", &["drill", "list"]);
     assert!(list.success, "{list}");
     assert!(
@@ -257,11 +258,12 @@ async fn a_drill_whose_roll_back_fails_a_gate_rolls_forward_and_reports_it() {
         TestFleet::start_agents(vec![("stg-web-1".into(), "web".into(), web)], None).await;
     fleet.checkpoint("v1").await;
     std::fs::write(&status, "ok\n").unwrap();
-    fleet.fleet.environments =
-        drill_table("gate", &plan, "schedule = \"0 0 3 1 1 *\"\nrto = \"1m\"");
-    fleet.fleet.kill_coordinator();
-    fleet.fleet.start_coordinator().expect("coordinator");
-    fleet.wait_connected(1).await;
+    fleet
+        .reconfigure(
+            drill_table("gate", &plan, "schedule = \"0 0 3 1 1 *\"\nrto = \"1m\""),
+            1,
+        )
+        .await;
 
     let output = fleet.rewind(
         "ops",
@@ -345,17 +347,16 @@ async fn a_drill_is_skipped_while_a_run_is_active_on_its_agents() {
     fleet.events_until(&run, |e| e.kind == "step-sent").await;
     // The drill is added while the run goes on; its moment comes soon after.
     let at = moment(Duration::from_secs(12), 0);
-    fleet.fleet.environments = drill_table(
-        "busy",
-        &plan,
-        &format!("schedule = \"{}\"\nrto = \"5m\"", cron_at(&[at])),
-    );
-    fleet.fleet.kill_coordinator();
     fleet
-        .fleet
-        .start_coordinator()
-        .expect("restarted coordinator");
-    fleet.wait_connected(2).await;
+        .reconfigure(
+            drill_table(
+                "busy",
+                &plan,
+                &format!("schedule = \"{}\"\nrto = \"5m\"", cron_at(&[at])),
+            ),
+            2,
+        )
+        .await;
     let runs = drills::wait_runs(&fleet, "busy", 1, MINUTE).await;
     assert_eq!(runs[0].status, "skipped", "{runs:#?}");
     assert!(
@@ -604,17 +605,16 @@ async fn a_blackout_beginning_mid_drill_rolls_it_forward_and_stops_it() {
     let mut fleet = TestFleet::start(hosts, None).await;
     fleet.checkpoint("v1").await;
     let at = moment(Duration::from_secs(12), 0);
-    fleet.fleet.environments = drill_table(
+    fleet
+        .reconfigure(drill_table(
         "window",
         &plan,
         &format!(
             "schedule = \"0 0 3 1 1 *\"\nrto = \"5m\"\nblackouts = [{{ cron = \"{}\", length = \"10m\" }}]",
             cron_at(&[at])
         ),
-    );
-    fleet.fleet.kill_coordinator();
-    fleet.fleet.start_coordinator().expect("coordinator");
-    fleet.wait_connected(2).await;
+    ), 2)
+        .await;
     let id = run_drill(&fleet, "window").await;
     let done = drills::wait_for(&fleet, &id, 2 * MINUTE, drills::ended).await;
     assert_eq!(done.status, "aborted", "{done:#?}");
