@@ -195,7 +195,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     fleet.start_agents()?;
     let mut client = client::connect(&fleet.url()?, &fleet.operator("admin")).await?;
     wait_for_agents(&mut client, HOSTS.len()).await?;
-    cli::fleet(&connection(&fleet)?).await?;
+    cli::fleet(&connection(&fleet)?, cli::json::Output::Text).await?;
 
     println!("\n== checkpoint: release v1.2.3, the known-good state");
     cli::checkpoint(&connection(&fleet)?, "v1.2.3".into(), Some("demo".into())).await?;
@@ -251,6 +251,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let reports = dir.join("reports");
     let drilled = cli::drill::command(
         &connection(&fleet)?,
+        cli::json::Output::Text,
         cli::drill::DrillCommand::Run {
             drill: "monthly".into(),
             to: Some("v1.2.3".into()),

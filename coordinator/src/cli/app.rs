@@ -15,6 +15,10 @@ use std::process::ExitCode;
 struct Cli {
     #[command(flatten)]
     connection: Connection,
+    /// `json` for scripts: status, history, fleet, releases, drill list
+    /// and history print one JSON document (docs/json.md).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    output: cli::json::Output,
     #[command(subcommand)]
     command: Command,
 }
@@ -116,9 +120,10 @@ pub fn main() -> ExitCode {
         }
     };
     let connection = cli.connection;
-    let result: anyhow::Result<bool> = runtime.block_on(async move {
+    let output = cli.output;
+    let result: anyhow::Result<u8> = runtime.block_on(async move {
         match cli.command {
-            Command::Certs(command) => cli::certs_command(command).map(|_| true),
+            Command::Certs(command) => cli::certs_command(command).map(|_| 0),
             Command::Coordinator { config } => {
                 let config = config::load(&config)?;
                 let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -130,13 +135,13 @@ pub fn main() -> ExitCode {
                     config.database
                 );
                 server::serve(config, listener, shutdown_signal()).await?;
-                Ok(true)
+                Ok(0)
             }
-            Command::Checkpoint { release, env } => cli::checkpoint(&connection, release, env)
-                .await
-                .map(|_| true),
-            Command::Releases => cli::releases(&connection).await.map(|_| true),
-            Command::Plan { plan, to } => cli::plan(&connection, &plan, to).await.map(|_| true),
+            Command::Checkpoint { release, env } => {
+                cli::checkpoint(&connection, release, env).await.map(|_| 0)
+            }
+            Command::Releases => cli::releases(&connection, output).await.map(|_| 0),
+            Command::Plan { plan, to } => cli::plan(&connection, &plan, to).await.map(|_| 0),
             Command::Rollback {
                 plan,
                 to,
@@ -160,28 +165,42 @@ pub fn main() -> ExitCode {
                     },
                 )
                 .await
+                .map(passed)
             }
-            Command::Watch { run } => cli::watch_run(&mut connection.connect().await?, &run).await,
-            Command::Status { run } => cli::status(&connection, run).await,
-            Command::History { limit } => cli::history(&connection, limit).await.map(|_| true),
-            Command::Cancel { run } => cli::cancel(&connection, run).await.map(|_| true),
-            Command::Approve { run } => cli::approve(&connection, run).await.map(|_| true),
-            Command::Fleet { command: None } => cli::fleet(&connection).await.map(|_| true),
+            Command::Watch { run } => cli::watch_run(&mut connection.connect().await?, &run)
+                .await
+                .map(passed),
+            Command::Status { run } => cli::status(&connection, run, output).await,
+            Command::History { limit } => cli::history(&connection, limit, output).await.map(|_| 0),
+            Command::Cancel { run } => cli::cancel(&connection, run).await.map(|_| 0),
+            Command::Approve { run } => cli::approve(&connection, run).await.map(|_| 0),
+            Command::Fleet { command: None } => cli::fleet(&connection, output).await.map(|_| 0),
             Command::Fleet {
                 command: Some(FleetCommand::Remove { agent }),
-            } => cli::remove_agent(&connection, agent).await.map(|_| true),
-            Command::Drill(command) => cli::drill::command(&connection, command).await,
-            Command::Demo(args) => demo::run(args).await,
+            } => cli::remove_agent(&connection, agent).await.map(|_| 0),
+            Command::Drill(command) => cli::drill::command(&connection, output, command)
+                .await
+                .map(passed),
+            Command::Demo(args) => demo::run(args).await.map(passed),
         }
     });
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            // A refusal of the coordinator, told apart from a failure to run.
+            if e.downcast_ref::<cli::client::Refused>().is_some() {
+                ExitCode::from(cli::json::REFUSED)
+            } else {
+                ExitCode::from(2)
+            }
         }
     }
+}
+
+/// 0 for a run (or drill) that succeeded, 1 for one that did not.
+fn passed(ok: bool) -> u8 {
+    if ok { 0 } else { 1 }
 }
 
 async fn shutdown_signal() {

@@ -129,7 +129,20 @@ pub fn refused(status: tonic::Status) -> anyhow::Error {
                 None => anyhow::anyhow!("the coordinator is unavailable: {}", status.message()),
             };
         }
-        _ => "failed",
+        _ => return anyhow::anyhow!("failed: {}", status.message()),
     };
-    anyhow::anyhow!("{what}: {}", status.message())
+    anyhow::Error::new(Refused(format!("{what}: {}", status.message())))
 }
+
+/// The coordinator said no (a role, a precondition, something not found):
+/// the command exits 4, so a script can tell it from a failure to run.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}

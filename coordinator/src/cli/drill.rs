@@ -3,6 +3,7 @@
 //! its history, and a run's report as Markdown, JSON or JUnit XML.
 
 use super::client::{Client, Connection, PREVIEW, QUICK, request, within};
+use super::json::{self, Output};
 use super::watch_run;
 use crate::drill::report::{DrillReport, seconds};
 use anyhow::Context as _;
@@ -67,9 +68,33 @@ fn when(ms: u64) -> String {
 }
 
 /// Run a drill command; whether it went as an operator would want (a run passed).
-pub async fn command(connection: &Connection, command: DrillCommand) -> anyhow::Result<bool> {
+pub async fn command(
+    connection: &Connection,
+    output: Output,
+    command: DrillCommand,
+) -> anyhow::Result<bool> {
     let mut client = connection.connect().await?;
     match command {
+        DrillCommand::List if output == Output::Json => {
+            let reply = within(
+                &connection.coordinator,
+                QUICK,
+                client.list_drills(request(ListDrillsRequest {}, QUICK)),
+            )
+            .await?;
+            json::print(&drills_json(&reply))?;
+            Ok(true)
+        }
+        DrillCommand::History { drill, limit } if output == Output::Json => {
+            let reply = within(
+                &connection.coordinator,
+                QUICK,
+                client.drill_history(request(DrillHistoryRequest { drill, limit }, QUICK)),
+            )
+            .await?;
+            json::print(&history_json(&reply))?;
+            Ok(true)
+        }
         DrillCommand::List => list(&mut client, &connection.coordinator).await,
         DrillCommand::Run {
             drill,
@@ -323,4 +348,58 @@ async fn run(
         None => println!("   report: rewind drill report {id} --format md|json|junit"),
     }
     Ok(done.status == "passed")
+}
+
+/// `rewind drill list --output json` (schema `rewind.drills/v1`).
+fn drills_json(reply: &ListDrillsReply) -> serde_json::Value {
+    let ms = |v: u64| {
+        if v == 0 {
+            serde_json::Value::Null
+        } else {
+            v.into()
+        }
+    };
+    serde_json::json!({
+        "schema": "rewind.drills/v1",
+        "drills": reply.drills.iter().map(|d| serde_json::json!({
+            "name": d.name,
+            "plan": d.plan,
+            "env": d.env,
+            "schedule": d.schedule,
+            "time_zone": d.time_zone,
+            "next_run_ms": ms(d.next_run_ms),
+            "last_verdict": (!d.last_verdict.is_empty()).then(|| d.last_verdict.clone()),
+            "last_run_id": (!d.last_run_id.is_empty()).then(|| d.last_run_id.clone()),
+            "last_pass_ms": ms(d.last_pass_ms),
+            "stale": d.stale,
+            "fresh_for_seconds": d.fresh_for_seconds,
+            "rto_target_ms": d.rto_target_ms,
+            "active_run_id": (!d.active_run_id.is_empty()).then(|| d.active_run_id.clone()),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `rewind drill history <drill> --output json` (schema `rewind.drill-history/v1`).
+fn history_json(reply: &DrillHistoryReply) -> serde_json::Value {
+    let text = |v: &str| (!v.is_empty()).then(|| v.to_string());
+    serde_json::json!({
+        "schema": "rewind.drill-history/v1",
+        "runs": reply.runs.iter().map(|r| serde_json::json!({
+            "run_id": r.run_id,
+            "drill": r.drill,
+            "trigger": r.trigger,
+            "status": r.status,
+            "phase": r.phase,
+            "reason": text(&r.reason),
+            "started_ms": r.started_ms,
+            "finished_ms": (r.finished_ms > 0).then_some(r.finished_ms),
+            "rto_ms": r.rto_ms,
+            "rto_target_ms": r.rto_target_ms,
+            "slower": r.slower,
+            "checkpoint": text(&r.checkpoint),
+            "back_to": text(&r.back_to),
+            "back_run": text(&r.back_run),
+            "forward_run": text(&r.forward_run),
+        })).collect::<Vec<_>>(),
+    })
 }

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod client;
 pub mod drill;
+pub mod json;
 pub mod view;
 
 use crate::certs;
@@ -139,7 +140,7 @@ pub async fn checkpoint(
     Ok(())
 }
 
-pub async fn releases(connection: &Connection) -> anyhow::Result<()> {
+pub async fn releases(connection: &Connection, output: json::Output) -> anyhow::Result<()> {
     let mut client = connection.connect().await?;
     let reply = within(
         &connection.coordinator,
@@ -147,6 +148,9 @@ pub async fn releases(connection: &Connection) -> anyhow::Result<()> {
         client.list_releases(request(ListReleasesRequest {}, QUICK)),
     )
     .await?;
+    if output == json::Output::Json {
+        return json::print(&json::releases(&reply));
+    }
     if reply.releases.is_empty() {
         println!("no releases yet: `rewind checkpoint <release>` records one");
     }
@@ -308,7 +312,12 @@ pub async fn watch_run(client: &mut Client, run_id: &str) -> anyhow::Result<bool
     }
 }
 
-pub async fn status(connection: &Connection, run_id: String) -> anyhow::Result<bool> {
+/// A run's report; the exit status says how it stands (`json::exit_of`).
+pub async fn status(
+    connection: &Connection,
+    run_id: String,
+    output: json::Output,
+) -> anyhow::Result<u8> {
     let mut client = connection.connect().await?;
     let report = within(
         &connection.coordinator,
@@ -316,11 +325,18 @@ pub async fn status(connection: &Connection, run_id: String) -> anyhow::Result<b
         client.get_run(request(RunRef { run_id }, QUICK)),
     )
     .await?;
-    view::print_report(&report, &mut std::io::stdout())?;
-    Ok(report.status == "succeeded")
+    match output {
+        json::Output::Json => json::print(&json::run(&report))?,
+        json::Output::Text => view::print_report(&report, &mut std::io::stdout())?,
+    }
+    Ok(json::exit_of(&report.status))
 }
 
-pub async fn history(connection: &Connection, limit: u32) -> anyhow::Result<()> {
+pub async fn history(
+    connection: &Connection,
+    limit: u32,
+    output: json::Output,
+) -> anyhow::Result<()> {
     let mut client = connection.connect().await?;
     let reply = within(
         &connection.coordinator,
@@ -328,6 +344,9 @@ pub async fn history(connection: &Connection, limit: u32) -> anyhow::Result<()> 
         client.history(request(HistoryRequest { limit }, QUICK)),
     )
     .await?;
+    if output == json::Output::Json {
+        return json::print(&json::history(&reply));
+    }
     if reply.runs.is_empty() {
         println!("no runs yet");
     }
@@ -375,7 +394,7 @@ pub async fn approve(connection: &Connection, run_id: String) -> anyhow::Result<
     Ok(())
 }
 
-pub async fn fleet(connection: &Connection) -> anyhow::Result<()> {
+pub async fn fleet(connection: &Connection, output: json::Output) -> anyhow::Result<()> {
     let mut client = connection.connect().await?;
     let reply = within(
         &connection.coordinator,
@@ -383,6 +402,9 @@ pub async fn fleet(connection: &Connection) -> anyhow::Result<()> {
         client.fleet(request(FleetRequest {}, QUICK)),
     )
     .await?;
+    if output == json::Output::Json {
+        return json::print(&json::fleet(&reply));
+    }
     if reply.agents.is_empty() {
         println!("no agent has connected yet");
     }

@@ -16,6 +16,7 @@ mod forgery;
 mod hooks;
 mod hostile;
 mod journal_postgres;
+mod json_output;
 mod migrations;
 mod notifications;
 mod pg_restore;
