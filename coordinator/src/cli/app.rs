@@ -141,7 +141,9 @@ pub fn main() -> ExitCode {
                 cli::checkpoint(&connection, release, env).await.map(|_| 0)
             }
             Command::Releases => cli::releases(&connection, output).await.map(|_| 0),
-            Command::Plan { plan, to } => cli::plan(&connection, &plan, to).await.map(|_| 0),
+            Command::Plan { plan, to } => {
+                cli::plan(&connection, &plan, to, output).await.map(|_| 0)
+            }
             Command::Rollback {
                 plan,
                 to,

@@ -2,7 +2,7 @@
 //! document carries its `schema` (`rewind.<what>/v1`); a version's fields
 //! are only ever added to, never renamed or removed (docs/json.md).
 
-use rewind_proto::v1::{FleetReply, HistoryReply, ListReleasesReply, RunReport};
+use rewind_proto::v1::{FleetReply, HistoryReply, ListReleasesReply, PreviewReply, RunReport};
 use serde_json::{Value, json};
 
 /// Exit statuses: 0 succeeded (or done), 1 the run or drill did not
@@ -146,6 +146,36 @@ pub fn releases(reply: &ListReleasesReply) -> Value {
                 "digest": s.digest,
                 "summary": s.summary,
                 "taken_at": s.taken_at,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `rewind plan <plan> --to <release> --output json`: what each step would
+/// change and at what risk, in the WIT's words.
+pub fn preview(reply: &PreviewReply, release: &str) -> Value {
+    let risk = |r: i32| super::view::risk_name(r).to_lowercase().replace(' ', "-");
+    json!({
+        "schema": "rewind.preview/v1",
+        "release": release,
+        "risk": risk(reply.risk),
+        "stages": reply.stages.iter().map(|stage| json!({
+            "name": stage.stage,
+            "after": stage.after,
+            "steps": stage.steps.iter().map(|step| json!({
+                "host": step.agent,
+                "target": step.target,
+                "action": step.action,
+                "risk": step.preview.as_ref().map(|p| risk(p.risk)),
+                "data_loss_window_seconds": step.preview.as_ref().and_then(|p| p.data_loss_window_seconds),
+                "changes": step.preview.as_ref().map(|p| p.changes.iter().map(|c| json!({
+                    "subject": c.subject,
+                    "summary": c.summary,
+                    "detail": (!c.detail.is_empty()).then(|| c.detail.clone()),
+                    "risk": risk(c.risk),
+                })).collect::<Vec<_>>()).unwrap_or_default(),
+                "error": step.error.as_ref().map(|e| json!({ "kind": e.kind, "message": e.message })),
+                "fingerprint": step.fingerprint,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })

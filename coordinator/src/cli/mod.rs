@@ -172,7 +172,12 @@ pub async fn releases(connection: &Connection, output: json::Output) -> anyhow::
     Ok(())
 }
 
-pub async fn plan(connection: &Connection, path: &Path, release: String) -> anyhow::Result<()> {
+pub async fn plan(
+    connection: &Connection,
+    path: &Path,
+    release: String,
+    output: json::Output,
+) -> anyhow::Result<()> {
     let plan_toml = read_plan(path)?;
     let mut client = connection.connect().await?;
     let plan = PlanRequest {
@@ -186,7 +191,12 @@ pub async fn plan(connection: &Connection, path: &Path, release: String) -> anyh
         client.preview(request(plan, PREVIEW)),
     )
     .await?;
-    view::print_preview(&reply, &release, &mut std::io::stdout())?;
+    match output {
+        json::Output::Json => json::print(&json::preview(&reply, &release))?,
+        json::Output::Text => {
+            view::print_preview(&reply, &release, &mut std::io::stdout())?;
+        }
+    }
     Ok(())
 }
 

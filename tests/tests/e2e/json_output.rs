@@ -56,6 +56,27 @@ async fn listing_commands_print_versioned_json_and_exit_statuses_say_what_happen
     assert_eq!(agents["agents"][0]["labels"]["tier"], "core");
     assert_eq!(agents["agents"][0]["targets"][0]["plugin"], "recorder");
 
+    let preview = fleet.rewind(
+        "ops",
+        &[
+            "plan",
+            &plan.display().to_string(),
+            "--to",
+            "v1",
+            "--output",
+            "json",
+        ],
+    );
+    let preview = json(&preview);
+    assert_eq!(preview["schema"], "rewind.preview/v1");
+    assert_eq!(preview["risk"], "none");
+    assert_eq!(preview["stages"][0]["steps"][0]["host"], "stg-db-1");
+    assert_eq!(
+        preview["stages"][0]["steps"][0]["changes"][0]["summary"],
+        "would record a restore"
+    );
+    assert!(preview["stages"][1]["steps"][0]["fingerprint"].is_string());
+
     let releases = json(&fleet.rewind("viewer", &["releases", "--output", "json"]));
     assert_eq!(releases["schema"], "rewind.releases/v1");
     assert_eq!(releases["releases"][0]["name"], "v1");
