@@ -321,12 +321,6 @@ fn read_snapshot(path: &Path) -> anyhow::Result<SnapshotRecord> {
     })
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// The agent configuration's target, and the plugin file loaded for it
 /// (with a warning when it is not the file the configuration names).
 fn load_for_target(
@@ -427,7 +421,7 @@ fn run(
 ) -> anyhow::Result<ExitCode> {
     let (host, plugin, target) = load_for_target(plugin_path, config_path, target_name)?;
     let action_name = action.name();
-    let taken_at = now_secs();
+    let taken_at = crate::units::now_secs();
     let progress: crate::host::ProgressSink = Arc::new(|report| {
         eprintln!(
             "progress: {}{}",

@@ -19,7 +19,7 @@ use crate::host::bindings::SnapshotRecord;
 use crate::host::{
     Action, ActionOutput, CallError, CallOutput, Effect, LoadedPlugin, PluginHost, Tape,
 };
-use crate::testkit::restore;
+use crate::testkit::{record_of, restore};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -139,11 +139,7 @@ impl Checker<'_> {
             Ok(CallOutput {
                 output: ActionOutput::Captured(c),
                 ..
-            }) => Ok(SnapshotRecord {
-                data: c.data,
-                summary: c.summary,
-                taken_at: now_secs(),
-            }),
+            }) => Ok(record_of(&c, crate::units::now_secs())),
             Ok(other) => Err(format!("snapshot answered {:?}", other.output)),
             Err(e) => Err(format!("snapshot failed: {}", failure(&e))),
         }
@@ -367,12 +363,6 @@ impl Checker<'_> {
             self.said.0.len()
         ))
     }
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Run every check of a plugin on a target. With `to` (a snapshot taken

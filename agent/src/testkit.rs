@@ -9,7 +9,7 @@
 //! --script case.toml` ([`run_case`]).
 
 use crate::config::{self, TargetConfig};
-use crate::host::bindings::{RestoreOptions, SnapshotRecord};
+use crate::host::bindings::{Captured, RestoreOptions, SnapshotRecord};
 use crate::host::{
     Action, ActionOutput, CallError, CallOutput, FaultRule, LoadedPlugin, PluginHost, ScriptedRun,
     Tape,
@@ -182,14 +182,19 @@ impl Kit {
             Ok(CallOutput {
                 output: ActionOutput::Captured(c),
                 ..
-            }) => Ok(SnapshotRecord {
-                data: c.data,
-                summary: c.summary,
-                taken_at: 0,
-            }),
+            }) => Ok(record_of(&c, 0)),
             Ok(other) => bail!("snapshot answered {:?}", other.output),
             Err(e) => bail!("snapshot failed: {e}"),
         }
+    }
+}
+
+/// The record a restore is given for what a snapshot captured.
+pub fn record_of(c: &Captured, taken_at: u64) -> SnapshotRecord {
+    SnapshotRecord {
+        data: c.data.clone(),
+        summary: c.summary.clone(),
+        taken_at,
     }
 }
 
@@ -389,14 +394,7 @@ async fn run_step(
             match &output.output {
                 ActionOutput::Captured(c) => {
                     if let Some(name) = &step.save {
-                        saved.insert(
-                            name.clone(),
-                            SnapshotRecord {
-                                data: c.data.clone(),
-                                summary: c.summary.clone(),
-                                taken_at: 0,
-                            },
-                        );
+                        saved.insert(name.clone(), record_of(c, 0));
                         said.push(format!("saved as {name}"));
                     }
                 }
