@@ -17,3 +17,4 @@ pub mod plan;
 pub mod runner;
 pub mod server;
 pub mod store;
+pub mod ui;

@@ -435,7 +435,8 @@ impl TestFleet {
         }
     }
 
-    fn command(&self, operator: &str, args: &[&str]) -> std::process::Command {
+    /// The `rewind` program as `operator`, pointed at this fleet's coordinator.
+    pub fn command(&self, operator: &str, args: &[&str]) -> std::process::Command {
         let files = self.fleet.operator(operator);
         let dir = self.fleet.dir.display().to_string();
         let mut command = std::process::Command::new(binary("rewind"));

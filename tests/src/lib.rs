@@ -168,6 +168,7 @@ pub mod providers;
 pub mod s3;
 pub mod scenarios;
 pub mod sweep;
+pub mod web;
 
 /// The file name the plugin SDK's `step_file_name` gives a step id (its
 /// readable part, then 12 hex digits of the id's SHA-256), to find what a

@@ -88,6 +88,16 @@ enum Command {
     /// Rollback rehearsals: `drill list | run <drill> | history <drill> | report <run>`.
     #[command(subcommand)]
     Drill(cli::drill::DrillCommand),
+    /// A web view of the fleet, releases, runs and drills, served on
+    /// loopback with this operator's certificate (docs/ui.md).
+    Ui {
+        /// Where to serve it (a loopback address; port 0 picks one).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// The directory of plan files (*.toml) the page can preview.
+        #[arg(long, default_value = ".")]
+        plans: PathBuf,
+    },
     /// The main job, end to end on this machine: a coordinator and a local
     /// fleet of agents, a release, a bad deploy, and a 4-stage rollback.
     Demo(demo::DemoArgs),
@@ -183,6 +193,11 @@ pub fn main() -> ExitCode {
             Command::Drill(command) => cli::drill::command(&connection, output, command)
                 .await
                 .map(passed),
+            Command::Ui { listen, plans } => {
+                crate::ui::serve(&connection, listen, plans, shutdown_signal())
+                    .await
+                    .map(|_| 0)
+            }
             Command::Demo(args) => demo::run(args).await.map(passed),
         }
     });

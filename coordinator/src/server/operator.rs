@@ -165,6 +165,17 @@ fn run_event(e: crate::store::EventRecord) -> RunEvent {
 impl OperatorService for OperatorApi {
     type WatchStream = EventStream;
 
+    async fn who_am_i(
+        &self,
+        request: Request<WhoAmIRequest>,
+    ) -> Result<Response<WhoAmIReply>, Status> {
+        let (operator, role) = self.authorize(&request, Role::Viewer, "asking who you are")?;
+        Ok(Response::new(WhoAmIReply {
+            operator,
+            role: role.to_string(),
+        }))
+    }
+
     async fn checkpoint(
         &self,
         request: Request<CheckpointRequest>,

@@ -30,3 +30,4 @@ mod sandbox;
 mod scaffold;
 mod signatures;
 mod testkit;
+mod web_ui;
