@@ -155,6 +155,17 @@ fn run_agent(config_path: &Path) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     runtime.block_on(async {
         let host = Arc::new(PluginHost::new(&config.cache_dir, config.trusted_keys.clone())?);
+        // Stopped when the agent stops.
+        let _metrics = match config.metrics {
+            Some(address) => {
+                let server = rewind_proto::metrics::serve(address, crate::metrics::registry())
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                eprintln!("metrics on http://{address}/metrics");
+                Some(server)
+            }
+            None => None,
+        };
         let agent = crate::daemon::Agent::new(config, host)?;
         let recovered = agent.recover().await?;
         if recovered > 0 {

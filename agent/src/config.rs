@@ -54,6 +54,8 @@ pub struct AgentConfig {
     pub targets: BTreeMap<String, Arc<TargetConfig>>,
     /// Where and how to reach the coordinator (`rewind-agent run` needs it).
     pub coordinator: Option<CoordinatorLink>,
+    /// Where Prometheus metrics are served (`[agent] metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The coordinator this agent dials, and the agent's mutual-TLS files.
@@ -380,6 +382,8 @@ struct RawAgent {
     #[serde(default)]
     trusted_keys: Vec<Spanned<String>>,
     coordinator: Option<Spanned<RawCoordinator>>,
+    /// Where to serve Prometheus metrics (off when absent).
+    metrics: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -656,8 +660,17 @@ pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
         None => None,
     };
 
+    let metrics = match &raw.agent.metrics {
+        Some(text) => Some(
+            rewind_proto::metrics::parse_address(text.get_ref())
+                .map_err(|e| at(Some(text.span()), e))?,
+        ),
+        None => None,
+    };
+
     Ok(AgentConfig {
         coordinator,
+        metrics,
         path: path.to_path_buf(),
         name,
         state_dir,

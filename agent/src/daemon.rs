@@ -254,6 +254,7 @@ impl Agent {
             tokio::select! {
                 _ = &mut shutdown => return,
                 ended = session => {
+                    crate::metrics::METRICS.connected.set(0);
                     match ended {
                         Ok(()) => tracing::info!(agent = self.config.name, "the coordinator closed the stream; reconnecting"),
                         Err(e) => tracing::warn!(agent = self.config.name, "coordinator: {e}; retrying in {backoff:?}"),
@@ -288,6 +289,7 @@ impl Agent {
             .map_err(|s| status_text(&s))?
             .into_inner();
         *backoff = Duration::from_millis(100);
+        crate::metrics::METRICS.connected.set(1);
         *self.outbound.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
         // Results the coordinator may not have seen (steps that finished
         // while the two were cut off), one per message.
@@ -613,7 +615,15 @@ impl Agent {
             Err(message) => return self.error_result(step, "invalid-step", message),
         };
         let plugin = &self.plugins[&target.name];
+        let action_name = action.name();
+        let started = std::time::Instant::now();
         let outcome = self.host.call(plugin, target, action, progress).await;
+        crate::metrics::step(
+            &target.plugin,
+            action_name,
+            started.elapsed(),
+            outcome.as_ref().err().map(CallError::kind),
+        );
         limits::fit(result_of(step, target, outcome))
     }
 }

@@ -10,6 +10,7 @@
 //! that falls behind slows the agents' streams down (HTTP/2 flow control)
 //! rather than losing a result.
 
+use crate::metrics::METRICS;
 use rewind_proto::v1::{
     CancelStep, CoordinatorMessage, StepProgress, StepRequest, StepResult, coordinator_message,
 };
@@ -101,6 +102,7 @@ impl Fleet {
             inner
                 .agents
                 .insert(name.to_string(), Connection { id, sender, agent });
+            METRICS.agents_connected.set(inner.agents.len() as i64);
             inner.runs.values().cloned().collect()
         };
         for run in runs {
@@ -116,12 +118,14 @@ impl Fleet {
         if inner.agents.get(name).is_some_and(|c| c.id == connection) {
             inner.agents.remove(name);
         }
+        METRICS.agents_connected.set(inner.agents.len() as i64);
     }
 
     /// End every agent's stream with `status` (agents reconnect, to this
     /// coordinator or another); used when the coordinator stops.
     pub fn close_all(&self, status: Status) {
         let connections: Vec<Connection> = self.lock().agents.drain().map(|(_, c)| c).collect();
+        METRICS.agents_connected.set(0);
         for connection in connections {
             let _ = connection.sender.try_send(Err(status.clone()));
         }
@@ -315,6 +319,10 @@ impl Fleet {
     /// and count it under `kind`.
     pub fn refuse(&self, from: &str, kind: &str, detail: &str) {
         tracing::warn!(agent = from, kind, "refused: {detail}");
+        METRICS
+            .agent_messages_refused
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .inc();
         *self
             .refused
             .lock()

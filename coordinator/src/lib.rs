@@ -12,6 +12,7 @@ pub mod health;
 pub mod hooks;
 pub mod launch;
 pub mod localfleet;
+pub mod metrics;
 pub mod notify;
 pub mod plan;
 pub mod runner;

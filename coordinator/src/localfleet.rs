@@ -30,6 +30,10 @@ pub struct LocalFleet {
     pub database: String,
     /// The `[environments.*]` tables of the coordinator's configuration.
     pub environments: String,
+    /// More settings of the `[coordinator]` table (e.g. `metrics = ...`).
+    pub coordinator_settings: String,
+    /// More settings of each agent's `[agent]` table, by agent.
+    pub agent_settings: BTreeMap<String, String>,
     coordinator: Option<Child>,
     /// The coordinator's address once it listens (kept across restarts).
     pub address: Option<String>,
@@ -75,6 +79,8 @@ impl LocalFleet {
             plugins: plugins.to_path_buf(),
             database: format!("sqlite://{}", dir.join("rewind.db").display()),
             environments: "[environments.production]\nprotected = true\n".into(),
+            coordinator_settings: String::new(),
+            agent_settings: BTreeMap::new(),
             coordinator: None,
             address: None,
             agents: BTreeMap::new(),
@@ -110,6 +116,7 @@ impl LocalFleet {
             r#"[coordinator]
 listen = "{listen}"
 database = "{}"
+{}
 
 [coordinator.tls]
 ca = "certs/ca.pem"
@@ -123,7 +130,7 @@ ops = "operator"
 viewer = "viewer"
 
 {}"#,
-            self.database, self.environments
+            self.database, self.coordinator_settings, self.environments
         );
         std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
         Ok(path)
@@ -256,6 +263,7 @@ viewer = "viewer"
 name = "{name}"
 state_dir = "{host}/state"
 labels = {{ {labels} }}
+{settings}
 
 [agent.coordinator]
 url = "{url}"
@@ -268,6 +276,10 @@ crl = "{certs}/crl.pem"
             name = spec.name,
             host = host.display(),
             labels = labels.join(", "),
+            settings = self
+                .agent_settings
+                .get(&spec.name)
+                .map_or("", String::as_str),
             url = self.url()?,
             certs = self.certs.display(),
             rest = spec

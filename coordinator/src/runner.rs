@@ -772,6 +772,9 @@ async fn drive(
         if !outbox.is_empty() {
             shared.outbox_ready.notify_waiters();
         }
+        for event in &journal {
+            crate::metrics::journaled(context.kind.as_str(), None, event);
+        }
         for event in journal.into_iter().chain(progress) {
             let _ = shared.events.send(event);
         }

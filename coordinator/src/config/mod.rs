@@ -49,6 +49,8 @@ pub struct ConfigError {
 pub struct CoordinatorConfig {
     pub path: PathBuf,
     pub listen: String,
+    /// Where Prometheus metrics are served (`[coordinator] metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
     /// `sqlite://...` or `postgres://...`.
     pub database: String,
     pub tls: TlsFiles,
@@ -178,6 +180,8 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawCoordinator {
     listen: String,
+    /// Where to serve Prometheus metrics (off when absent).
+    metrics: Option<Spanned<String>>,
     database: String,
     tls: RawTls,
 }
@@ -254,6 +258,13 @@ pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
             drills::parse(&source, base, name, drill, &protected)?,
         );
     }
+    let metrics = match &raw.coordinator.metrics {
+        Some(text) => Some(
+            rewind_proto::metrics::parse_address(text.get_ref())
+                .map_err(|e| source.error(text.span().start, e))?,
+        ),
+        None => None,
+    };
     let mut notifications = Vec::new();
     for (name, webhook) in &raw.notifications {
         notifications.push(notify::parse(&source, base, name, webhook)?);
@@ -261,6 +272,7 @@ pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
     Ok(CoordinatorConfig {
         path: path.to_path_buf(),
         listen: raw.coordinator.listen,
+        metrics,
         database,
         tls,
         crl,
@@ -304,6 +316,7 @@ mod tests {
         CoordinatorConfig {
             path: PathBuf::from("/etc/rewind/coordinator.toml"),
             listen: String::new(),
+            metrics: None,
             database: String::new(),
             tls: TlsFiles {
                 ca: PathBuf::new(),

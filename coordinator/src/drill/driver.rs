@@ -240,6 +240,7 @@ async fn drive(
             shared.outbox_ready.notify_waiters();
         }
         for event in journal {
+            crate::metrics::journaled("drill", Some(&record.drill), &event);
             let _ = shared.events.send(event);
         }
         for command in commands {

@@ -64,6 +64,7 @@ async fn worker(shared: Arc<Shared>, webhook: WebhookConfig) {
             };
         let journaled = match outcome {
             Ok(()) => {
+                crate::metrics::notification(&webhook.name, "delivered");
                 tracing::info!(
                     webhook = webhook.name,
                     id = row.id,
@@ -73,6 +74,7 @@ async fn worker(shared: Arc<Shared>, webhook: WebhookConfig) {
                 Ok(())
             }
             Err(error) if attempts >= webhook.attempts => {
+                crate::metrics::notification(&webhook.name, "given-up");
                 tracing::error!(
                     webhook = webhook.name,
                     id = row.id,
@@ -81,6 +83,7 @@ async fn worker(shared: Arc<Shared>, webhook: WebhookConfig) {
                 Err((error, None))
             }
             Err(error) => {
+                crate::metrics::notification(&webhook.name, "retry");
                 let pause = webhook
                     .retry_after
                     .saturating_mul(1 << (attempts - 1).min(16))

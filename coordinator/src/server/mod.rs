@@ -51,6 +51,8 @@ pub enum ServeError {
     Tls(#[from] rewind_proto::tls::TlsError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Metrics(String),
 }
 
 fn tls_error(path: &std::path::Path, error: impl std::fmt::Display) -> ServeError {
@@ -70,6 +72,22 @@ pub async fn serve(
     let store = Store::open(&config.database).await?;
     let shared = Arc::new(Shared::new(store, config.notifications.clone()));
     let config = Arc::new(config);
+    // Dropped (and so stopped) when the coordinator stops.
+    let _metrics = match config.metrics {
+        Some(address) => {
+            for drill in config.drills.keys() {
+                if let Some((ms, _)) = crate::drill::scheduler::last_pass(&shared, drill).await? {
+                    crate::metrics::drill_passed(drill, ms);
+                }
+            }
+            let server = rewind_proto::metrics::serve(address, crate::metrics::registry())
+                .await
+                .map_err(ServeError::Metrics)?;
+            eprintln!("metrics on http://{address}/metrics");
+            Some(server)
+        }
+        None => None,
+    };
     let resumed = runner::resume_all(shared.clone()).await?;
     if resumed > 0 {
         tracing::info!("resumed {resumed} unfinished run(s)");

@@ -250,7 +250,7 @@ impl Store {
         .bind(agent.last_seen_ms as i64)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        commit(tx).await?;
         Ok(())
     }
 
@@ -316,7 +316,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        commit(tx).await?;
         Ok(())
     }
 
@@ -431,7 +431,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        commit(tx).await?;
         Ok(())
     }
 
@@ -548,7 +548,7 @@ impl Store {
         .bind(run_id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        commit(tx).await?;
         Ok(())
     }
 
@@ -567,7 +567,7 @@ impl Store {
     pub async fn append_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         journal(&mut tx, events, &[]).await?;
-        tx.commit().await?;
+        commit(tx).await?;
         Ok(())
     }
 
@@ -811,4 +811,12 @@ pub fn event_of(
         step_id: note.step.map(|i| step_ids[i].clone()).unwrap_or_default(),
         message: note.message.clone(),
     }
+}
+
+/// Commit a journal transaction, timing it for the metrics.
+pub(crate) async fn commit(tx: sqlx::Transaction<'_, sqlx::Any>) -> Result<(), sqlx::Error> {
+    let started = std::time::Instant::now();
+    tx.commit().await?;
+    crate::metrics::journal_write(started.elapsed());
+    Ok(())
 }

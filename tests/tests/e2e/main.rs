@@ -17,6 +17,7 @@ mod hooks;
 mod hostile;
 mod journal_postgres;
 mod json_output;
+mod metrics;
 mod migrations;
 mod notifications;
 mod pg_restore;

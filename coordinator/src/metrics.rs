@@ -1,0 +1,136 @@
+//! The coordinator's Prometheus metrics (served on `[coordinator] metrics`,
+//! see docs/metrics.md): agents connected, runs and steps by outcome, drills
+//! by verdict and the time of each drill's last pass, journal write latency,
+//! notification deliveries. One set per process, updated where the thing
+//! happens.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    pub agents_connected: Gauge,
+    pub runs: Family<Labels, Counter>,
+    pub steps: Family<Labels, Counter>,
+    pub drills: Family<Labels, Counter>,
+    pub drill_last_pass: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub journal_writes: Histogram,
+    pub notifications: Family<Labels, Counter>,
+    pub agent_messages_refused: Family<Labels, Counter>,
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    agents_connected: Gauge::default(),
+    runs: Family::default(),
+    steps: Family::default(),
+    drills: Family::default(),
+    drill_last_pass: Family::default(),
+    journal_writes: Histogram::new(rewind_proto::metrics::duration_buckets()),
+    notifications: Family::default(),
+    agent_messages_refused: Family::default(),
+});
+
+/// The registry to serve: the same metrics, named and described.
+pub fn registry() -> Arc<Registry> {
+    let m = &*METRICS;
+    let mut registry = Registry::with_prefix("rewind");
+    registry.register(
+        "agents_connected",
+        "Agents with a session to this coordinator",
+        m.agents_connected.clone(),
+    );
+    registry.register(
+        "runs",
+        "Runs ended, by kind (rollback, drill-back, drill-forward) and outcome (succeeded, failed, cancelled)",
+        m.runs.clone(),
+    );
+    registry.register(
+        "steps",
+        "Step outcomes journaled, by outcome (succeeded, failed)",
+        m.steps.clone(),
+    );
+    registry.register(
+        "drills",
+        "Drill runs ended, by drill and verdict (passed, failed, aborted, skipped)",
+        m.drills.clone(),
+    );
+    registry.register(
+        "drill_last_pass_timestamp_seconds",
+        "When each drill last passed (Unix seconds)",
+        m.drill_last_pass.clone(),
+    );
+    registry.register(
+        "journal_write_seconds",
+        "Time to commit one journal transaction",
+        m.journal_writes.clone(),
+    );
+    registry.register(
+        "notification_deliveries",
+        "Notification delivery tries, by webhook and result (delivered, retry, given-up)",
+        m.notifications.clone(),
+    );
+    registry.register(
+        "agent_messages_refused",
+        "Messages refused from agents, by kind",
+        m.agent_messages_refused.clone(),
+    );
+    Arc::new(registry)
+}
+
+/// A journaled event of a run (`kind` is the run's kind) or drill run
+/// (`drill` its drill), counted once it is durable.
+pub fn journaled(kind: &str, drill: Option<&str>, event: &crate::store::EventRecord) {
+    let m = &*METRICS;
+    match event.kind.as_str() {
+        "run-succeeded" | "run-failed" | "run-cancelled" => {
+            let outcome = event.kind.trim_start_matches("run-").to_string();
+            m.runs
+                .get_or_create(&vec![("kind", kind.to_string()), ("outcome", outcome)])
+                .inc();
+        }
+        "step-succeeded" | "step-failed" => {
+            let outcome = event.kind.trim_start_matches("step-").to_string();
+            m.steps.get_or_create(&vec![("outcome", outcome)]).inc();
+        }
+        "drill-passed" | "drill-failed" | "drill-aborted" | "drill-skipped" => {
+            let drill = drill.unwrap_or_default().to_string();
+            let verdict = event.kind.trim_start_matches("drill-").to_string();
+            if verdict == "passed" {
+                drill_passed(&drill, event.unix_ms);
+            }
+            m.drills
+                .get_or_create(&vec![("drill", drill), ("verdict", verdict)])
+                .inc();
+        }
+        _ => {}
+    }
+}
+
+/// A drill's last pass (also set at start from the journal).
+pub fn drill_passed(drill: &str, unix_ms: u64) {
+    METRICS
+        .drill_last_pass
+        .get_or_create(&vec![("drill", drill.to_string())])
+        .set(unix_ms as f64 / 1000.0);
+}
+
+pub fn journal_write(took: Duration) {
+    METRICS.journal_writes.observe(took.as_secs_f64());
+}
+
+pub fn notification(webhook: &str, result: &'static str) {
+    METRICS
+        .notifications
+        .get_or_create(&vec![
+            ("webhook", webhook.to_string()),
+            ("result", result.to_string()),
+        ])
+        .inc();
+}

@@ -1,0 +1,178 @@
+//! Prometheus metrics of a real coordinator and agent, scraped over HTTP
+//! during and after runs and parsed with a text-format parser: the
+//! counters move with what happened on the fleet.
+
+use rewind_tests::fleet::{TestFleet, host};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET /metrics, parsed.
+fn scrape(port: u16) -> prometheus_parse::Scrape {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("metrics on 127.0.0.1:{port}: {e}"));
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text"), "a text format: {head}");
+    // The body may come in chunks; the text format never has a line
+    // that is only hexadecimal digits.
+    let lines = body
+        .lines()
+        .filter(|l| !l.chars().all(|c| c.is_ascii_hexdigit()))
+        .map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("the Prometheus text format")
+}
+
+/// The sum of the samples named `name` whose labels include `labels`.
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_coordinators_and_an_agents_metrics_move_with_runs() {
+    let mut fleet = TestFleet::start(
+        vec![
+            host("db-1", "data"),
+            host("api-1", "core").with("delay_ms = 1500, fail_while = \"{records}/api-1.hold\""),
+        ],
+        None,
+    )
+    .await;
+    let (coordinator_port, agent_port) = (free_port(), free_port());
+    fleet.fleet.coordinator_settings = format!("metrics = \"127.0.0.1:{coordinator_port}\"");
+    fleet
+        .fleet
+        .agent_settings
+        .insert("api-1".into(), format!("metrics = \"{agent_port}\""));
+    fleet.fleet.kill_agent("api-1");
+    fleet.fleet.start_agent("api-1").unwrap();
+    fleet.reconfigure(fleet.fleet.environments.clone(), 2).await;
+
+    let before = scrape(coordinator_port);
+    assert_eq!(value(&before, "rewind_agents_connected", &[]), 2.0);
+    assert_eq!(value(&before, "rewind_runs_total", &[]), 0.0);
+    assert_eq!(
+        value(&scrape(agent_port), "rewind_agent_connected", &[]),
+        1.0
+    );
+
+    // A run that fails on api-1 (its plugin reports the error).
+    fleet.checkpoint("v1").await;
+    std::fs::write(fleet.records.join("api-1.hold"), "hold").unwrap();
+    let plan = "[[stage]]\nname = \"data\"\nselect = { tier = \"data\" }\ntarget = \"app\"\n\n\
+                [[stage]]\nname = \"core\"\nafter = [\"data\"]\nselect = { tier = \"core\" }\ntarget = \"app\"\n";
+    let failed = fleet.start_run(plan, "v1").await;
+    assert_eq!(fleet.finish(&failed).await.status, "failed");
+    std::fs::remove_file(fleet.records.join("api-1.hold")).unwrap();
+
+    // A run that succeeds, scraped while api-1's step is in flight.
+    let run = fleet.start_run(plan, "v1").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let during = loop {
+        let scraped = scrape(coordinator_port);
+        if value(&scraped, "rewind_steps_total", &[("outcome", "succeeded")]) >= 2.0 {
+            break scraped;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "db-1's second step never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        value(&during, "rewind_runs_total", &[("outcome", "succeeded")]),
+        0.0,
+        "scraped while the run goes on"
+    );
+    assert_eq!(fleet.finish(&run).await.status, "succeeded");
+
+    let after = scrape(coordinator_port);
+    let runs = |outcome| {
+        value(
+            &after,
+            "rewind_runs_total",
+            &[("kind", "rollback"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!((runs("failed"), runs("succeeded")), (1.0, 1.0));
+    assert_eq!(
+        value(&after, "rewind_steps_total", &[("outcome", "failed")]),
+        1.0
+    );
+    assert_eq!(
+        value(&after, "rewind_steps_total", &[("outcome", "succeeded")]),
+        3.0
+    );
+    let writes = value(&after, "rewind_journal_write_seconds_count", &[]);
+    assert!(
+        writes > value(&during, "rewind_journal_write_seconds_count", &[]),
+        "journal writes counted: {writes}"
+    );
+    assert!(value(&after, "rewind_journal_write_seconds_sum", &[]) > 0.0);
+
+    // The agent: its restores (and the checkpoint's snapshot) by plugin and
+    // action, and the plugin's failure by kind.
+    let agent = scrape(agent_port);
+    let calls = |action, outcome| {
+        value(
+            &agent,
+            "rewind_agent_step_duration_seconds_count",
+            &[
+                ("plugin", "recorder"),
+                ("action", action),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(calls("restore", "ok"), 1.0);
+    assert_eq!(calls("restore", "error"), 1.0);
+    assert!(calls("snapshot", "ok") >= 1.0);
+    let restore_seconds = value(
+        &agent,
+        "rewind_agent_step_duration_seconds_sum",
+        &[("action", "restore"), ("outcome", "ok")],
+    );
+    assert!(
+        restore_seconds >= 1.5,
+        "the restore's 1.5 s: {restore_seconds}"
+    );
+    assert_eq!(
+        value(
+            &agent,
+            "rewind_agent_plugin_errors_total",
+            &[("plugin", "recorder"), ("kind", "failed")]
+        ),
+        1.0
+    );
+
+    // An agent that leaves is no longer counted.
+    fleet.fleet.kill_agent("db-1");
+    fleet.wait_disconnected("db-1").await;
+    assert_eq!(
+        value(&scrape(coordinator_port), "rewind_agents_connected", &[]),
+        1.0
+    );
+}
