@@ -84,6 +84,55 @@ pub fn registry() -> Arc<Registry> {
     Arc::new(registry)
 }
 
+/// Every counter that the configuration says can move starts at 0, so a
+/// dashboard or alert sees the series (and its first increase) from the
+/// coordinator's start rather than from its first event.
+pub fn prime(config: &crate::config::CoordinatorConfig) {
+    let m = &*METRICS;
+    for kind in ["rollback", "drill-back", "drill-forward"] {
+        for outcome in ["succeeded", "failed", "cancelled"] {
+            m.runs
+                .get_or_create(&vec![("kind", kind.into()), ("outcome", outcome.into())])
+                .inc_by(0);
+        }
+    }
+    for outcome in ["succeeded", "failed"] {
+        m.steps
+            .get_or_create(&vec![("outcome", outcome.into())])
+            .inc_by(0);
+    }
+    for drill in config.drills.keys() {
+        for verdict in ["passed", "failed", "aborted", "skipped"] {
+            m.drills
+                .get_or_create(&vec![("drill", drill.clone()), ("verdict", verdict.into())])
+                .inc_by(0);
+        }
+    }
+    for webhook in &config.notifications {
+        for result in ["delivered", "retry", "given-up"] {
+            m.notifications
+                .get_or_create(&vec![
+                    ("webhook", webhook.name.clone()),
+                    ("result", result.into()),
+                ])
+                .inc_by(0);
+        }
+    }
+    for kind in [
+        "hello-twice",
+        "hello-for-other-agent",
+        "env-not-allowed",
+        "result-from-other-agent",
+        "progress-from-other-agent",
+        "result-for-unknown-step",
+        "progress-for-unknown-step",
+    ] {
+        m.agent_messages_refused
+            .get_or_create(&vec![("kind", kind.into())])
+            .inc_by(0);
+    }
+}
+
 /// A journaled event of a run (`kind` is the run's kind) or drill run
 /// (`drill` its drill), counted once it is durable.
 pub fn journaled(kind: &str, drill: Option<&str>, event: &crate::store::EventRecord) {

@@ -75,6 +75,7 @@ pub async fn serve(
     // Dropped (and so stopped) when the coordinator stops.
     let _metrics = match config.metrics {
         Some(address) => {
+            crate::metrics::prime(&config);
             for drill in config.drills.keys() {
                 if let Some((ms, _)) = crate::drill::scheduler::last_pass(&shared, drill).await? {
                     crate::metrics::drill_passed(drill, ms);

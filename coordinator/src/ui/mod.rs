@@ -206,7 +206,7 @@ async fn guard(State(ui): State<Shared>, request: Request, next: Next) -> Respon
         .and_then(|h| h.to_str().ok())
         .unwrap_or("")
         .to_string();
-    if !ui.hosts.iter().any(|h| *h == host) {
+    if !ui.hosts.contains(&host) {
         return (
             StatusCode::FORBIDDEN,
             format!(

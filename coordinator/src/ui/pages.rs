@@ -552,7 +552,8 @@ fn rto_chart(runs: &[DrillRunSummary], target_ms: u64) -> Markup {
                 circle cx=(x(i)) cy=(y(run.rto_ms.unwrap_or(0))) r="5" class={ "point " (run.status) } data-run=(run.run_id) {
                     title { (run.run_id) ": " (run.status) ", RTO " (seconds(run.rto_ms.unwrap_or(0))) }
                 }
-                text x=(x(i)) y=(top + height + 18.0) text-anchor="middle" class="axis" { (when(run.started_ms).get(5..16).unwrap_or("")) }
+                @let anchor = if points.len() == 1 { "middle" } else if i == 0 { "start" } else if i + 1 == points.len() { "end" } else { "middle" };
+                text x=(x(i)) y=(top + height + 18.0) text-anchor=(anchor) class="axis" { (when(run.started_ms).get(5..16).unwrap_or("")) }
             }
         }
     }

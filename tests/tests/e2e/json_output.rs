@@ -5,8 +5,36 @@
 use rewind_tests::drills::{RECORDER_PLAN, drill_table};
 use rewind_tests::fleet::{TestFleet, host};
 
+/// The document a command printed, checked against the JSON Schema its
+/// `schema` field names (docs/schemas/).
 fn json(output: &rewind_tests::fleet::CommandOutput) -> serde_json::Value {
-    serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("{e}: {output}"))
+    let document = serde_json::from_str(&output.stdout).unwrap_or_else(|e| panic!("{e}: {output}"));
+    conforms(&document);
+    document
+}
+
+fn conforms(document: &serde_json::Value) {
+    let name = document["schema"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no schema named in {document}"));
+    let file = format!(
+        "docs/schemas/{}.schema.json",
+        name.trim_start_matches("rewind.").replace('/', "-")
+    );
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(rewind_tests::root().join(&file))
+            .unwrap_or_else(|e| panic!("{file}: {e}")),
+    )
+    .unwrap_or_else(|e| panic!("{file}: {e}"));
+    let validator = jsonschema::draft202012::new(&schema).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let errors: Vec<String> = validator
+        .iter_errors(document)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{name} does not conform to {file}: {errors:#?}\n{document:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -101,6 +129,13 @@ async fn listing_commands_print_versioned_json_and_exit_statuses_say_what_happen
     assert_eq!(history["schema"], "rewind.drill-history/v1");
     assert_eq!(history["runs"][0]["status"], "passed");
     assert!(history["runs"][0]["rto_ms"].is_u64(), "{history}");
+    let drill_run = history["runs"][0]["run_id"].as_str().unwrap();
+    let report = json(&fleet.rewind(
+        "viewer",
+        &["drill", "report", drill_run, "--format", "json"],
+    ));
+    assert_eq!(report["schema"], "rewind.drill-report/v1");
+    assert_eq!(report["phases"][1]["name"], "roll-back");
 
     // Refused by the coordinator: a viewer may not roll back; no such run.
     let refused = fleet.rewind(

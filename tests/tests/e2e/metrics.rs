@@ -2,6 +2,7 @@
 //! during and after runs and parsed with a text-format parser: the
 //! counters move with what happened on the fleet.
 
+use rewind_tests::drills::{RECORDER_PLAN, drill_table, webhook_table};
 use rewind_tests::fleet::{TestFleet, host};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -16,6 +17,12 @@ fn free_port() -> u16 {
 
 /// GET /metrics, parsed.
 fn scrape(port: u16) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text(port).lines().map(|l| Ok(l.to_string())))
+        .expect("the Prometheus text format")
+}
+
+/// GET /metrics, as text.
+fn text(port: u16) -> String {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("metrics on 127.0.0.1:{port}: {e}"));
     stream
@@ -28,11 +35,19 @@ fn scrape(port: u16) -> prometheus_parse::Scrape {
     assert!(head.contains("text"), "a text format: {head}");
     // The body may come in chunks; the text format never has a line
     // that is only hexadecimal digits.
-    let lines = body
-        .lines()
+    body.lines()
         .filter(|l| !l.chars().all(|c| c.is_ascii_hexdigit()))
-        .map(|l| Ok(l.to_string()));
-    prometheus_parse::Scrape::parse(lines).expect("the Prometheus text format")
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The metric families a scrape declares (`# TYPE <name> <type>`).
+fn families(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect()
 }
 
 /// The sum of the samples named `name` whose labels include `labels`.
@@ -69,7 +84,16 @@ async fn the_coordinators_and_an_agents_metrics_move_with_runs() {
         .insert("api-1".into(), format!("metrics = \"{agent_port}\""));
     fleet.fleet.kill_agent("api-1");
     fleet.fleet.start_agent("api-1").unwrap();
-    fleet.reconfigure(fleet.fleet.environments.clone(), 2).await;
+    // A drill, and a webhook whose receiver is down.
+    let plans = tempfile::tempdir().unwrap();
+    let drill_plan = plans.path().join("drill.toml");
+    std::fs::write(&drill_plan, RECORDER_PLAN).unwrap();
+    let tables = drill_table(
+        "nightly",
+        &drill_plan,
+        "schedule = \"0 0 3 1 1 *\"\nrto = \"5m\"",
+    ) + &webhook_table(free_port(), &["run-failed"]);
+    fleet.reconfigure(tables.clone(), 2).await;
 
     let before = scrape(coordinator_port);
     assert_eq!(value(&before, "rewind_agents_connected", &[]), 2.0);
@@ -167,6 +191,95 @@ async fn the_coordinators_and_an_agents_metrics_move_with_runs() {
         ),
         1.0
     );
+
+    // The webhook's receiver is down: its delivery is retried, and counted.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while value(
+        &scrape(coordinator_port),
+        "rewind_notification_deliveries_total",
+        &[("webhook", "ops"), ("result", "retry")],
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the failed delivery was never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A drill that passes; its last pass is read back from the journal by a
+    // restarted coordinator.
+    let drilled = fleet.rewind("ops", &["drill", "run", "nightly"]);
+    assert!(drilled.success, "{drilled}");
+    let drilled = scrape(coordinator_port);
+    assert_eq!(
+        value(
+            &drilled,
+            "rewind_drills_total",
+            &[("drill", "nightly"), ("verdict", "passed")]
+        ),
+        1.0
+    );
+    let passed = value(
+        &drilled,
+        "rewind_drill_last_pass_timestamp_seconds",
+        &[("drill", "nightly")],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - 60.0..=now).contains(&passed), "{passed} vs {now}");
+    assert_eq!(
+        value(
+            &drilled,
+            "rewind_runs_total",
+            &[("kind", "drill-back"), ("outcome", "succeeded")]
+        ),
+        1.0
+    );
+    fleet.reconfigure(tables, 2).await;
+    assert_eq!(
+        value(
+            &scrape(coordinator_port),
+            "rewind_drill_last_pass_timestamp_seconds",
+            &[("drill", "nightly")]
+        ),
+        passed
+    );
+
+    // Every metric the Grafana dashboard in deploy/ queries is one the
+    // coordinator or the agent declares.
+    let declared: Vec<String> = [text(coordinator_port), text(agent_port)]
+        .iter()
+        .flat_map(|t| families(t))
+        .collect();
+    let dashboard =
+        std::fs::read_to_string(rewind_tests::root().join("deploy/grafana/rewind-dashboard.json"))
+            .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if !word.starts_with("rewind_") {
+                    continue;
+                }
+                let family = ["_total", "_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| word.strip_suffix(suffix))
+                    .unwrap_or(word);
+                assert!(
+                    declared.iter().any(|d| d == family),
+                    "the dashboard's panel {} queries {word}, which nothing declares: {declared:?}",
+                    panel["title"]
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 10, "{queried}");
 
     // An agent that leaves is no longer counted.
     fleet.fleet.kill_agent("db-1");
