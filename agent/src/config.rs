@@ -61,7 +61,8 @@ pub struct AgentConfig {
 /// The coordinator this agent dials, and the agent's mutual-TLS files.
 #[derive(Debug, Clone)]
 pub struct CoordinatorLink {
-    pub url: String,
+    /// The coordinators to try, in turn, until one leads.
+    pub urls: Vec<String>,
     pub tls: rewind_proto::tls::TlsFiles,
     /// A PEM revocation list of the fleet CA, checked against the
     /// coordinator's certificate and re-read when it changes.
@@ -387,9 +388,18 @@ struct RawAgent {
 }
 
 #[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCoordinator {
-    url: String,
+    /// One coordinator's URL, or several (coordinators sharing a journal:
+    /// the agent tries them in turn until one leads).
+    url: OneOrMany,
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
@@ -638,17 +648,24 @@ pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
         Some(link) => {
             let span = link.span();
             let link = link.into_inner();
-            if !link.url.starts_with("https://") {
+            let urls = match link.url {
+                OneOrMany::One(url) => vec![url],
+                OneOrMany::Many(urls) => urls,
+            };
+            if urls.is_empty() {
                 return Err(at(
                     Some(span),
-                    format!(
-                        "agent.coordinator.url `{}` must be an https:// URL",
-                        link.url
-                    ),
+                    "agent.coordinator.url lists no coordinator".into(),
+                ));
+            }
+            if let Some(url) = urls.iter().find(|u| !u.starts_with("https://")) {
+                return Err(at(
+                    Some(span),
+                    format!("agent.coordinator.url `{url}` must be an https:// URL"),
                 ));
             }
             Some(CoordinatorLink {
-                url: link.url,
+                urls,
                 tls: rewind_proto::tls::TlsFiles {
                     ca: resolve(&link.ca),
                     cert: resolve(&link.cert),

@@ -66,7 +66,9 @@ struct InFlight {
 /// One agent: its configuration, loaded plugins, ledger and running steps.
 pub struct Agent {
     config: AgentConfig,
-    dialer: Dialer,
+    /// One per coordinator URL; `current` is the one tried now.
+    dialers: Vec<Dialer>,
+    current: std::sync::atomic::AtomicUsize,
     host: Arc<PluginHost>,
     plugins: BTreeMap<String, Arc<LoadedPlugin>>,
     ledger: Ledger,
@@ -96,7 +98,11 @@ impl Agent {
             })?)),
             None => None,
         };
-        let dialer = Dialer::new(&link.url, &link.tls, crl)
+        let dialers = link
+            .urls
+            .iter()
+            .map(|url| Dialer::new(url, &link.tls, crl.clone()))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| DaemonError::Link(format!("{}: {e}", config.path.display())))?;
         let mut plugins = BTreeMap::new();
         for target in config.targets.values() {
@@ -122,7 +128,8 @@ impl Agent {
             .collect();
         Ok(Arc::new(Agent {
             config,
-            dialer,
+            dialers,
+            current: std::sync::atomic::AtomicUsize::new(0),
             host,
             plugins,
             ledger,
@@ -239,7 +246,8 @@ impl Agent {
     }
 
     async fn channel(&self) -> Result<Channel, String> {
-        self.dialer.channel().await
+        let current = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.dialers[current % self.dialers.len()].channel().await
     }
 
     /// Stay connected until `shutdown` completes.
@@ -261,9 +269,19 @@ impl Agent {
                     }
                 }
             }
+            // The next coordinator, if there are several (one of them leads).
+            self.current
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Jittered, so that a fleet reconnecting to a new leader does
+            // not arrive all at once.
+            let pause = backoff.mul_f64(
+                0.5 + rand_core::RngCore::next_u32(&mut rand_core::OsRng) as f64
+                    / u32::MAX as f64
+                    / 2.0,
+            );
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }

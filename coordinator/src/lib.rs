@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod health;
 pub mod hooks;
 pub mod launch;
+pub mod leader;
 pub mod localfleet;
 pub mod metrics;
 pub mod notify;

@@ -34,6 +34,8 @@ pub struct LocalFleet {
     pub coordinator_settings: String,
     /// More settings of each agent's `[agent]` table, by agent.
     pub agent_settings: BTreeMap<String, String>,
+    /// Other coordinators (on the same journal) that agents also try.
+    pub other_coordinators: Vec<String>,
     coordinator: Option<Child>,
     /// The coordinator's address once it listens (kept across restarts).
     pub address: Option<String>,
@@ -81,6 +83,7 @@ impl LocalFleet {
             environments: "[environments.production]\nprotected = true\n".into(),
             coordinator_settings: String::new(),
             agent_settings: BTreeMap::new(),
+            other_coordinators: Vec::new(),
             coordinator: None,
             address: None,
             agents: BTreeMap::new(),
@@ -192,6 +195,13 @@ viewer = "viewer"
         self.coordinator.as_ref().map(Child::id)
     }
 
+    /// How the coordinator exited, if it has.
+    pub fn coordinator_exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.coordinator
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
+    }
+
     /// SIGKILL the coordinator: no shutdown, no goodbye.
     pub fn kill_coordinator(&mut self) {
         if let Some(mut child) = self.coordinator.take() {
@@ -266,7 +276,7 @@ labels = {{ {labels} }}
 {settings}
 
 [agent.coordinator]
-url = "{url}"
+url = [{urls}]
 ca = "{certs}/ca.pem"
 cert = "{certs}/{stem}.pem"
 key = "{certs}/{stem}.key"
@@ -280,7 +290,11 @@ crl = "{certs}/crl.pem"
                 .agent_settings
                 .get(&spec.name)
                 .map_or("", String::as_str),
-            url = self.url()?,
+            urls = std::iter::once(self.url()?)
+                .chain(self.other_coordinators.iter().cloned())
+                .map(|u| format!("\"{u}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
             certs = self.certs.display(),
             rest = spec
                 .plugins_and_targets

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub journal_writes: Histogram,
     pub notifications: Family<Labels, Counter>,
     pub agent_messages_refused: Family<Labels, Counter>,
+    pub leader_term: Gauge,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -35,6 +36,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     journal_writes: Histogram::new(rewind_proto::metrics::duration_buckets()),
     notifications: Family::default(),
     agent_messages_refused: Family::default(),
+    leader_term: Gauge::default(),
 });
 
 /// The registry to serve: the same metrics, named and described.
@@ -80,6 +82,11 @@ pub fn registry() -> Arc<Registry> {
         "agent_messages_refused",
         "Messages refused from agents, by kind",
         m.agent_messages_refused.clone(),
+    );
+    registry.register(
+        "leader_term",
+        "The leader lease's term while this coordinator leads; 0 while it stands by",
+        m.leader_term.clone(),
     );
     Arc::new(registry)
 }

@@ -93,6 +93,15 @@ health = [{{ verify = true }}]
     )
 }
 
+/// How the fleet's coordinator is set up beyond the defaults.
+#[derive(Default)]
+pub struct Coordinators {
+    /// More lines of its `[coordinator]` table.
+    pub settings: String,
+    /// URLs of other coordinators on the same journal, for the agents.
+    pub others: Vec<String>,
+}
+
 pub struct TestFleet {
     pub fleet: LocalFleet,
     pub records: PathBuf,
@@ -140,7 +149,14 @@ impl TestFleet {
                 )
             })
             .collect();
-        TestFleet::launch(specs, database, environments, count).await
+        TestFleet::launch(
+            specs,
+            database,
+            environments,
+            count,
+            &Coordinators::default(),
+        )
+        .await
     }
 
     /// Start a coordinator and agents given as (name, tier, plugins and
@@ -164,7 +180,40 @@ impl TestFleet {
                 )
             })
             .collect();
-        TestFleet::launch(specs, database, None, count).await
+        TestFleet::launch(specs, database, None, count, &Coordinators::default()).await
+    }
+
+    /// `start` with settings for the `[coordinator]` table (e.g. its name
+    /// in the leader lease) and other coordinators the agents also try.
+    pub async fn start_with(
+        hosts: Vec<Host>,
+        database: Option<&str>,
+        coordinators: &Coordinators,
+    ) -> TestFleet {
+        let count = hosts.len();
+        let specs = hosts
+            .iter()
+            .map(|h| {
+                let targets = format!(
+                    "[plugins.recorder]\npath = \"{{plugins}}/fixture_recorder.wasm\"\nallow_unsigned = true\n\n\
+                     [targets.app]\nplugin = \"recorder\"\nsettings = {{ log = \"{{records}}/{name}.log\"{extra} }}\n\
+                     grant = {{ files = [\"{{records}}\"] }}\n",
+                    name = h.name,
+                    extra = if h.settings.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {}", h.settings)
+                    },
+                );
+                let labels = [
+                    ("tier".to_string(), h.tier.to_string()),
+                    ("env".to_string(), h.env.to_string()),
+                ]
+                .into();
+                (h.name.to_string(), labels, targets)
+            })
+            .collect();
+        TestFleet::launch(specs, database, None, count, coordinators).await
     }
 
     async fn launch(
@@ -172,6 +221,7 @@ impl TestFleet {
         database: Option<&str>,
         environments: Option<&str>,
         count: usize,
+        coordinators: &Coordinators,
     ) -> TestFleet {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut fleet = LocalFleet::create(
@@ -187,6 +237,8 @@ impl TestFleet {
         if let Some(environments) = environments {
             fleet.environments = environments.to_string();
         }
+        fleet.coordinator_settings = coordinators.settings.clone();
+        fleet.other_coordinators = coordinators.others.clone();
         let records = dir.path().join("records");
         std::fs::create_dir_all(&records).unwrap();
         fleet.start_coordinator().expect("coordinator");

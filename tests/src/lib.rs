@@ -162,6 +162,7 @@ pub mod docker;
 pub mod drills;
 pub mod etcd;
 pub mod fleet;
+pub mod ha;
 pub mod platform;
 pub mod postgres;
 pub mod providers;

@@ -45,12 +45,20 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// How long a leader's lease lasts unless `[coordinator] lease` says.
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
     pub path: PathBuf,
     pub listen: String,
     /// Where Prometheus metrics are served (`[coordinator] metrics`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// This coordinator's name in the leader lease.
+    pub name: String,
+    /// How long the leader's lease lasts unrenewed (a standby takes over
+    /// after it lapses).
+    pub lease: std::time::Duration,
     /// `sqlite://...` or `postgres://...`.
     pub database: String,
     pub tls: TlsFiles,
@@ -182,6 +190,10 @@ struct RawCoordinator {
     listen: String,
     /// Where to serve Prometheus metrics (off when absent).
     metrics: Option<Spanned<String>>,
+    /// This coordinator's name in the leader lease (the host's name).
+    name: Option<String>,
+    /// How long a leader's lease lasts unrenewed.
+    lease: Option<Spanned<String>>,
     database: String,
     tls: RawTls,
 }
@@ -265,6 +277,26 @@ pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
         ),
         None => None,
     };
+    let lease = match &raw.coordinator.lease {
+        Some(text) => {
+            let lease = drills::duration(&source, text, "lease")?;
+            if lease < std::time::Duration::from_secs(1) {
+                return Err(source.error(
+                    text.span().start,
+                    "lease must be at least 1s (it is renewed every third of it)".into(),
+                ));
+            }
+            lease
+        }
+        None => DEFAULT_LEASE,
+    };
+    let name = raw.coordinator.name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "coordinator".into())
+    });
     let mut notifications = Vec::new();
     for (name, webhook) in &raw.notifications {
         notifications.push(notify::parse(&source, base, name, webhook)?);
@@ -273,6 +305,8 @@ pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
         path: path.to_path_buf(),
         listen: raw.coordinator.listen,
         metrics,
+        name,
+        lease,
         database,
         tls,
         crl,
@@ -317,6 +351,8 @@ mod tests {
             path: PathBuf::from("/etc/rewind/coordinator.toml"),
             listen: String::new(),
             metrics: None,
+            name: "main".into(),
+            lease: DEFAULT_LEASE,
             database: String::new(),
             tls: TlsFiles {
                 ca: PathBuf::new(),

@@ -16,6 +16,7 @@ pub mod drills;
 pub mod operator;
 
 use crate::config::CoordinatorConfig;
+use crate::leader::Leadership;
 use crate::runner::{self, Shared};
 use crate::store::Store;
 use rewind_proto::accept::Limits;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 
 /// The largest message an agent may send: a step result with a snapshot
 /// (whose data is limited to `MAX_SNAPSHOT` by the agent) and its logs.
@@ -53,6 +55,9 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("{0}")]
     Metrics(String),
+    /// This coordinator lost the leader lease and stopped.
+    #[error("coordinator {name} stepped down: {why}")]
+    Deposed { name: String, why: String },
 }
 
 fn tls_error(path: &std::path::Path, error: impl std::fmt::Display) -> ServeError {
@@ -89,16 +94,8 @@ pub async fn serve(
         }
         None => None,
     };
-    let resumed = runner::resume_all(shared.clone()).await?;
-    if resumed > 0 {
-        tracing::info!("resumed {resumed} unfinished run(s)");
-    }
-    let drills = crate::drill::driver::resume_all(&shared, &config).await?;
-    if drills > 0 {
-        tracing::info!("resumed {drills} unfinished drill run(s)");
-    }
-    tokio::spawn(crate::drill::scheduler::run(shared.clone(), config.clone()));
-    crate::notify::deliver::spawn_all(shared.clone(), &config.notifications);
+    let leadership = Arc::new(Leadership::new(config.name.clone(), config.lease));
+    shared.store.stand_by();
     let ca = std::fs::read(&config.tls.ca).map_err(|e| tls_error(&config.tls.ca, e))?;
     let authenticator =
         Arc::new(Authenticator::new(&ca).map_err(|e| tls_error(&config.tls.ca, e))?);
@@ -123,24 +120,37 @@ pub async fn serve(
     };
     let operators = operator::OperatorApi {
         shared: shared.clone(),
-        config,
+        config: config.clone(),
         authenticator,
+    };
+    // Until this coordinator leads and has resumed its runs, agents and
+    // operators are told it stands by.
+    let only_when_leading = |leadership: Arc<Leadership>| {
+        move |request: tonic::Request<()>| {
+            if leadership.is_ready() {
+                Ok(request)
+            } else {
+                Err(leadership.refusal())
+            }
+        }
     };
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .add_service(
+        .add_service(InterceptedService::new(
             AgentServiceServer::new(agents)
                 .max_decoding_message_size(MAX_AGENT_MESSAGE)
                 .max_encoding_message_size(MAX_AGENT_MESSAGE),
-        )
-        .add_service(
+            only_when_leading(leadership.clone()),
+        ))
+        .add_service(InterceptedService::new(
             OperatorServiceServer::new(operators)
                 .max_decoding_message_size(MAX_OPERATOR_REQUEST)
                 .max_encoding_message_size(MAX_OPERATOR_REPLY),
-        )
+            only_when_leading(leadership.clone()),
+        ))
         .serve_with_incoming_shutdown(
             rewind_proto::accept::incoming(listener, acceptor, limits),
             async {
@@ -148,11 +158,48 @@ pub async fn serve(
             },
         );
     tokio::pin!(server);
+    tokio::pin!(shutdown);
+    // Stand by until this coordinator holds the lease (at once when it is
+    // alone on its journal).
+    let term = tokio::select! {
+        result = &mut server => return Ok(result?),
+        _ = &mut shutdown => return Ok(()),
+        term = leadership.campaign(&shared.store) => term?,
+    };
+    eprintln!("coordinator {} leads (term {term})", leadership.name);
+    crate::metrics::METRICS.leader_term.set(term);
+    let resumed = runner::resume_all(shared.clone()).await?;
+    if resumed > 0 {
+        tracing::info!("resumed {resumed} unfinished run(s)");
+    }
+    let drills = crate::drill::driver::resume_all(&shared, &config).await?;
+    if drills > 0 {
+        tracing::info!("resumed {drills} unfinished drill run(s)");
+    }
+    tokio::spawn(crate::drill::scheduler::run(shared.clone(), config.clone()));
+    crate::notify::deliver::spawn_all(shared.clone(), &config.notifications);
+    leadership.ready();
+    let deposed = async {
+        tokio::select! {
+            why = leadership.hold(&shared.store) => why,
+            _ = shared.store.deposed() => "the journal refused a write: another coordinator holds the lease".to_string(),
+        }
+    };
     tokio::select! {
         result = &mut server => return Ok(result?),
-        _ = shutdown => {}
+        _ = &mut shutdown => {}
+        why = deposed => {
+            // Nothing more is written or sent; agents go to the new leader.
+            shared.draining.store(true, Ordering::SeqCst);
+            shared.fleet.close_all(leadership.refusal());
+            crate::metrics::METRICS.leader_term.set(0);
+            return Err(ServeError::Deposed { name: leadership.name.clone(), why });
+        }
     }
     drain(&shared).await;
+    if let Err(e) = shared.store.release_lease().await {
+        tracing::warn!("cannot give the lease up (a standby takes over when it lapses): {e}");
+    }
     let _ = stopped_tx.send(());
     match tokio::time::timeout(CLOSE, &mut server).await {
         Ok(result) => result?,

@@ -2,7 +2,7 @@
 //! timings), each drill's schedule (the occurrence it last fired or skipped
 //! for), and which agents the unfinished runs touch.
 
-use super::{EventRecord, OutboxRecord, Store, StoreError, commit, journal, opt_u, s, u};
+use super::{EventRecord, OutboxRecord, Store, StoreError, journal, opt_u, s, u};
 use crate::drill::{DrillState, Phase, Verdict};
 use sqlx::any::AnyRow;
 
@@ -146,7 +146,7 @@ impl Store {
             upsert_schedule(&mut tx, schedule).await?;
         }
         journal(&mut tx, events, outbox_rows).await?;
-        commit(tx).await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -180,7 +180,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         journal(&mut tx, events, outbox_rows).await?;
-        commit(tx).await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -257,7 +257,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         upsert_schedule(&mut tx, schedule).await?;
         journal(&mut tx, events, outbox_rows).await?;
-        commit(tx).await?;
+        self.commit(tx).await?;
         Ok(())
     }
 

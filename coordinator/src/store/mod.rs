@@ -7,6 +7,7 @@
 //! those events cause (the outbox), so that none is lost or invented.
 
 mod drills;
+pub mod lease;
 mod outbox;
 
 pub use drills::{BusyAgent, DrillRunRecord, ScheduleRecord};
@@ -30,6 +31,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("database: a stored value cannot be read: {0}")]
     Corrupt(String),
+    /// The leader lease does not allow this coordinator to write.
+    #[error("{0}")]
+    Fenced(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -176,6 +180,8 @@ macro_rules! run_columns {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    sqlite: bool,
+    fence: lease::FenceCell,
 }
 
 fn u(row: &AnyRow, column: &str) -> Result<u64, sqlx::Error> {
@@ -228,7 +234,11 @@ impl Store {
                 .map_err(open_error)?;
         }
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            sqlite,
+            fence: lease::FenceCell::default(),
+        })
     }
 
     pub async fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
@@ -250,7 +260,7 @@ impl Store {
         .bind(agent.last_seen_ms as i64)
         .execute(&mut *tx)
         .await?;
-        commit(tx).await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -316,7 +326,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        commit(tx).await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -431,7 +441,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        commit(tx).await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -548,7 +558,7 @@ impl Store {
         .bind(run_id)
             .execute(&mut *tx)
             .await?;
-        commit(tx).await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -567,17 +577,19 @@ impl Store {
     pub async fn append_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         journal(&mut tx, events, &[]).await?;
-        commit(tx).await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
     /// Forget a retired agent: it no longer counts in plans and checkpoints.
     /// Its snapshots in past releases and its runs' history are kept.
     pub async fn remove_agent(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM agents WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        self.commit(tx).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -813,10 +825,17 @@ pub fn event_of(
     }
 }
 
-/// Commit a journal transaction, timing it for the metrics.
-pub(crate) async fn commit(tx: sqlx::Transaction<'_, sqlx::Any>) -> Result<(), sqlx::Error> {
-    let started = std::time::Instant::now();
-    tx.commit().await?;
-    crate::metrics::journal_write(started.elapsed());
-    Ok(())
+impl Store {
+    /// Commit a journal transaction if the lease still allows this
+    /// coordinator to write (the fence), timing it for the metrics.
+    pub(crate) async fn commit(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+    ) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        self.check_fence(&mut tx).await?;
+        tx.commit().await?;
+        crate::metrics::journal_write(started.elapsed());
+        Ok(())
+    }
 }

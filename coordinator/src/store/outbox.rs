@@ -109,6 +109,7 @@ impl Store {
             Err((error, Some(next))) => (None, None, next, error),
             Err((error, None)) => (None, Some(now_ms), now_ms, error),
         };
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE outbox SET attempts = $1, delivered_ms = $2, given_up_ms = $3, next_ms = $4, last_error = $5 \
              WHERE id = $6",
@@ -119,8 +120,9 @@ impl Store {
         .bind(next as i64)
         .bind(error)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        self.commit(tx).await?;
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ mod etcd_plugin;
 mod fault_sweep;
 mod files_plugin;
 mod forgery;
+mod ha;
 mod hooks;
 mod hostile;
 mod journal_postgres;

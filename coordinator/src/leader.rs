@@ -1,0 +1,112 @@
+//! Leadership: several coordinators may share one journal (PostgreSQL);
+//! one holds the lease and drives runs, drills and schedules, the others
+//! stand by and take over when its lease lapses (docs/ha.md). The lease and
+//! its fence live in the journal (`store::lease`).
+
+use crate::store::{Store, StoreError};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct Leadership {
+    /// This coordinator's name in the lease (unique among coordinators).
+    pub name: String,
+    pub lease: Duration,
+    ready: AtomicBool,
+    /// Who leads, as last read from the journal.
+    holder: Mutex<String>,
+}
+
+impl Leadership {
+    pub fn new(name: String, lease: Duration) -> Leadership {
+        Leadership {
+            name,
+            lease,
+            ready: AtomicBool::new(false),
+            holder: Mutex::new(String::new()),
+        }
+    }
+
+    /// Whether this coordinator leads and has resumed its runs, so that
+    /// agents and operators may be served.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// What agents and operators are told while this coordinator does not
+    /// lead (agents then try the next coordinator they know).
+    pub fn refusal(&self) -> tonic::Status {
+        let holder = self
+            .holder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let leader = if holder.is_empty() || holder == self.name {
+            "no leader is known yet".to_string()
+        } else {
+            format!("the leader is coordinator {holder}")
+        };
+        tonic::Status::unavailable(format!(
+            "coordinator {} is a standby ({leader}); try another coordinator",
+            self.name
+        ))
+    }
+
+    /// Wait until this coordinator holds the lease; its term.
+    pub async fn campaign(&self, store: &Store) -> Result<i64, StoreError> {
+        store.stand_by();
+        let mut announced = (String::new(), 0);
+        loop {
+            match store.acquire_lease(&self.name, self.lease).await {
+                Ok(Some(term)) => {
+                    *self.holder.lock().unwrap_or_else(|e| e.into_inner()) = self.name.clone();
+                    return Ok(term);
+                }
+                Ok(None) => {
+                    let held = store.lease_holder().await?;
+                    if (held.holder.clone(), held.term) != announced {
+                        eprintln!(
+                            "coordinator {} stands by: {} leads (term {}); taking over if its lease lapses",
+                            self.name, held.holder, held.term
+                        );
+                        announced = (held.holder.clone(), held.term);
+                    }
+                    *self.holder.lock().unwrap_or_else(|e| e.into_inner()) = held.holder;
+                }
+                Err(e) => tracing::warn!("cannot reach the journal for the lease: {e}"),
+            }
+            tokio::time::sleep(self.lease / 4).await;
+        }
+    }
+
+    /// Runs and agents are resumed: serve them.
+    pub fn ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Renew the lease until it is lost; why it was. A lease that cannot be
+    /// renewed for its whole length is given up: another coordinator may
+    /// hold it by then.
+    pub async fn hold(&self, store: &Store) -> String {
+        let mut renewed = Instant::now();
+        loop {
+            tokio::time::sleep(self.lease / 3).await;
+            match store.renew_lease(self.lease).await {
+                Ok(true) => renewed = Instant::now(),
+                Ok(false) => {
+                    self.ready.store(false, Ordering::SeqCst);
+                    return "another coordinator holds the lease".into();
+                }
+                Err(e) if renewed.elapsed() >= self.lease => {
+                    store.depose();
+                    self.ready.store(false, Ordering::SeqCst);
+                    return format!(
+                        "the lease could not be renewed for {} ({e})",
+                        humantime::format_duration(self.lease)
+                    );
+                }
+                Err(e) => tracing::warn!("cannot renew the lease yet: {e}"),
+            }
+        }
+    }
+}

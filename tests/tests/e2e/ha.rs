@@ -1,0 +1,195 @@
+//! Two coordinators on one PostgreSQL journal: one leads, the other stands
+//! by; a dead leader is replaced and its run completed by the other, with
+//! no step applied twice (checked on the plugins' own records); a paused
+//! leader cannot write once the other took over, and steps down.
+
+use rewind_coordinator::store::lease::Fence;
+use rewind_coordinator::store::{EventRecord, Store, StoreError};
+use rewind_proto::v1::{FleetRequest, RunRef};
+use rewind_tests::fleet::{Coordinators, TestFleet, eight_hosts, four_stage_plan};
+use rewind_tests::ha::{OtherCoordinator, free_port, signal};
+use rewind_tests::postgres::PgServer;
+use rewind_tests::scenarios::assert_ran_once_in_stage_order;
+use std::time::{Duration, Instant};
+
+const LEASE: Duration = Duration::from_secs(2);
+
+async fn two_coordinators(pg: &PgServer) -> (TestFleet, OtherCoordinator) {
+    let port = free_port();
+    let mut hosts = eight_hosts();
+    for h in hosts.iter_mut().filter(|h| h.tier == "core") {
+        h.settings = "delay_ms = 1500".into();
+    }
+    let coordinators = Coordinators {
+        settings: "name = \"a\"\nlease = \"2s\"".into(),
+        others: vec![format!("https://127.0.0.1:{port}")],
+    };
+    let fleet = TestFleet::start_with(hosts, Some(&pg.url()), &coordinators).await;
+    let b = OtherCoordinator::start(&fleet, "a", "b", port);
+    b.wait_log(
+        "coordinator b stands by: a leads (term 1)",
+        Duration::from_secs(30),
+    )
+    .await;
+    (fleet, b)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_leaders_run_is_completed_by_the_standby_with_no_step_applied_twice() {
+    let pg = PgServer::start();
+    let (mut fleet, b) = two_coordinators(&pg).await;
+
+    // The standby answers operators by saying who leads.
+    let asked = fleet.rewind("viewer", &["fleet", "--coordinator", &b.url]);
+    assert!(!asked.success, "{asked}");
+    assert!(
+        asked
+            .stderr
+            .contains("coordinator b is a standby (the leader is coordinator a)"),
+        "{asked}"
+    );
+
+    fleet.checkpoint("v1").await;
+    let run = fleet.start_run(&four_stage_plan(""), "v1").await;
+    fleet
+        .events_until(&run, |e| e.kind == "step-sent" && e.stage == "core")
+        .await;
+    fleet.fleet.kill_coordinator();
+    let killed = Instant::now();
+
+    b.wait_log("coordinator b leads (term 2)", Duration::from_secs(30))
+        .await;
+    let took_over = killed.elapsed();
+    assert!(
+        took_over < LEASE + Duration::from_secs(5),
+        "b took over {took_over:?} after the kill"
+    );
+    // The agents find the new leader, and it completes the run.
+    let mut client = b.client(&fleet, "viewer").await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let report = loop {
+        let report = client
+            .get_run(RunRef {
+                run_id: run.clone(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("{}", s.message()))
+            .into_inner();
+        if report.status != "running" {
+            break report;
+        }
+        assert!(Instant::now() < deadline, "the run never ended on b");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(report.status, "succeeded", "{report:?}");
+    assert_ran_once_in_stage_order(&fleet);
+    let agents = client
+        .fleet(FleetRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .agents;
+    assert_eq!(agents.iter().filter(|a| a.connected).count(), 8);
+    eprintln!(
+        "failover: b led {took_over:?} after the kill; the run ended {:?} after it",
+        killed.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_paused_past_its_lease_cannot_write_and_steps_down() {
+    let pg = PgServer::start();
+    let (mut fleet, b) = two_coordinators(&pg).await;
+    let a = fleet.fleet.coordinator_pid().unwrap();
+    signal(a, libc::SIGSTOP);
+    b.wait_log("coordinator b leads (term 2)", Duration::from_secs(30))
+        .await;
+    // The fleet follows b while a sleeps.
+    let mut client = b.client(&fleet, "viewer").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let agents = client
+            .fleet(FleetRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .agents;
+        if agents.iter().filter(|a| a.connected).count() == 8 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agents never reached b");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(a, libc::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = fleet.fleet.coordinator_exited() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "a never stepped down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "{status}");
+    let log = std::fs::read_to_string(fleet.fleet.dir.join("coordinator.log")).unwrap();
+    assert!(log.contains("coordinator a stepped down"), "{log}");
+    // b still leads, at term 2, and serves a rollback.
+    fleet.fleet.address = Some(b.url.trim_start_matches("https://").to_string());
+    fleet.checkpoint("v1").await;
+    let run = fleet.start_run(&four_stage_plan(""), "v1").await;
+    assert_eq!(fleet.finish(&run).await.status, "succeeded");
+    assert_ran_once_in_stage_order(&fleet);
+}
+
+/// The fence itself, on the database: once another coordinator holds the
+/// lease, the deposed one's journal writes are refused, and none lands.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_journal_refuses_every_write_of_a_deposed_leader() {
+    let pg = PgServer::start();
+    let a = Store::open(&pg.url()).await.unwrap();
+    let b = Store::open(&pg.url()).await.unwrap();
+    let lease = Duration::from_secs(1);
+    a.stand_by();
+    b.stand_by();
+    assert_eq!(a.acquire_lease("a", lease).await.unwrap(), Some(1));
+    assert_eq!(
+        b.acquire_lease("b", lease).await.unwrap(),
+        None,
+        "a holds it"
+    );
+    let event = |seq| EventRecord {
+        run_id: "run-fence".into(),
+        seq,
+        unix_ms: 1,
+        kind: "run-started".into(),
+        stage: String::new(),
+        agent: String::new(),
+        target: String::new(),
+        step_id: String::new(),
+        message: String::new(),
+    };
+    a.append_events(&[event(1)]).await.unwrap();
+    // b may not write while it stands by.
+    assert!(matches!(
+        b.append_events(&[event(2)]).await,
+        Err(StoreError::Fenced(_))
+    ));
+    // a's lease lapses (a paused leader); b takes over with term 2.
+    tokio::time::sleep(lease + Duration::from_millis(300)).await;
+    assert_eq!(b.acquire_lease("b", lease).await.unwrap(), Some(2));
+    let refused = a.append_events(&[event(3)]).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Fenced(m)) if m.contains("term 1 is over")),
+        "{refused:?}"
+    );
+    assert!(matches!(a.fence(), Fence::Deposed { .. }));
+    assert!(!a.renew_lease(lease).await.unwrap());
+    b.append_events(&[event(4)]).await.unwrap();
+    let seqs: Vec<u64> = b
+        .events_after("run-fence", 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, [1, 4], "only the leaders' writes landed");
+}
