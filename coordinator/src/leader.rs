@@ -91,7 +91,16 @@ impl Leadership {
         let mut renewed = Instant::now();
         loop {
             tokio::time::sleep(self.lease / 3).await;
-            match store.renew_lease(self.lease).await {
+            // A journal that does not answer counts as one that refused.
+            let renewal = tokio::time::timeout(self.lease / 3, store.renew_lease(self.lease));
+            let renewal = match renewal.await {
+                Ok(renewal) => renewal,
+                Err(_) => Err(StoreError::Fenced(format!(
+                    "no answer from the journal within {}",
+                    humantime::format_duration(self.lease / 3)
+                ))),
+            };
+            match renewal {
                 Ok(true) => renewed = Instant::now(),
                 Ok(false) => {
                     self.ready.store(false, Ordering::SeqCst);

@@ -24,6 +24,17 @@ pub struct OtherCoordinator {
 
 impl OtherCoordinator {
     pub fn start(fleet: &TestFleet, from: &str, name: &str, port: u16) -> OtherCoordinator {
+        OtherCoordinator::start_on(fleet, from, name, port, None)
+    }
+
+    /// `start`, with its journal at `database` instead of the fleet's.
+    pub fn start_on(
+        fleet: &TestFleet,
+        from: &str,
+        name: &str,
+        port: u16,
+        database: Option<&str>,
+    ) -> OtherCoordinator {
         let dir = &fleet.fleet.dir;
         let text = std::fs::read_to_string(dir.join("coordinator.toml")).unwrap();
         let text: Vec<String> = text
@@ -31,6 +42,8 @@ impl OtherCoordinator {
             .map(|line| {
                 if line.starts_with("listen = ") {
                     format!("listen = \"127.0.0.1:{port}\"")
+                } else if let (true, Some(database)) = (line.starts_with("database = "), database) {
+                    format!("database = \"{database}\"")
                 } else if line == format!("name = \"{from}\"") {
                     format!("name = \"{name}\"")
                 } else {
@@ -95,4 +108,73 @@ pub fn signal(pid: u32, signal: i32) {
     // A plain kill(2) on a child of this test.
     let done = unsafe { libc::kill(pid as i32, signal) };
     assert_eq!(done, 0, "kill({pid}, {signal})");
+}
+
+/// A TCP proxy to a Unix socket (a PostgreSQL server's) that the test can
+/// cut: from then on nothing passes either way and the connections hang, as
+/// across a network partition.
+pub struct Proxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(socket: PathBuf) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = cut.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (socket, cut) = (socket.clone(), flag.clone());
+                tokio::spawn(async move {
+                    let Ok(unix) = tokio::net::UnixStream::connect(&socket).await else {
+                        return;
+                    };
+                    let (tcp_read, tcp_write) = tcp.into_split();
+                    let (unix_read, unix_write) = unix.into_split();
+                    async fn pump(
+                        mut from: impl tokio::io::AsyncRead + Unpin,
+                        mut to: impl tokio::io::AsyncWrite + Unpin,
+                        cut: std::sync::Arc<AtomicBool>,
+                    ) {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buffer = vec![0u8; 64 << 10];
+                        loop {
+                            let Ok(read) = from.read(&mut buffer).await else {
+                                return;
+                            };
+                            // Cut: the bytes never arrive.
+                            while cut.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            if read == 0 || to.write_all(&buffer[..read]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    tokio::join!(
+                        pump(tcp_read, unix_write, cut.clone()),
+                        pump(unix_read, tcp_write, cut)
+                    );
+                });
+            }
+        });
+        Proxy { port, cut, task }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -186,6 +186,11 @@ impl PgServer {
     }
 
     /// A sqlx URL of the `rewind` database, over the Unix socket.
+    /// The server's Unix socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join(format!(".s.PGSQL.{PORT}"))
+    }
+
     pub fn url(&self) -> String {
         format!(
             "postgres://rewind@localhost/rewind?host={}&port={PORT}",

@@ -47,7 +47,8 @@ pub fn request<T>(message: T, limit: Duration) -> tonic::Request<T> {
 /// Where the coordinator is and which certificate to present.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
-    /// The coordinator's URL.
+    /// The coordinator's URL, or several separated by commas (coordinators
+    /// sharing a journal: the one that leads is used).
     #[arg(
         long,
         env = "REWIND_COORDINATOR",
@@ -89,7 +90,46 @@ impl Connection {
             Some(path) => Some(Arc::new(CrlFile::open(path).map_err(anyhow::Error::msg)?)),
             None => None,
         };
-        connect_with(&self.coordinator, &files, crl, self.connect_timeout).await
+        let urls: Vec<&str> = self
+            .coordinator
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        if let [url] = urls[..] {
+            return connect_with(url, &files, crl, self.connect_timeout).await;
+        }
+        // Several coordinators: the first that leads (a standby says so).
+        let mut tried = Vec::new();
+        for url in urls {
+            let mut client =
+                match connect_with(url, &files, crl.clone(), self.connect_timeout).await {
+                    Ok(client) => client,
+                    Err(e) => {
+                        tried.push(format!("{url}: {e:#}"));
+                        continue;
+                    }
+                };
+            let probe = client.who_am_i(request(
+                rewind_proto::v1::WhoAmIRequest {},
+                self.connect_timeout,
+            ));
+            match tokio::time::timeout(self.connect_timeout, probe).await {
+                Ok(Err(status))
+                    if status.code() == tonic::Code::Unavailable
+                        && status.message().contains("standby") =>
+                {
+                    tried.push(format!("{url}: {}", status.message()));
+                }
+                Err(_) => tried.push(format!("{url}: no answer")),
+                // It leads (a refusal of this operator is the command's to report).
+                Ok(_) => return Ok(client),
+            }
+        }
+        anyhow::bail!(
+            "no coordinator leads among those given:\n  {}",
+            tried.join("\n  ")
+        )
     }
 }
 

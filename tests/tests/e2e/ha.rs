@@ -7,7 +7,7 @@ use rewind_coordinator::store::lease::Fence;
 use rewind_coordinator::store::{EventRecord, Store, StoreError};
 use rewind_proto::v1::{FleetRequest, RunRef};
 use rewind_tests::fleet::{Coordinators, TestFleet, eight_hosts, four_stage_plan};
-use rewind_tests::ha::{OtherCoordinator, free_port, signal};
+use rewind_tests::ha::{OtherCoordinator, Proxy, free_port, signal};
 use rewind_tests::postgres::PgServer;
 use rewind_tests::scenarios::assert_ran_once_in_stage_order;
 use std::time::{Duration, Instant};
@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 const LEASE: Duration = Duration::from_secs(2);
 
 async fn two_coordinators(pg: &PgServer) -> (TestFleet, OtherCoordinator) {
+    two_coordinators_on(pg, &pg.url()).await
+}
+
+/// Coordinator a on its journal at `a_journal` (the same database, perhaps
+/// through a proxy), b on `pg` directly.
+async fn two_coordinators_on(pg: &PgServer, a_journal: &str) -> (TestFleet, OtherCoordinator) {
     let port = free_port();
     let mut hosts = eight_hosts();
     for h in hosts.iter_mut().filter(|h| h.tier == "core") {
@@ -24,8 +30,8 @@ async fn two_coordinators(pg: &PgServer) -> (TestFleet, OtherCoordinator) {
         settings: "name = \"a\"\nlease = \"2s\"".into(),
         others: vec![format!("https://127.0.0.1:{port}")],
     };
-    let fleet = TestFleet::start_with(hosts, Some(&pg.url()), &coordinators).await;
-    let b = OtherCoordinator::start(&fleet, "a", "b", port);
+    let fleet = TestFleet::start_with(hosts, Some(a_journal), &coordinators).await;
+    let b = OtherCoordinator::start_on(&fleet, "a", "b", port, Some(&pg.url()));
     b.wait_log(
         "coordinator b stands by: a leads (term 1)",
         Duration::from_secs(30),
@@ -48,6 +54,12 @@ async fn a_killed_leaders_run_is_completed_by_the_standby_with_no_step_applied_t
             .contains("coordinator b is a standby (the leader is coordinator a)"),
         "{asked}"
     );
+
+    // Given both, the CLI finds the leader.
+    let a_url = fleet.fleet.url().unwrap();
+    let both = format!("{},{a_url}", b.url);
+    let listed = fleet.rewind("viewer", &["fleet", "--coordinator", &both]);
+    assert!(listed.success, "{listed}");
 
     fleet.checkpoint("v1").await;
     let run = fleet.start_run(&four_stage_plan(""), "v1").await;
@@ -83,6 +95,9 @@ async fn a_killed_leaders_run_is_completed_by_the_standby_with_no_step_applied_t
     };
     assert_eq!(report.status, "succeeded", "{report:?}");
     assert_ran_once_in_stage_order(&fleet);
+    // The same CLI setting reaches b now that a is gone.
+    let status = fleet.rewind("viewer", &["status", &run, "--coordinator", &both]);
+    assert_eq!(status.code, Some(0), "{status}");
     let agents = client
         .fleet(FleetRequest {})
         .await
@@ -137,6 +152,46 @@ async fn a_leader_paused_past_its_lease_cannot_write_and_steps_down() {
     fleet.checkpoint("v1").await;
     let run = fleet.start_run(&four_stage_plan(""), "v1").await;
     assert_eq!(fleet.finish(&run).await.status, "succeeded");
+    assert_ran_once_in_stage_order(&fleet);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_cut_off_from_its_journal_steps_down_and_the_standby_completes_its_run() {
+    let pg = PgServer::start();
+    let proxy = Proxy::start(pg.socket()).await;
+    let through_proxy = format!("postgres://rewind@127.0.0.1:{}/rewind", proxy.port);
+    let (mut fleet, b) = two_coordinators_on(&pg, &through_proxy).await;
+    fleet.checkpoint("v1").await;
+    let run = fleet.start_run(&four_stage_plan(""), "v1").await;
+    fleet
+        .events_until(&run, |e| e.kind == "step-sent" && e.stage == "core")
+        .await;
+    proxy.cut();
+    let cut = Instant::now();
+    // a cannot renew its lease: it steps down, and b takes over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = fleet.fleet.coordinator_exited() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "a never stepped down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "{status}");
+    let log = std::fs::read_to_string(fleet.fleet.dir.join("coordinator.log")).unwrap();
+    assert!(
+        log.contains("coordinator a stepped down: the lease could not be renewed"),
+        "{log}"
+    );
+    b.wait_log("coordinator b leads (term 2)", Duration::from_secs(30))
+        .await;
+    eprintln!(
+        "cut off: a stepped down and b led {:?} after the cut",
+        cut.elapsed()
+    );
+    fleet.fleet.address = Some(b.url.trim_start_matches("https://").to_string());
+    let report = fleet.finish(&run).await;
+    assert_eq!(report.status, "succeeded", "{report:?}");
     assert_ran_once_in_stage_order(&fleet);
 }
 
