@@ -161,15 +161,22 @@ viewer = "viewer"
             .spawn()
             .map_err(io(format!("starting {}", self.rewind_bin.display())))?;
         self.coordinator = Some(child);
-        // Ready when it says where it listens.
+        // Ready when it says where it listens, and that it leads (it has
+        // resumed its runs and serves agents and operators).
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             let fresh = text.get(start_len as usize..).unwrap_or_default();
+            let leads = fresh.lines().any(|l| {
+                l.starts_with("coordinator ")
+                    && l.contains(" leads (term ")
+                    && !l.contains("stands by")
+            });
             if let Some(address) = fresh
                 .lines()
                 .find_map(|l| l.strip_prefix("coordinator listening on "))
                 .and_then(|l| l.split(' ').next())
+                .filter(|_| leads)
             {
                 self.address = Some(address.to_string());
                 return Ok(address.to_string());
@@ -183,7 +190,7 @@ viewer = "viewer"
             }
             if Instant::now() > deadline {
                 return Err(FleetError::Setup(format!(
-                    "the coordinator did not start listening within 30s; its log:\n{fresh}"
+                    "the coordinator did not start leading within 30s; its log:\n{fresh}"
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));

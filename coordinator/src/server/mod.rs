@@ -166,7 +166,6 @@ pub async fn serve(
         _ = &mut shutdown => return Ok(()),
         term = leadership.campaign(&shared.store) => term?,
     };
-    eprintln!("coordinator {} leads (term {term})", leadership.name);
     crate::metrics::METRICS.leader_term.set(term);
     let resumed = runner::resume_all(shared.clone()).await?;
     if resumed > 0 {
@@ -179,6 +178,8 @@ pub async fn serve(
     tokio::spawn(crate::drill::scheduler::run(shared.clone(), config.clone()));
     crate::notify::deliver::spawn_all(shared.clone(), &config.notifications);
     leadership.ready();
+    // Agents and operators are served from here on.
+    eprintln!("coordinator {} leads (term {term})", leadership.name);
     let deposed = async {
         tokio::select! {
             why = leadership.hold(&shared.store) => why,

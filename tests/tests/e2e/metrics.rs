@@ -7,13 +7,7 @@ use rewind_tests::fleet::{TestFleet, host};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use rewind_tests::ha::free_port;
 
 /// GET /metrics, parsed.
 fn scrape(port: u16) -> prometheus_parse::Scrape {
