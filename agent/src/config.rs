@@ -1153,6 +1153,43 @@ http = ["127.0.0.1:8080", "api.example.com"]
     }
 
     #[test]
+    fn coordinators_and_metrics_are_read_with_their_errors() {
+        let link = |url: &str, metrics: &str| {
+            parse_str(&format!(
+                "[agent]\nname = \"web-1\"\nstate_dir = \"/var/lib/rewind\"\n{metrics}\n\n\
+                 [agent.coordinator]\nurl = {url}\nca = \"ca.pem\"\ncert = \"a.pem\"\nkey = \"a.key\"\n"
+            ))
+        };
+        let one = link("\"https://c1:7443\"", "").unwrap();
+        assert_eq!(one.coordinator.unwrap().urls, ["https://c1:7443"]);
+        assert_eq!(one.metrics, None);
+        let several = link(
+            "[\"https://c1:7443\", \"https://c2:7443\"]",
+            "metrics = \"9465\"",
+        )
+        .unwrap();
+        assert_eq!(
+            several.coordinator.unwrap().urls,
+            ["https://c1:7443", "https://c2:7443"]
+        );
+        assert_eq!(several.metrics, Some("127.0.0.1:9465".parse().unwrap()));
+        let err = link("[]", "").unwrap_err();
+        assert!(err.message.contains("lists no coordinator"), "{err}");
+        let err = link("[\"https://c1:7443\", \"http://c2:7443\"]", "").unwrap_err();
+        assert!(
+            err.message
+                .contains("`http://c2:7443` must be an https:// URL"),
+            "{err}"
+        );
+        let err = link("\"https://c1:7443\"", "metrics = \"everywhere\"").unwrap_err();
+        assert_eq!(err.line, Some(4), "{err}");
+        assert!(
+            err.message.contains("`everywhere` is not an address"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn defaults_apply() {
         let config = parse_str(&format!("{BASE}\n[targets.t]\nplugin = \"files\"\n")).unwrap();
         assert_eq!(config.targets["t"].memory_limit, DEFAULT_MEMORY_LIMIT);

@@ -481,6 +481,50 @@ mod tests {
     }
 
     #[test]
+    fn leadership_and_metrics_settings_are_read_with_their_lines() {
+        let (dir, path) = setup();
+        let config = |settings: &str| {
+            with_paths(
+                &format!(
+                    "[coordinator]\nlisten = \"127.0.0.1:0\"\ndatabase = \"sqlite://j.db\"\n{settings}\n\
+                     [coordinator.tls]\nca = \"/etc/rewind/certs/ca.pem\"\ncert = \"/etc/rewind/certs/coordinator-main.pem\"\n\
+                     key = \"/etc/rewind/certs/coordinator-main.key\"\n"
+                ),
+                dir.path(),
+            )
+        };
+        let load_text = |text: String| {
+            std::fs::write(&path, text).unwrap();
+            load(&path)
+        };
+        let defaults = load_text(config("")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(defaults.lease, DEFAULT_LEASE);
+        assert!(!defaults.name.is_empty());
+        assert_eq!(defaults.metrics, None);
+        let set = load_text(config(
+            "name = \"coord-2\"\nlease = \"4s\"\nmetrics = \"127.0.0.1:9464\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(set.name, "coord-2");
+        assert_eq!(set.lease, std::time::Duration::from_secs(4));
+        assert_eq!(set.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        let e = load_text(config("lease = \"200ms\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("coordinator.toml:4: lease must be at least 1s"),
+            "{e}"
+        );
+        let e = load_text(config("metrics = \"public\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("coordinator.toml:4: metrics: `public` is not an address"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn drill_and_notification_mistakes_name_their_line() {
         let (dir, path) = setup();
         let head = with_paths(
