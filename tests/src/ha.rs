@@ -8,29 +8,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A port for a server that starts later: outside the range the system
-/// hands out for outgoing connections (32768 and up), so that no client
-/// connection takes it in between.
-pub fn free_port() -> u16 {
-    loop {
-        let port = 20_000 + (rand_port() % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn rand_port() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.finish() as u32
-}
-
 /// Another coordinator of `fleet`: its configuration with `name` and `port`.
 pub struct OtherCoordinator {
     child: Option<Child>,

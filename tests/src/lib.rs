@@ -59,12 +59,23 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback TCP port.
+/// A free loopback TCP port, for a server that starts later: taken
+/// outside the range the system hands out for outgoing connections (32768
+/// and up), so that no client connection takes it in between.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        let port = 20_000 + (hasher.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// An agent configuration in a temporary directory, with a plugin host.

@@ -3,6 +3,7 @@
 //! chromedriver (WebDriver), from Debian's packages.
 
 use crate::fleet::TestFleet;
+use crate::free_port;
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -82,13 +83,6 @@ pub struct Browser {
     driver: Child,
     pub client: Client,
     _profile: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 fn on_path(program: &str) -> Option<PathBuf> {

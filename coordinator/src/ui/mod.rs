@@ -19,6 +19,7 @@ pub mod pages;
 
 use crate::cli::client::{Client, Connection, PREVIEW, QUICK, refused, request};
 use crate::cli::drill::fetch_report;
+use crate::runner::now_ms;
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -115,12 +116,6 @@ async fn call<T>(
             humantime::format_duration(limit)
         ))),
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn page(markup: Markup) -> Response {

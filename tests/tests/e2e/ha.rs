@@ -7,7 +7,8 @@ use rewind_coordinator::store::lease::Fence;
 use rewind_coordinator::store::{EventRecord, Store, StoreError};
 use rewind_proto::v1::{FleetRequest, RunRef};
 use rewind_tests::fleet::{Coordinators, TestFleet, eight_hosts, four_stage_plan};
-use rewind_tests::ha::{OtherCoordinator, Proxy, free_port, signal};
+use rewind_tests::free_port;
+use rewind_tests::ha::{OtherCoordinator, Proxy, signal};
 use rewind_tests::postgres::PgServer;
 use rewind_tests::scenarios::assert_ran_once_in_stage_order;
 use std::time::{Duration, Instant};
@@ -38,6 +39,21 @@ async fn two_coordinators_on(pg: &PgServer, a_journal: &str) -> (TestFleet, Othe
     )
     .await;
     (fleet, b)
+}
+
+/// Wait until the fleet's own coordinator (a) has exited, unsuccessfully;
+/// its log.
+async fn stepped_down(fleet: &mut TestFleet) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = fleet.fleet.coordinator_exited() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "a never stepped down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "{status}");
+    std::fs::read_to_string(fleet.fleet.dir.join("coordinator.log")).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -136,16 +152,7 @@ async fn a_leader_paused_past_its_lease_cannot_write_and_steps_down() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     signal(a, libc::SIGCONT);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = fleet.fleet.coordinator_exited() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "a never stepped down");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(!status.success(), "{status}");
-    let log = std::fs::read_to_string(fleet.fleet.dir.join("coordinator.log")).unwrap();
+    let log = stepped_down(&mut fleet).await;
     assert!(log.contains("coordinator a stepped down"), "{log}");
     // b still leads, at term 2, and serves a rollback.
     fleet.fleet.address = Some(b.url.trim_start_matches("https://").to_string());
@@ -169,16 +176,7 @@ async fn a_leader_cut_off_from_its_journal_steps_down_and_the_standby_completes_
     proxy.cut();
     let cut = Instant::now();
     // a cannot renew its lease: it steps down, and b takes over.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = fleet.fleet.coordinator_exited() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "a never stepped down");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(!status.success(), "{status}");
-    let log = std::fs::read_to_string(fleet.fleet.dir.join("coordinator.log")).unwrap();
+    let log = stepped_down(&mut fleet).await;
     assert!(
         log.contains("coordinator a stepped down: the lease could not be renewed"),
         "{log}"

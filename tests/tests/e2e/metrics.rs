@@ -7,7 +7,7 @@ use rewind_tests::fleet::{TestFleet, host};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use rewind_tests::ha::free_port;
+use rewind_tests::free_port;
 
 /// GET /metrics, parsed.
 fn scrape(port: u16) -> prometheus_parse::Scrape {
