@@ -64,12 +64,11 @@ pub async fn prepare(
         )));
     }
     let snapshots = shared.store.snapshots(release).await.map_err(internal)?;
+    let by_target = crate::runner::snapshot_index(&snapshots);
     for (stage, steps) in plan.stages.iter().zip(&resolved) {
         for step in steps {
             if stage.action != StepAction::Restart
-                && !snapshots
-                    .iter()
-                    .any(|s| s.agent == step.agent && s.target == step.target)
+                && !by_target.contains_key(&(step.agent.as_str(), step.target.as_str()))
             {
                 return Err(Status::failed_precondition(format!(
                     "{path}:{}: stage {}: release {release} has no snapshot of target {} on agent {}",
@@ -89,12 +88,12 @@ pub async fn preview(
     snapshots: &[SnapshotRecord],
 ) -> PreviewReply {
     let mut tasks = tokio::task::JoinSet::new();
+    let by_target = crate::runner::snapshot_index(snapshots);
     for (stage_index, (stage, steps)) in plan.stages.iter().zip(resolved).enumerate() {
         for (step_index, step) in steps.iter().enumerate() {
-            let snapshot = snapshots
-                .iter()
-                .find(|s| s.agent == step.agent && s.target == step.target)
-                .map(snapshot_of);
+            let snapshot = by_target
+                .get(&(step.agent.as_str(), step.target.as_str()))
+                .map(|s| snapshot_of(s));
             let fleet = shared.fleet.clone();
             let (agent, target, action) = (step.agent.clone(), step.target.clone(), stage.action);
             tasks.spawn(async move {

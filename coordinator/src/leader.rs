@@ -11,20 +11,35 @@ use std::time::{Duration, Instant};
 pub struct Leadership {
     /// This coordinator's name in the lease (unique among coordinators).
     pub name: String,
+    /// The URL operators and agents reach this coordinator at.
+    pub address: String,
     pub lease: Duration,
     ready: AtomicBool,
-    /// Who leads, as last read from the journal.
-    holder: Mutex<String>,
+    /// Who leads and where, as last read from the journal.
+    holder: Mutex<(String, String)>,
 }
 
+/// The gRPC metadata key a standby's refusal carries the leader's URL in.
+pub const LEADER_METADATA: &str = "rewind-leader";
+
 impl Leadership {
-    pub fn new(name: String, lease: Duration) -> Leadership {
+    pub fn new(name: String, address: String, lease: Duration) -> Leadership {
         Leadership {
             name,
+            address,
             lease,
             ready: AtomicBool::new(false),
-            holder: Mutex::new(String::new()),
+            holder: Mutex::new((String::new(), String::new())),
         }
+    }
+
+    /// Who leads and the URL it advertises, as last read from the journal
+    /// (empty when none is known yet).
+    pub fn leader(&self) -> (String, String) {
+        self.holder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether this coordinator leads and has resumed its runs, so that
@@ -36,20 +51,21 @@ impl Leadership {
     /// What agents and operators are told while this coordinator does not
     /// lead (agents then try the next coordinator they know).
     pub fn refusal(&self) -> tonic::Status {
-        let holder = self
-            .holder
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let leader = if holder.is_empty() || holder == self.name {
-            "no leader is known yet".to_string()
-        } else {
-            format!("the leader is coordinator {holder}")
+        let (holder, address) = self.leader();
+        let known = !holder.is_empty() && holder != self.name;
+        let leader = match (known, address.is_empty()) {
+            (false, _) => "no leader is known yet".to_string(),
+            (true, true) => format!("the leader is coordinator {holder}"),
+            (true, false) => format!("the leader is coordinator {holder} at {address}"),
         };
-        tonic::Status::unavailable(format!(
+        let mut status = tonic::Status::unavailable(format!(
             "coordinator {} is a standby ({leader}); try another coordinator",
             self.name
-        ))
+        ));
+        if known && let Ok(value) = address.parse() {
+            status.metadata_mut().insert(LEADER_METADATA, value);
+        }
+        status
     }
 
     /// Wait until this coordinator holds the lease; its term.
@@ -57,9 +73,13 @@ impl Leadership {
         store.stand_by();
         let mut announced = (String::new(), 0);
         loop {
-            match store.acquire_lease(&self.name, self.lease).await {
+            match store
+                .acquire_lease(&self.name, &self.address, self.lease)
+                .await
+            {
                 Ok(Some(term)) => {
-                    *self.holder.lock().unwrap_or_else(|e| e.into_inner()) = self.name.clone();
+                    *self.holder.lock().unwrap_or_else(|e| e.into_inner()) =
+                        (self.name.clone(), self.address.clone());
                     return Ok(term);
                 }
                 Ok(None) => {
@@ -71,7 +91,8 @@ impl Leadership {
                         );
                         announced = (held.holder.clone(), held.term);
                     }
-                    *self.holder.lock().unwrap_or_else(|e| e.into_inner()) = held.holder;
+                    *self.holder.lock().unwrap_or_else(|e| e.into_inner()) =
+                        (held.holder, held.address);
                 }
                 Err(e) => tracing::warn!("cannot reach the journal for the lease: {e}"),
             }

@@ -201,6 +201,17 @@ fn action_of(action: StepAction) -> Action {
     }
 }
 
+/// A release's snapshots by agent and target (a plan of thousands of
+/// steps looks each up once).
+pub fn snapshot_index(
+    snapshots: &[SnapshotRecord],
+) -> std::collections::HashMap<(&str, &str), &SnapshotRecord> {
+    snapshots
+        .iter()
+        .map(|s| ((s.agent.as_str(), s.target.as_str()), s))
+        .collect()
+}
+
 pub fn snapshot_of(record: &SnapshotRecord) -> Snapshot {
     Snapshot {
         data: record.data.clone(),
@@ -247,6 +258,7 @@ fn build(
 ) -> Result<(RunContext, RunState), String> {
     let kind = RunKind::parse(&run.kind).map_err(|e| e.to_string())?;
     let mut stages = stage_specs(plan, kind);
+    let by_target = snapshot_index(snapshots);
     let mut steps = Vec::new();
     let mut step_ids = Vec::new();
     let mut requests = Vec::new();
@@ -254,9 +266,9 @@ fn build(
         let stage = &plan.stages[stage_index];
         stages[stage_index].max_parallel = stage.max_parallel.of(stage_steps.len());
         for step in stage_steps {
-            let snapshot = snapshots
-                .iter()
-                .find(|s| s.agent == step.agent && s.target == step.target);
+            let snapshot = by_target
+                .get(&(step.agent.as_str(), step.target.as_str()))
+                .copied();
             if snapshot.is_none() && stage.action != StepAction::Restart {
                 return Err(format!(
                     "{}:{}: stage {}: release {} has no snapshot of target {} on agent {}",
@@ -310,9 +322,7 @@ fn build(
                    line: usize,
                    what: &str|
      -> Result<StepRequest, String> {
-        let snapshot = snapshots
-            .iter()
-            .find(|s| s.agent == agent && s.target == target);
+        let snapshot = by_target.get(&(agent, target)).copied();
         if snapshot.is_none() && action == StepAction::Verify {
             return Err(format!(
                 "{}:{line}: {what}: release {} has no snapshot of target {target} on agent {agent}, which its verify needs",

@@ -4,7 +4,7 @@
 use crate::binary;
 use crate::fleet::TestFleet;
 use rewind_coordinator::cli::client::{self, Client};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,10 +28,22 @@ impl OtherCoordinator {
         port: u16,
         database: Option<&str>,
     ) -> OtherCoordinator {
-        let dir = &fleet.fleet.dir;
+        OtherCoordinator::start_beside(&fleet.fleet.dir, from, name, port, database)
+    }
+
+    /// Another coordinator of the local fleet laid out in `dir`.
+    pub fn start_beside(
+        dir: &Path,
+        from: &str,
+        name: &str,
+        port: u16,
+        database: Option<&str>,
+    ) -> OtherCoordinator {
         let text = std::fs::read_to_string(dir.join("coordinator.toml")).unwrap();
+        // One metrics address cannot serve both: this one serves none.
         let text: Vec<String> = text
             .lines()
+            .filter(|line| !line.starts_with("metrics = "))
             .map(|line| {
                 if line.starts_with("listen = ") {
                     format!("listen = \"127.0.0.1:{port}\"")
@@ -61,6 +73,11 @@ impl OtherCoordinator {
             url: format!("https://127.0.0.1:{port}"),
             log,
         }
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log_text(&self) -> String {

@@ -179,9 +179,11 @@ pub fn main() -> ExitCode {
                 .await
                 .map(passed)
             }
-            Command::Watch { run } => cli::watch_run(&mut connection.connect().await?, &run)
-                .await
-                .map(passed),
+            Command::Watch { run } => {
+                cli::watch_run(&mut connection.connect_for_reading().await?, &run)
+                    .await
+                    .map(passed)
+            }
             Command::Status { run } => cli::status(&connection, run, output).await,
             Command::History { limit } => cli::history(&connection, limit, output).await.map(|_| 0),
             Command::Cancel { run } => cli::cancel(&connection, run).await.map(|_| 0),

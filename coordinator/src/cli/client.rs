@@ -73,8 +73,29 @@ pub struct Connection {
     pub connect_timeout: Duration,
 }
 
+/// What a command needs of the coordinator it reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// The leader: the command acts, or needs the connected agents.
+    Leader,
+    /// Any coordinator: a standby answers reads from the journal.
+    Any,
+}
+
 impl Connection {
+    /// The coordinator that leads: the first of those given that leads,
+    /// or the leader a standby among them names (its advertised URL).
     pub async fn connect(&self) -> anyhow::Result<Client> {
+        self.reach(Need::Leader).await
+    }
+
+    /// A coordinator to read from: the first of those given that answers,
+    /// leader or standby.
+    pub async fn connect_for_reading(&self) -> anyhow::Result<Client> {
+        self.reach(Need::Any).await
+    }
+
+    async fn reach(&self, need: Need) -> anyhow::Result<Client> {
         let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else {
             anyhow::bail!(
                 "connecting to the coordinator needs --ca, --cert and --key (or REWIND_CA, REWIND_CERT, REWIND_KEY): \
@@ -90,44 +111,89 @@ impl Connection {
             Some(path) => Some(Arc::new(CrlFile::open(path).map_err(anyhow::Error::msg)?)),
             None => None,
         };
-        let urls: Vec<&str> = self
+        let urls: Vec<String> = self
             .coordinator
             .split(',')
             .map(str::trim)
             .filter(|u| !u.is_empty())
+            .map(String::from)
             .collect();
-        if let [url] = urls[..] {
-            return connect_with(url, &files, crl, self.connect_timeout).await;
+        // One coordinator: its own errors say best what is wrong.
+        let mut first = None;
+        if let [url] = &urls[..] {
+            let client = connect_with(url, &files, crl.clone(), self.connect_timeout).await?;
+            if need == Need::Any {
+                return Ok(client);
+            }
+            first = Some(client);
         }
-        // Several coordinators: the first that leads (a standby says so).
         let mut tried = Vec::new();
-        for url in urls {
-            let mut client =
-                match connect_with(url, &files, crl.clone(), self.connect_timeout).await {
-                    Ok(client) => client,
-                    Err(e) => {
-                        tried.push(format!("{url}: {e:#}"));
-                        continue;
-                    }
-                };
+        let mut queue = urls.clone();
+        let mut next = 0;
+        while next < queue.len() {
+            let url = queue[next].clone();
+            next += 1;
+            let connected = match first.take() {
+                Some(client) => Ok(client),
+                None => connect_with(&url, &files, crl.clone(), self.connect_timeout).await,
+            };
+            let mut client = match connected {
+                Ok(client) => client,
+                Err(e) => {
+                    tried.push(format!("{url}: {e:#}"));
+                    continue;
+                }
+            };
             let probe = client.who_am_i(request(
                 rewind_proto::v1::WhoAmIRequest {},
                 self.connect_timeout,
             ));
-            match tokio::time::timeout(self.connect_timeout, probe).await {
+            // A standby names the leader: it is tried next (once).
+            let leader_url = match tokio::time::timeout(self.connect_timeout, probe).await {
+                Ok(Ok(reply)) => {
+                    let reply = reply.into_inner();
+                    if reply.leads || need == Need::Any {
+                        return Ok(client);
+                    }
+                    tried.push(format!(
+                        "{url}: coordinator {} is a standby ({})",
+                        reply.coordinator,
+                        if reply.leader.is_empty() {
+                            "no leader is known yet".to_string()
+                        } else {
+                            format!(
+                                "the leader is coordinator {} at {}",
+                                reply.leader, reply.leader_url
+                            )
+                        }
+                    ));
+                    reply.leader_url
+                }
                 Ok(Err(status))
                     if status.code() == tonic::Code::Unavailable
                         && status.message().contains("standby") =>
                 {
                     tried.push(format!("{url}: {}", status.message()));
+                    status
+                        .metadata()
+                        .get(crate::leader::LEADER_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string()
                 }
-                Err(_) => tried.push(format!("{url}: no answer")),
-                // It leads (a refusal of this operator is the command's to report).
-                Ok(_) => return Ok(client),
+                Err(_) => {
+                    tried.push(format!("{url}: no answer"));
+                    continue;
+                }
+                // It answered (a refusal of this operator is the command's to report).
+                Ok(Err(_)) => return Ok(client),
+            };
+            if !leader_url.is_empty() && !queue.contains(&leader_url) {
+                queue.push(leader_url);
             }
         }
         anyhow::bail!(
-            "no coordinator leads among those given:\n  {}",
+            "no coordinator leads among those given or named:\n  {}",
             tried.join("\n  ")
         )
     }

@@ -73,7 +73,11 @@ pub async fn command(
     output: Output,
     command: DrillCommand,
 ) -> anyhow::Result<bool> {
-    let mut client = connection.connect().await?;
+    // Reading a drill's history or report needs no leader.
+    let mut client = match command {
+        DrillCommand::Run { .. } => connection.connect().await?,
+        _ => connection.connect_for_reading().await?,
+    };
     match command {
         DrillCommand::List if output == Output::Json => {
             let reply = within(

@@ -141,7 +141,7 @@ pub async fn checkpoint(
 }
 
 pub async fn releases(connection: &Connection, output: json::Output) -> anyhow::Result<()> {
-    let mut client = connection.connect().await?;
+    let mut client = connection.connect_for_reading().await?;
     let reply = within(
         &connection.coordinator,
         QUICK,
@@ -328,7 +328,7 @@ pub async fn status(
     run_id: String,
     output: json::Output,
 ) -> anyhow::Result<u8> {
-    let mut client = connection.connect().await?;
+    let mut client = connection.connect_for_reading().await?;
     let report = within(
         &connection.coordinator,
         QUICK,
@@ -347,7 +347,7 @@ pub async fn history(
     limit: u32,
     output: json::Output,
 ) -> anyhow::Result<()> {
-    let mut client = connection.connect().await?;
+    let mut client = connection.connect_for_reading().await?;
     let reply = within(
         &connection.coordinator,
         QUICK,

@@ -59,6 +59,9 @@ pub struct CoordinatorConfig {
     /// How long the leader's lease lasts unrenewed (a standby takes over
     /// after it lapses).
     pub lease: std::time::Duration,
+    /// The URL operators and agents reach this coordinator at
+    /// (`[coordinator] advertise`; by default from `listen`, see `server`).
+    pub advertise: Option<String>,
     /// `sqlite://...` or `postgres://...`.
     pub database: String,
     pub tls: TlsFiles,
@@ -194,6 +197,8 @@ struct RawCoordinator {
     name: Option<String>,
     /// How long a leader's lease lasts unrenewed.
     lease: Option<Spanned<String>>,
+    /// The URL operators and agents reach this coordinator at.
+    advertise: Option<Spanned<String>>,
     database: String,
     tls: RawTls,
 }
@@ -290,6 +295,20 @@ pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
         }
         None => DEFAULT_LEASE,
     };
+    let advertise = match &raw.coordinator.advertise {
+        Some(text) => {
+            let url = text.get_ref().trim();
+            let host = url.strip_prefix("https://").unwrap_or_default();
+            if host.is_empty() || host.contains(['/', ' ']) {
+                return Err(source.error(
+                    text.span().start,
+                    format!("advertise must be an https:// URL with a host and port, such as https://coord-1.internal:7443, not {url:?}"),
+                ));
+            }
+            Some(url.to_string())
+        }
+        None => None,
+    };
     let name = raw.coordinator.name.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -307,6 +326,7 @@ pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
         metrics,
         name,
         lease,
+        advertise,
         database,
         tls,
         crl,
@@ -353,6 +373,7 @@ mod tests {
             metrics: None,
             name: "main".into(),
             lease: DEFAULT_LEASE,
+            advertise: None,
             database: String::new(),
             tls: TlsFiles {
                 ca: PathBuf::new(),
@@ -513,6 +534,20 @@ mod tests {
             .to_string();
         assert!(
             e.contains("coordinator.toml:4: lease must be at least 1s"),
+            "{e}"
+        );
+        assert_eq!(defaults.advertise, None);
+        let advertised = load_text(config("advertise = \"https://coord-2.internal:7443\""))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            advertised.advertise.as_deref(),
+            Some("https://coord-2.internal:7443")
+        );
+        let e = load_text(config("advertise = \"coord-2:7443\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("coordinator.toml:4: advertise must be an https:// URL"),
             "{e}"
         );
         let e = load_text(config("metrics = \"public\""))

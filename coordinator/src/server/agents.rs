@@ -31,8 +31,65 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a stream's certificate is checked against the clock and the CRL.
 const CERTIFICATE_CHECK: Duration = Duration::from_secs(2);
 
+/// How many agents' Hellos one journal transaction records at most.
+const REGISTER_BATCH: usize = 1024;
+
+type Registration = (
+    AgentRecord,
+    tokio::sync::oneshot::Sender<Result<(), String>>,
+);
+
+/// Agents' Hellos are recorded in the journal together: when thousands
+/// connect at once (a new leader, the network back), one transaction holds
+/// those that arrived while the previous one committed, rather than one
+/// transaction (and one fsync) each.
+#[derive(Clone)]
+pub struct Registrar {
+    queue: mpsc::Sender<Registration>,
+}
+
+impl Registrar {
+    pub fn start(shared: Arc<Shared>) -> Registrar {
+        let (queue, mut arrivals) = mpsc::channel::<Registration>(REGISTER_BATCH);
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(first) = arrivals.recv().await {
+                batch.push(first);
+                while batch.len() < REGISTER_BATCH {
+                    match arrivals.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let records: Vec<AgentRecord> = batch.iter().map(|(r, _)| r.clone()).collect();
+                let result = shared
+                    .store
+                    .upsert_agents(&records)
+                    .await
+                    .map_err(|e| e.to_string());
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(result.clone());
+                }
+            }
+        });
+        Registrar { queue }
+    }
+
+    /// Record an agent's Hello; done once the journal holds it.
+    async fn register(&self, record: AgentRecord) -> Result<(), String> {
+        let stopping = || "the coordinator is stopping".to_string();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queue
+            .send((record, reply))
+            .await
+            .map_err(|_| stopping())?;
+        answer.await.map_err(|_| stopping())?
+    }
+}
+
 pub struct AgentApi {
     pub shared: Arc<Shared>,
+    pub registrar: Registrar,
     pub authenticator: Arc<Authenticator>,
     pub config: Arc<CoordinatorConfig>,
     pub crl: Option<Arc<CrlFile>>,
@@ -102,9 +159,8 @@ impl AgentService for AgentApi {
             .collect();
         let labels: std::collections::BTreeMap<String, String> =
             hello.labels.clone().into_iter().collect();
-        self.shared
-            .store
-            .upsert_agent(&AgentRecord {
+        self.registrar
+            .register(AgentRecord {
                 name: name.clone(),
                 labels: labels.clone(),
                 targets: targets.clone(),

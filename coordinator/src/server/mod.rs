@@ -67,6 +67,19 @@ fn tls_error(path: &std::path::Path, error: impl std::fmt::Display) -> ServeErro
     })
 }
 
+/// The URL this coordinator is reached at unless `[coordinator] advertise`
+/// says: its listening address, or its name when it listens on every
+/// interface.
+fn default_address(name: &str, listener: &TcpListener) -> String {
+    match listener.local_addr() {
+        Ok(address) if address.ip().is_unspecified() => {
+            format!("https://{name}:{}", address.port())
+        }
+        Ok(address) => format!("https://{address}"),
+        Err(_) => String::new(),
+    }
+}
+
 /// Serve on an already-bound listener until `shutdown` completes, then
 /// drain. Runs left unfinished by a previous coordinator resume first.
 pub async fn serve(
@@ -94,7 +107,11 @@ pub async fn serve(
         }
         None => None,
     };
-    let leadership = Arc::new(Leadership::new(config.name.clone(), config.lease));
+    let address = match &config.advertise {
+        Some(url) => url.clone(),
+        None => default_address(&config.name, &listener),
+    };
+    let leadership = Arc::new(Leadership::new(config.name.clone(), address, config.lease));
     shared.store.stand_by();
     let ca = std::fs::read(&config.tls.ca).map_err(|e| tls_error(&config.tls.ca, e))?;
     let authenticator =
@@ -114,6 +131,7 @@ pub async fn serve(
     );
     let agents = agents::AgentApi {
         shared: shared.clone(),
+        registrar: agents::Registrar::start(shared.clone()),
         authenticator: authenticator.clone(),
         config: config.clone(),
         crl,
@@ -122,9 +140,11 @@ pub async fn serve(
         shared: shared.clone(),
         config: config.clone(),
         authenticator,
+        leadership: leadership.clone(),
     };
-    // Until this coordinator leads and has resumed its runs, agents and
-    // operators are told it stands by.
+    // Until this coordinator leads and has resumed its runs, agents are
+    // told it stands by (operators are answered what a standby can: see
+    // `operator`).
     let only_when_leading = |leadership: Arc<Leadership>| {
         move |request: tonic::Request<()>| {
             if leadership.is_ready() {
@@ -145,12 +165,11 @@ pub async fn serve(
                 .max_encoding_message_size(MAX_AGENT_MESSAGE),
             only_when_leading(leadership.clone()),
         ))
-        .add_service(InterceptedService::new(
+        .add_service(
             OperatorServiceServer::new(operators)
                 .max_decoding_message_size(MAX_OPERATOR_REQUEST)
                 .max_encoding_message_size(MAX_OPERATOR_REPLY),
-            only_when_leading(leadership.clone()),
-        ))
+        )
         .serve_with_incoming_shutdown(
             rewind_proto::accept::incoming(listener, acceptor, limits),
             async {

@@ -4,10 +4,15 @@
 //! makes agents act (checkpoints, previews, whose plugins read their
 //! targets, runs) needs operator; data-loss steps on a protected
 //! environment's agents, and retiring agents, need admin.
+//!
+//! A standby (a coordinator that does not lead, docs/ha.md) answers reads
+//! from the journal; what acts or depends on the connected agents is
+//! refused with the leader's name and URL, which the CLI follows.
 
 use crate::config::{CoordinatorConfig, Role};
 use crate::engine::RunKind;
 use crate::launch::{self, internal};
+use crate::leader::Leadership;
 use crate::runner::Shared;
 use crate::store::{RunRecord, SnapshotRecord};
 use rewind_proto::identity::{Authenticator, Kind};
@@ -24,6 +29,7 @@ pub struct OperatorApi {
     pub shared: Arc<Shared>,
     pub config: Arc<CoordinatorConfig>,
     pub authenticator: Arc<Authenticator>,
+    pub leadership: Arc<Leadership>,
 }
 
 fn snapshot_ref(s: SnapshotRecord) -> SnapshotRef {
@@ -66,6 +72,15 @@ impl OperatorApi {
             )));
         }
         Ok((identity.name, role))
+    }
+
+    /// Only the leader acts, and knows which agents are connected.
+    fn leading(&self) -> Result<(), Status> {
+        if self.leadership.is_ready() {
+            Ok(())
+        } else {
+            Err(self.leadership.refusal())
+        }
     }
 
     async fn report(&self, run: &RunRecord, with_steps: bool) -> Result<RunReport, Status> {
@@ -170,9 +185,22 @@ impl OperatorService for OperatorApi {
         request: Request<WhoAmIRequest>,
     ) -> Result<Response<WhoAmIReply>, Status> {
         let (operator, role) = self.authorize(&request, Role::Viewer, "asking who you are")?;
+        let leads = self.leadership.is_ready();
+        let (leader, leader_url) = if leads {
+            (
+                self.leadership.name.clone(),
+                self.leadership.address.clone(),
+            )
+        } else {
+            self.leadership.leader()
+        };
         Ok(Response::new(WhoAmIReply {
             operator,
             role: role.to_string(),
+            coordinator: self.leadership.name.clone(),
+            leads,
+            leader,
+            leader_url,
         }))
     }
 
@@ -181,6 +209,7 @@ impl OperatorService for OperatorApi {
         request: Request<CheckpointRequest>,
     ) -> Result<Response<CheckpointReply>, Status> {
         let (operator, _) = self.authorize(&request, Role::Operator, "checkpoint")?;
+        self.leading()?;
         let CheckpointRequest { release, env } = request.into_inner();
         let (record, snapshots) =
             launch::checkpoint(&self.shared, &release, &env, &operator, false).await?;
@@ -224,6 +253,7 @@ impl OperatorService for OperatorApi {
         // A preview runs every plugin's `plan`, which reads its target (and
         // may verify a backup): that is work on the hosts, not a read.
         self.authorize(&request, Role::Operator, "previewing a plan")?;
+        self.leading()?;
         let PlanRequest {
             plan_toml,
             plan_path,
@@ -238,6 +268,7 @@ impl OperatorService for OperatorApi {
 
     async fn start_run(&self, request: Request<RunRequest>) -> Result<Response<RunReply>, Status> {
         let (operator, role) = self.authorize(&request, Role::Operator, "starting a run")?;
+        self.leading()?;
         let RunRequest {
             plan_toml,
             plan_path,
@@ -289,6 +320,7 @@ impl OperatorService for OperatorApi {
         // Subscribe first, then read the journal, so nothing falls between.
         let mut live = self.shared.events.subscribe();
         let store = self.shared.store.clone();
+        let leadership = self.leadership.clone();
         let stream = async_stream(move |tx| async move {
             // Send the events after `last`; true when the run ended or the
             // watcher left.
@@ -330,8 +362,28 @@ impl OperatorService for OperatorApi {
                     return;
                 }
             }
+            // A standby has no live events: it reads the journal the
+            // leader writes, every FOLLOW_INTERVAL.
+            let mut follow = tokio::time::interval(FOLLOW_INTERVAL);
             loop {
-                match live.recv().await {
+                let received = tokio::select! {
+                    received = live.recv() => received,
+                    _ = follow.tick(), if !leadership.is_ready() => {
+                        match store.events_after(&run_id, last).await {
+                            Ok(events) => {
+                                if send_all(&tx, events, &mut last).await {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(internal(e))).await;
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                };
+                match received {
                     Ok(e) if e.run_id != run_id => {}
                     Ok(e) if e.seq == 0 => {
                         // Progress is best effort: a watcher that is behind skips it.
@@ -366,6 +418,7 @@ impl OperatorService for OperatorApi {
 
     async fn cancel(&self, request: Request<RunRef>) -> Result<Response<RunReply>, Status> {
         self.authorize(&request, Role::Operator, "cancelling a run")?;
+        self.leading()?;
         let run_id = request.into_inner().run_id;
         let run = self.existing_run(&run_id).await?;
         if !self
@@ -387,6 +440,7 @@ impl OperatorService for OperatorApi {
 
     async fn approve(&self, request: Request<RunRef>) -> Result<Response<RunReply>, Status> {
         self.authorize(&request, Role::Operator, "approving a run")?;
+        self.leading()?;
         let run_id = request.into_inner().run_id;
         let run = self.existing_run(&run_id).await?;
         if run.status != "paused"
@@ -431,6 +485,7 @@ impl OperatorService for OperatorApi {
 
     async fn fleet(&self, request: Request<FleetRequest>) -> Result<Response<FleetReply>, Status> {
         self.authorize(&request, Role::Viewer, "listing the fleet")?;
+        self.leading()?;
         let agents = self
             .shared
             .store
@@ -465,6 +520,7 @@ impl OperatorService for OperatorApi {
 
     async fn remove_agent(&self, request: Request<AgentRef>) -> Result<Response<AgentRef>, Status> {
         let (operator, _) = self.authorize(&request, Role::Admin, "retiring an agent")?;
+        self.leading()?;
         let AgentRef { agent } = request.into_inner();
         if self.shared.fleet.is_connected(&agent) {
             return Err(Status::failed_precondition(format!(
@@ -502,6 +558,7 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<DrillRunReply>, Status> {
         // A drill really rolls its environment back and forward.
         let (operator, _) = self.authorize(&request, Role::Operator, "running a drill")?;
+        self.leading()?;
         Ok(Response::new(
             super::drills::start(&self.shared, &self.config, &operator, request.into_inner())
                 .await?,
@@ -543,6 +600,8 @@ impl OperatorService for OperatorApi {
 /// Events queued for one watcher; a watcher that does not read slows its
 /// own feed (which re-reads the journal when it falls behind) and nothing else.
 const WATCH_QUEUE: usize = 1024;
+/// How often a standby reads the journal for a watched run's new events.
+const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A stream fed by a task through a bounded channel.
 fn async_stream<F, Fut>(body: F) -> EventStream

@@ -73,6 +73,8 @@ impl FenceCell {
 pub struct LeaseHolder {
     pub holder: String,
     pub term: i64,
+    /// The URL it advertises to operators and agents.
+    pub address: String,
     /// How long until it expires (negative: expired).
     pub remaining_ms: i64,
 }
@@ -110,7 +112,7 @@ impl Store {
 
     pub async fn lease_holder(&self) -> Result<LeaseHolder, StoreError> {
         let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT holder, term, expires_ms - {} AS remaining FROM leader WHERE id = 1",
+            "SELECT holder, term, address, expires_ms - {} AS remaining FROM leader WHERE id = 1",
             self.now_sql()
         )))
         .fetch_one(&self.pool)
@@ -118,24 +120,28 @@ impl Store {
         Ok(LeaseHolder {
             holder: row.try_get("holder")?,
             term: row.try_get("term")?,
+            address: row.try_get("address")?,
             remaining_ms: row.try_get("remaining")?,
         })
     }
 
-    /// Take the lease for `holder` if it is free (expired, never held, or
-    /// held by `holder` itself): its new term, or None.
+    /// Take the lease for `holder`, reachable at `address`, if it is free
+    /// (expired, never held, or held by `holder` itself): its new term, or
+    /// None.
     pub async fn acquire_lease(
         &self,
         holder: &str,
+        address: &str,
         lease: Duration,
     ) -> Result<Option<i64>, StoreError> {
         let now = self.now_sql();
         let row = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE leader SET holder = $1, term = term + 1, expires_ms = {now} + $2 \
+            "UPDATE leader SET holder = $1, term = term + 1, expires_ms = {now} + $2, address = $3 \
              WHERE id = 1 AND (holder = $1 OR holder = '' OR expires_ms < {now}) RETURNING term"
         )))
         .bind(holder)
         .bind(lease.as_millis() as i64)
+        .bind(address)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {

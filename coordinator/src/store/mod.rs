@@ -16,7 +16,7 @@ pub use outbox::OutboxRecord;
 use crate::engine::{HookStatus, Note, RunState, StepStatus};
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyPool, AssertSqlSafe, Row};
 use std::collections::BTreeMap;
 
 #[derive(Debug, thiserror::Error)]
@@ -242,24 +242,31 @@ impl Store {
     }
 
     pub async fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
-        let labels =
-            serde_json::to_string(&agent.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let targets = serde_json::to_string(&agent.targets)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.upsert_agents(std::slice::from_ref(agent)).await
+    }
+
+    /// Record agents as they said Hello, in one transaction.
+    pub async fn upsert_agents(&self, agents: &[AgentRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM agents WHERE name = $1")
+        for agent in agents {
+            let labels = serde_json::to_string(&agent.labels)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let targets = serde_json::to_string(&agent.targets)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query("DELETE FROM agents WHERE name = $1")
+                .bind(&agent.name)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO agents (name, labels, targets, last_seen_ms) VALUES ($1, $2, $3, $4)",
+            )
             .bind(&agent.name)
+            .bind(labels)
+            .bind(targets)
+            .bind(agent.last_seen_ms as i64)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO agents (name, labels, targets, last_seen_ms) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&agent.name)
-        .bind(labels)
-        .bind(targets)
-        .bind(agent.last_seen_ms as i64)
-        .execute(&mut *tx)
-        .await?;
+        }
         self.commit(tx).await?;
         Ok(())
     }
@@ -461,6 +468,9 @@ impl Store {
         let mut steps = std::mem::take(&mut state.dirty_steps);
         steps.sort_unstable();
         steps.dedup();
+        // Steps that changed alike (dispatched together, or finished with
+        // the same summary) are updated by one statement.
+        let mut alike: BTreeMap<StepRow, Vec<i64>> = BTreeMap::new();
         for idx in steps {
             let status = &state.step_status[idx];
             let (summary, changed, kind, message) = match status {
@@ -479,26 +489,47 @@ impl Store {
             };
             let started = matches!(status, StepStatus::Sent { .. });
             let finished = matches!(status, StepStatus::Succeeded(_) | StepStatus::Failed(_));
-            sqlx::query(
-                "UPDATE steps SET status = $1, attempt = $2, summary = $3, error_kind = $4, error_message = $5, \
-                 started_ms = CASE WHEN $6 = 1 THEN $7 ELSE started_ms END, \
-                 finished_ms = CASE WHEN $8 = 1 THEN $7 ELSE finished_ms END, changed = $11, details = $12 \
-                 WHERE run_id = $9 AND idx = $10",
-            )
-            .bind(status.as_str())
-            .bind(state.attempts[idx] as i64)
-            .bind(summary)
-            .bind(kind)
-            .bind(message)
-            .bind(started as i64)
-            .bind(now_ms as i64)
-            .bind(finished as i64)
-            .bind(run_id)
-            .bind(idx as i64)
-            .bind(changed as i64)
-            .bind(details)
-            .execute(&mut *tx)
-            .await?;
+            let row = StepRow {
+                status: status.as_str(),
+                attempt: state.attempts[idx] as i64,
+                summary: summary.to_string(),
+                kind: kind.to_string(),
+                message: message.to_string(),
+                started,
+                finished,
+                changed,
+                details,
+            };
+            alike.entry(row).or_default().push(idx as i64);
+        }
+        for (row, indexes) in alike {
+            for chunk in indexes.chunks(ROWS_PER_STATEMENT) {
+                let places: Vec<String> =
+                    (0..chunk.len()).map(|i| format!("${}", i + 12)).collect();
+                let sql = format!(
+                    "UPDATE steps SET status = $1, attempt = $2, summary = $3, error_kind = $4, error_message = $5, \
+                     started_ms = CASE WHEN $6 = 1 THEN $7 ELSE started_ms END, \
+                     finished_ms = CASE WHEN $8 = 1 THEN $7 ELSE finished_ms END, changed = $9, details = $10 \
+                     WHERE run_id = $11 AND idx IN ({})",
+                    places.join(", ")
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql))
+                    .bind(row.status)
+                    .bind(row.attempt)
+                    .bind(&row.summary)
+                    .bind(&row.kind)
+                    .bind(&row.message)
+                    .bind(row.started as i64)
+                    .bind(now_ms as i64)
+                    .bind(row.finished as i64)
+                    .bind(row.changed as i64)
+                    .bind(&row.details)
+                    .bind(run_id);
+                for idx in chunk {
+                    query = query.bind(*idx);
+                }
+                query.execute(&mut *tx).await?;
+            }
         }
         let mut hooks = std::mem::take(&mut state.dirty_hooks);
         hooks.sort_unstable();
@@ -771,33 +802,64 @@ async fn journal(
     events: &[EventRecord],
     notifications: &[OutboxRecord],
 ) -> Result<(), StoreError> {
-    for event in events {
-        insert_event(tx, event).await?;
+    // Many rows per statement: a batch of a large run holds thousands.
+    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p = i * 9;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7,
+                    p + 8,
+                    p + 9
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO events (run_id, seq, unix_ms, kind, stage, agent, target, step_id, message) VALUES {}",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for event in chunk {
+            query = query
+                .bind(&event.run_id)
+                .bind(event.seq as i64)
+                .bind(event.unix_ms as i64)
+                .bind(&event.kind)
+                .bind(&event.stage)
+                .bind(&event.agent)
+                .bind(&event.target)
+                .bind(&event.step_id)
+                .bind(&event.message);
+        }
+        query.execute(&mut **tx).await?;
     }
     outbox::insert(tx, notifications).await
 }
 
-async fn insert_event(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    event: &EventRecord,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO events (run_id, seq, unix_ms, kind, stage, agent, target, step_id, message) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(&event.run_id)
-    .bind(event.seq as i64)
-    .bind(event.unix_ms as i64)
-    .bind(&event.kind)
-    .bind(&event.stage)
-    .bind(&event.agent)
-    .bind(&event.target)
-    .bind(&event.step_id)
-    .bind(&event.message)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+/// The columns a step's update sets (beside the time).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct StepRow {
+    status: &'static str,
+    attempt: i64,
+    summary: String,
+    kind: String,
+    message: String,
+    started: bool,
+    finished: bool,
+    changed: bool,
+    details: String,
 }
+
+/// Rows (or step indexes) one statement carries at most: within SQLite's
+/// and PostgreSQL's limits on bound parameters.
+const ROWS_PER_STATEMENT: usize = 500;
 
 /// Turn an engine note into a journal event.
 pub fn event_of(

@@ -1,7 +1,8 @@
 //! Two coordinators on one PostgreSQL journal: one leads, the other stands
 //! by; a dead leader is replaced and its run completed by the other, with
 //! no step applied twice (checked on the plugins' own records); a paused
-//! leader cannot write once the other took over, and steps down.
+//! leader cannot write once the other took over, and steps down; operators
+//! given only a standby read from it and are sent to the leader to act.
 
 use rewind_coordinator::store::lease::Fence;
 use rewind_coordinator::store::{EventRecord, Store, StoreError};
@@ -16,19 +17,23 @@ use std::time::{Duration, Instant};
 const LEASE: Duration = Duration::from_secs(2);
 
 async fn two_coordinators(pg: &PgServer) -> (TestFleet, OtherCoordinator) {
-    two_coordinators_on(pg, &pg.url()).await
+    two_coordinators_on(pg, &pg.url(), LEASE).await
 }
 
 /// Coordinator a on its journal at `a_journal` (the same database, perhaps
-/// through a proxy), b on `pg` directly.
-async fn two_coordinators_on(pg: &PgServer, a_journal: &str) -> (TestFleet, OtherCoordinator) {
+/// through a proxy), b on `pg` directly; both with `lease`.
+async fn two_coordinators_on(
+    pg: &PgServer,
+    a_journal: &str,
+    lease: Duration,
+) -> (TestFleet, OtherCoordinator) {
     let port = free_port();
     let mut hosts = eight_hosts();
     for h in hosts.iter_mut().filter(|h| h.tier == "core") {
         h.settings = "delay_ms = 1500".into();
     }
     let coordinators = Coordinators {
-        settings: "name = \"a\"\nlease = \"2s\"".into(),
+        settings: format!("name = \"a\"\nlease = \"{}s\"", lease.as_secs()),
         others: vec![format!("https://127.0.0.1:{port}")],
     };
     let fleet = TestFleet::start_with(hosts, Some(a_journal), &coordinators).await;
@@ -61,15 +66,10 @@ async fn a_killed_leaders_run_is_completed_by_the_standby_with_no_step_applied_t
     let pg = PgServer::start();
     let (mut fleet, b) = two_coordinators(&pg).await;
 
-    // The standby answers operators by saying who leads.
+    // The standby names the leader, where the CLI then lists the fleet.
     let asked = fleet.rewind("viewer", &["fleet", "--coordinator", &b.url]);
-    assert!(!asked.success, "{asked}");
-    assert!(
-        asked
-            .stderr
-            .contains("coordinator b is a standby (the leader is coordinator a)"),
-        "{asked}"
-    );
+    assert!(asked.success, "{asked}");
+    assert!(asked.stdout.contains("api-3"), "{asked}");
 
     // Given both, the CLI finds the leader.
     let a_url = fleet.fleet.url().unwrap();
@@ -167,7 +167,7 @@ async fn a_leader_cut_off_from_its_journal_steps_down_and_the_standby_completes_
     let pg = PgServer::start();
     let proxy = Proxy::start(pg.socket()).await;
     let through_proxy = format!("postgres://rewind@127.0.0.1:{}/rewind", proxy.port);
-    let (mut fleet, b) = two_coordinators_on(&pg, &through_proxy).await;
+    let (mut fleet, b) = two_coordinators_on(&pg, &through_proxy, LEASE).await;
     fleet.checkpoint("v1").await;
     let run = fleet.start_run(&four_stage_plan(""), "v1").await;
     fleet
@@ -203,9 +203,12 @@ async fn the_journal_refuses_every_write_of_a_deposed_leader() {
     let lease = Duration::from_secs(1);
     a.stand_by();
     b.stand_by();
-    assert_eq!(a.acquire_lease("a", lease).await.unwrap(), Some(1));
     assert_eq!(
-        b.acquire_lease("b", lease).await.unwrap(),
+        a.acquire_lease("a", "https://a:7443", lease).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        b.acquire_lease("b", "https://b:7443", lease).await.unwrap(),
         None,
         "a holds it"
     );
@@ -228,7 +231,10 @@ async fn the_journal_refuses_every_write_of_a_deposed_leader() {
     ));
     // a's lease lapses (a paused leader); b takes over with term 2.
     tokio::time::sleep(lease + Duration::from_millis(300)).await;
-    assert_eq!(b.acquire_lease("b", lease).await.unwrap(), Some(2));
+    assert_eq!(
+        b.acquire_lease("b", "https://b:7443", lease).await.unwrap(),
+        Some(2)
+    );
     let refused = a.append_events(&[event(3)]).await;
     assert!(
         matches!(&refused, Err(StoreError::Fenced(m)) if m.contains("term 1 is over")),
@@ -245,4 +251,97 @@ async fn the_journal_refuses_every_write_of_a_deposed_leader() {
         .map(|e| e.seq)
         .collect();
     assert_eq!(seqs, [1, 4], "only the leaders' writes landed");
+}
+
+/// Operators given only a standby's URL: it sends them to the leader (the
+/// URL the leader advertises) to act, follows a run live from the journal,
+/// and answers reads itself, even while the leader is frozen.
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_commands_work_through_a_standby() {
+    let pg = PgServer::start();
+    // A lease long enough that b stays a standby while a is frozen below.
+    let (fleet, b) = two_coordinators_on(&pg, &pg.url(), Duration::from_secs(60)).await;
+    let via_b = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--coordinator", b.url.as_str(), "--connect-timeout", "2s"]);
+        all.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run_via_b = |operator: &str, args: &[&str]| {
+        let args = via_b(args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fleet.rewind(operator, &args)
+    };
+
+    // Acting through b: the checkpoint and the rollback reach a.
+    let checkpoint = run_via_b("ops", &["checkpoint", "v1"]);
+    assert!(checkpoint.success, "{checkpoint}");
+    let mut a = fleet.client("viewer").await;
+    let rollback = std::thread::scope(|scope| {
+        let rollback = scope.spawn(|| {
+            let args = via_b(&[]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            fleet.rollback_cli(&four_stage_plan(""), "v1", &args)
+        });
+        // The run, as a lists it, watched live through b.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let run = loop {
+            let runs = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current()
+                    .block_on(a.history(rewind_proto::v1::HistoryRequest { limit: 1 }))
+            })
+            .unwrap()
+            .into_inner()
+            .runs;
+            if let Some(run) = runs.first() {
+                break run.run_id.clone();
+            }
+            assert!(Instant::now() < deadline, "no run started through b");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let watched = run_via_b("viewer", &["watch", &run]);
+        assert!(watched.success, "{watched}");
+        assert!(watched.stdout.contains("succeeded"), "{watched}");
+        assert!(
+            watched.stdout.contains("gw-1"),
+            "the watch showed the steps: {watched}"
+        );
+        (rollback.join().unwrap(), run)
+    });
+    let (rollback, run) = rollback;
+    assert!(rollback.success, "{rollback}");
+    assert_eq!(TestFleet::run_id_of(&rollback), run);
+    assert_ran_once_in_stage_order(&fleet);
+    assert!(
+        !b.log_text().contains("leads (term"),
+        "b never led:\n{}",
+        b.log_text()
+    );
+
+    // a frozen: b answers reads from the journal by itself.
+    let a_pid = fleet.fleet.coordinator_pid().unwrap();
+    signal(a_pid, libc::SIGSTOP);
+    let status = run_via_b("viewer", &["status", &run]);
+    let history = run_via_b("viewer", &["history"]);
+    let releases = run_via_b("viewer", &["releases"]);
+    let fleet_list = run_via_b("viewer", &["fleet"]);
+    signal(a_pid, libc::SIGCONT);
+    assert_eq!(status.code, Some(0), "{status}");
+    assert!(status.stdout.contains("succeeded"), "{status}");
+    assert!(
+        history.success && history.stdout.contains(&run),
+        "{history}"
+    );
+    assert!(
+        releases.success && releases.stdout.contains("v1"),
+        "{releases}"
+    );
+    // Which agents are connected only the leader knows: the CLI says where
+    // it looked.
+    assert!(!fleet_list.success, "{fleet_list}");
+    assert!(
+        fleet_list.stderr.contains(
+            "coordinator b is a standby (the leader is coordinator a at https://127.0.0.1:"
+        ),
+        "{fleet_list}"
+    );
 }
