@@ -69,6 +69,11 @@ pub struct Agent {
     /// One per coordinator URL; `current` is the one tried now.
     dialers: Vec<Dialer>,
     current: std::sync::atomic::AtomicUsize,
+    /// The coordinators' URLs, as configured (`dialers` in the same order).
+    urls: Vec<String>,
+    /// The coordinator a standby named as the leader (an index into
+    /// `urls`, or usize::MAX): tried next, if it is one of ours.
+    hinted: std::sync::atomic::AtomicUsize,
     host: Arc<PluginHost>,
     plugins: BTreeMap<String, Arc<LoadedPlugin>>,
     ledger: Ledger,
@@ -130,6 +135,8 @@ impl Agent {
             config,
             dialers,
             current: std::sync::atomic::AtomicUsize::new(0),
+            urls: link.urls.clone(),
+            hinted: std::sync::atomic::AtomicUsize::new(usize::MAX),
             host,
             plugins,
             ledger,
@@ -269,9 +276,20 @@ impl Agent {
                     }
                 }
             }
-            // The next coordinator, if there are several (one of them leads).
-            self.current
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // The leader a standby named, if it is one of ours; else the
+            // next coordinator, if there are several (one of them leads).
+            match self
+                .hinted
+                .swap(usize::MAX, std::sync::atomic::Ordering::Relaxed)
+            {
+                usize::MAX => {
+                    self.current
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                leader => self
+                    .current
+                    .store(leader, std::sync::atomic::Ordering::Relaxed),
+            }
             // Jittered, so that a fleet reconnecting to a new leader does
             // not arrive all at once.
             let pause = backoff.mul_f64(
@@ -284,6 +302,27 @@ impl Agent {
                 _ = tokio::time::sleep(pause) => {}
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// A standby's refusal names the leader's URL: try it next if it is one
+    /// of the configured coordinators (no other address is ever dialed).
+    fn note_leader(&self, status: &tonic::Status) {
+        let Some(url) = status
+            .metadata()
+            .get("rewind-leader")
+            .and_then(|v| v.to_str().ok())
+        else {
+            return;
+        };
+        let url = url.trim_end_matches('/');
+        if let Some(index) = self
+            .urls
+            .iter()
+            .position(|u| u.trim_end_matches('/') == url)
+        {
+            self.hinted
+                .store(index, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -301,11 +340,13 @@ impl Agent {
         let mut client = AgentServiceClient::new(channel)
             .max_decoding_message_size(limits::MAX_MESSAGE)
             .max_encoding_message_size(limits::MAX_MESSAGE);
-        let mut inbound = client
-            .session(ReceiverStream::new(rx))
-            .await
-            .map_err(|s| status_text(&s))?
-            .into_inner();
+        let mut inbound = match client.session(ReceiverStream::new(rx)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                self.note_leader(&status);
+                return Err(status_text(&status));
+            }
+        };
         *backoff = Duration::from_millis(100);
         crate::metrics::METRICS.connected.set(1);
         *self.outbound.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
@@ -505,6 +546,25 @@ impl Agent {
     }
 
     async fn run_step(self: Arc<Self>, step: &StepRequest, cancel: Arc<Notify>) -> StepResult {
+        // A plan (a preview) or a verify only reads its target: running it
+        // twice is harmless, and the ledger does not record it.
+        let reads_only = matches!(
+            rewind_proto::v1::Action::try_from(step.action),
+            Ok(rewind_proto::v1::Action::Plan | rewind_proto::v1::Action::Verify)
+        );
+        if reads_only {
+            let _turn = tokio::select! {
+                turn = self.turn(&step.target) => turn,
+                _ = cancel.notified() => return self.error_result(
+                    step,
+                    "cancelled",
+                    "cancelled by the coordinator before it started; nothing was done".into(),
+                ),
+            };
+            let progress = self.progress_sink(step);
+            let _slot = self.slots.acquire().await;
+            return self.execute(step, Some(progress)).await;
+        }
         // What the ledger knows, before waiting for the target.
         let known = {
             let request = step.clone();

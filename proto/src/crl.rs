@@ -105,15 +105,24 @@ impl CrlFile {
 
     /// Whether the certificate (DER) is revoked by the current lists.
     pub fn revokes(&self, certificate: &[u8]) -> bool {
+        serial_of(certificate).is_some_and(|serial| self.revokes_serial(&serial))
+    }
+
+    /// Whether the current lists revoke the certificate with this serial
+    /// number (`serial_of`): for a connection's periodic check, which then
+    /// need not parse its certificate each time.
+    pub fn revokes_serial(&self, serial: &[u8]) -> bool {
         self.current();
-        let Ok((_, cert)) = x509_parser::parse_x509_certificate(certificate) else {
-            return false;
-        };
-        let serial = cert.tbs_certificate.serial.to_bytes_be();
         self.loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .serials
-            .contains(&serial)
+            .contains(serial)
     }
+}
+
+/// A certificate's (DER) serial number, as the lists hold it.
+pub fn serial_of(certificate: &[u8]) -> Option<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    Some(cert.tbs_certificate.serial.to_bytes_be())
 }

@@ -123,6 +123,7 @@ impl AgentService for AgentApi {
             .and_then(|certs| certs.first().map(|c| c.to_vec()))
             .unwrap_or_default();
         let expires = not_after(&leaf);
+        let serial = rewind_proto::crl::serial_of(&leaf);
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(AgentMessage {
@@ -220,7 +221,9 @@ impl AgentService for AgentApi {
                         let now = (now_ms() / 1000) as i64;
                         let why = if expires.is_some_and(|t| now >= t) {
                             Some("its certificate expired")
-                        } else if crl.as_ref().is_some_and(|c| c.revokes(&leaf)) {
+                        } else if let (Some(crl), Some(serial)) = (&crl, &serial)
+                            && crl.revokes_serial(serial)
+                        {
                             Some("its certificate was revoked")
                         } else {
                             None

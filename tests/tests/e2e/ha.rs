@@ -312,7 +312,7 @@ async fn operators_commands_work_through_a_standby() {
     assert_eq!(TestFleet::run_id_of(&rollback), run);
     assert_ran_once_in_stage_order(&fleet);
     assert!(
-        !b.log_text().contains("leads (term"),
+        !b.log_text().contains("coordinator b leads"),
         "b never led:\n{}",
         b.log_text()
     );
