@@ -103,11 +103,6 @@ impl CrlFile {
         (loaded.crls.clone(), loaded.generation)
     }
 
-    /// Whether the certificate (DER) is revoked by the current lists.
-    pub fn revokes(&self, certificate: &[u8]) -> bool {
-        serial_of(certificate).is_some_and(|serial| self.revokes_serial(&serial))
-    }
-
     /// Whether the current lists revoke the certificate with this serial
     /// number (`serial_of`): for a connection's periodic check, which then
     /// need not parse its certificate each time.

@@ -37,9 +37,9 @@ use rewind_coordinator::cli::client::{self, Client};
 use rewind_coordinator::localfleet::LocalFleet;
 use rewind_proto::identity::Kind;
 use rewind_proto::v1::{CheckpointRequest, FleetRequest, RunRef, RunRequest, WatchRequest};
-use rewind_tests::free_port;
 use rewind_tests::ha::OtherCoordinator;
 use rewind_tests::postgres::PgServer;
+use rewind_tests::{binary, free_port};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -86,20 +86,8 @@ fn options() -> Options {
     options
 }
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    rewind_tests::rss_kib(pid).expect("the coordinator's resident set size")
 }
 
 /// User plus system CPU seconds a process has used.
@@ -242,32 +230,15 @@ fn main() {
     let options = options();
     let count = options.agents;
     raise_descriptor_limit(count);
-    let status = std::process::Command::new(root().join("plugins/build"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let plugins = root().join("target/plugins");
-    let exe_dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let rewind = exe_dir.join("rewind-under-test");
-    assert!(
-        rewind.exists(),
-        "{} missing: cargo builds it with the benches",
-        rewind.display()
-    );
+    let plugins = rewind_tests::plugins_dir();
 
     let pg = options.failover.then(PgServer::start);
     let dir = tempfile::tempdir().unwrap();
     let mut fleet = LocalFleet::create(
         dir.path(),
-        &rewind,
-        &exe_dir.join("rewind-agent-under-test"),
-        &plugins,
+        &binary("rewind"),
+        &binary("rewind-agent"),
+        plugins,
     )
     .unwrap();
     let metrics = free_port();
@@ -291,7 +262,7 @@ fn main() {
         tempfile::tempdir_in("/dev/shm").unwrap()
     };
     let started = Instant::now();
-    let configs = agents(&fleet, count, &urls, &plugins, states.path());
+    let configs = agents(&fleet, count, &urls, plugins, states.path());
     println!(
         "{count} agents' certificates and configurations written in {:.1} s (not measured); their state in {}",
         started.elapsed().as_secs_f64(),

@@ -59,6 +59,15 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A process's resident set size in KiB (VmRSS), while it runs.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// A free loopback TCP port, for a server that starts later: taken
 /// outside the range the system hands out for outgoing connections (32768
 /// and up), so that no client connection takes it in between.

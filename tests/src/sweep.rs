@@ -360,12 +360,7 @@ pub struct FloodTally {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    crate::rss_kib(pid).unwrap_or(0)
 }
 
 /// The median time of `n` fleet calls by an operator, in ms.

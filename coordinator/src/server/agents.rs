@@ -61,13 +61,13 @@ impl Registrar {
                         Err(_) => break,
                     }
                 }
-                let records: Vec<AgentRecord> = batch.iter().map(|(r, _)| r.clone()).collect();
+                let (records, replies): (Vec<AgentRecord>, Vec<_>) = batch.drain(..).unzip();
                 let result = shared
                     .store
                     .upsert_agents(&records)
                     .await
                     .map_err(|e| e.to_string());
-                for (_, reply) in batch.drain(..) {
+                for reply in replies {
                     let _ = reply.send(result.clone());
                 }
             }

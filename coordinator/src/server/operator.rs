@@ -350,17 +350,25 @@ impl OperatorService for OperatorApi {
                 }
                 false
             }
-            let mut last = after_seq;
-            match store.events_after(&run_id, last).await {
-                Ok(events) => {
-                    if send_all(&tx, events, &mut last).await {
-                        return;
+            // Send the journal's events after `last`; true when the watch
+            // is over (as `send_all`, or the journal cannot be read).
+            async fn catch_up(
+                store: &crate::store::Store,
+                run_id: &str,
+                tx: &tokio::sync::mpsc::Sender<Result<RunEvent, Status>>,
+                last: &mut u64,
+            ) -> bool {
+                match store.events_after(run_id, *last).await {
+                    Ok(events) => send_all(tx, events, last).await,
+                    Err(e) => {
+                        let _ = tx.send(Err(internal(e))).await;
+                        true
                     }
                 }
-                Err(e) => {
-                    let _ = tx.send(Err(internal(e))).await;
-                    return;
-                }
+            }
+            let mut last = after_seq;
+            if catch_up(&store, &run_id, &tx, &mut last).await {
+                return;
             }
             // A standby has no live events: it reads the journal the
             // leader writes, every FOLLOW_INTERVAL.
@@ -369,16 +377,8 @@ impl OperatorService for OperatorApi {
                 let received = tokio::select! {
                     received = live.recv() => received,
                     _ = follow.tick(), if !leadership.is_ready() => {
-                        match store.events_after(&run_id, last).await {
-                            Ok(events) => {
-                                if send_all(&tx, events, &mut last).await {
-                                    return;
-                                }
-                            }
-                            Err(e) => {
-                                let _ = tx.send(Err(internal(e))).await;
-                                return;
-                            }
+                        if catch_up(&store, &run_id, &tx, &mut last).await {
+                            return;
                         }
                         continue;
                     }
@@ -397,16 +397,8 @@ impl OperatorService for OperatorApi {
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        match store.events_after(&run_id, last).await {
-                            Ok(events) => {
-                                if send_all(&tx, events, &mut last).await {
-                                    return;
-                                }
-                            }
-                            Err(e) => {
-                                let _ = tx.send(Err(internal(e))).await;
-                                return;
-                            }
+                        if catch_up(&store, &run_id, &tx, &mut last).await {
+                            return;
                         }
                     }
                     Err(_) => return,

@@ -241,10 +241,6 @@ impl Store {
         })
     }
 
-    pub async fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
-        self.upsert_agents(std::slice::from_ref(agent)).await
-    }
-
     /// Record agents as they said Hello, in one transaction.
     pub async fn upsert_agents(&self, agents: &[AgentRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -504,14 +500,12 @@ impl Store {
         }
         for (row, indexes) in alike {
             for chunk in indexes.chunks(ROWS_PER_STATEMENT) {
-                let places: Vec<String> =
-                    (0..chunk.len()).map(|i| format!("${}", i + 12)).collect();
                 let sql = format!(
                     "UPDATE steps SET status = $1, attempt = $2, summary = $3, error_kind = $4, error_message = $5, \
                      started_ms = CASE WHEN $6 = 1 THEN $7 ELSE started_ms END, \
                      finished_ms = CASE WHEN $8 = 1 THEN $7 ELSE finished_ms END, changed = $9, details = $10 \
                      WHERE run_id = $11 AND idx IN ({})",
-                    places.join(", ")
+                    placeholders(12, chunk.len())
                 );
                 let mut query = sqlx::query(AssertSqlSafe(sql))
                     .bind(row.status)
@@ -805,21 +799,7 @@ async fn journal(
     // Many rows per statement: a batch of a large run holds thousands.
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
         let rows: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let p = i * 9;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5,
-                    p + 6,
-                    p + 7,
-                    p + 8,
-                    p + 9
-                )
-            })
+            .map(|i| format!("({})", placeholders(i * 9 + 1, 9)))
             .collect();
         let sql = format!(
             "INSERT INTO events (run_id, seq, unix_ms, kind, stage, agent, target, step_id, message) VALUES {}",
@@ -841,6 +821,14 @@ async fn journal(
         query.execute(&mut **tx).await?;
     }
     outbox::insert(tx, notifications).await
+}
+
+/// `count` bound parameters from `$first` on: `$3, $4, $5`.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The columns a step's update sets (beside the time).
