@@ -29,6 +29,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+/// How often a heartbeat goes up until the coordinator's Welcome says.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Messages queued for the coordinator before progress reports are dropped
@@ -95,7 +96,7 @@ impl Agent {
             .clone()
             .ok_or_else(|| DaemonError::NoCoordinator(config.path.clone()))?;
         let crl = match &link.crl {
-            Some(path) => Some(Arc::new(CrlFile::open(path).map_err(|e| {
+            Some(path) => Some(Arc::new(CrlFile::open(path, &link.tls.ca).map_err(|e| {
                 DaemonError::Link(format!(
                     "{}: agent.coordinator.crl: {e}",
                     config.path.display()
@@ -217,6 +218,15 @@ impl Agent {
         result.run_id = step.run_id.clone();
         result.step_id = step.step_id.clone();
         result
+    }
+
+    /// A target's turn if no other step holds it now (`Some(None)` for a
+    /// target this agent does not have); None when it is busy.
+    fn free_turn(&self, target: &str) -> Option<Option<tokio::sync::OwnedMutexGuard<()>>> {
+        match self.targets.get(target) {
+            Some(lock) => lock.clone().try_lock_owned().ok().map(Some),
+            None => Some(None),
+        }
     }
 
     /// Wait for a target's turn (one action per target at a time).
@@ -369,12 +379,14 @@ impl Agent {
                 }
             })
         };
+        // The coordinator's Welcome sets the heartbeat's interval.
+        let (every_tx, every) = watch::channel(HEARTBEAT);
         let heartbeat = {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut interval = tokio::time::interval(HEARTBEAT);
                 loop {
-                    interval.tick().await;
+                    let period = *every.borrow();
+                    tokio::time::sleep(period).await;
                     let beat = Heartbeat {
                         unix_ms: crate::units::now_ms(),
                     };
@@ -399,7 +411,13 @@ impl Agent {
                     Some(coordinator_message::Body::Cancel(cancel)) => {
                         tokio::spawn(self.clone().cancel(cancel));
                     }
-                    Some(coordinator_message::Body::Welcome(_)) | None => {}
+                    Some(coordinator_message::Body::Welcome(welcome)) => {
+                        if welcome.heartbeat_secs > 0 {
+                            let secs = u64::from(welcome.heartbeat_secs).min(300);
+                            let _ = every_tx.send(Duration::from_secs(secs));
+                        }
+                    }
+                    None => {}
                 },
                 Ok(None) => break Ok(()),
                 Err(status) => break Err(status_text(&status)),
@@ -565,28 +583,41 @@ impl Agent {
             let _slot = self.slots.acquire().await;
             return self.execute(step, Some(progress)).await;
         }
-        // What the ledger knows, before waiting for the target.
-        let known = {
-            let request = step.clone();
-            self.ledger_do(move |l| Ok(l.check(&request))).await
-        };
-        match known {
-            Ok(Some(Begin::Done(result))) => return result,
-            Ok(Some(Begin::Unsure(why))) => return self.settle_and_record(step, why).await,
-            Ok(_) => {}
-            Err(e) => {
-                return self.error_result(step, "ledger", format!("cannot read the ledger: {e}"));
-            }
-        }
-        let turn = tokio::select! {
-            turn = self.turn(&step.target) => turn,
-            _ = cancel.notified() => {
-                let result = self.error_result(
-                    step,
-                    "cancelled",
-                    "cancelled by the coordinator before it started acting; nothing was done".into(),
-                );
-                return self.record(result).await;
+        // A free target is taken at once (`begin` below consults the
+        // ledger). For a busy one, what the ledger knows comes first, so
+        // that a step already finished is answered without waiting.
+        let turn = match self.free_turn(&step.target) {
+            Some(turn) => turn,
+            None => {
+                let known = {
+                    let request = step.clone();
+                    self.ledger_do(move |l| Ok(l.check(&request))).await
+                };
+                match known {
+                    Ok(Some(Begin::Done(result))) => return result,
+                    Ok(Some(Begin::Unsure(why))) => {
+                        return self.settle_and_record(step, why).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        return self.error_result(
+                            step,
+                            "ledger",
+                            format!("cannot read the ledger: {e}"),
+                        );
+                    }
+                }
+                tokio::select! {
+                    turn = self.turn(&step.target) => turn,
+                    _ = cancel.notified() => {
+                        let result = self.error_result(
+                            step,
+                            "cancelled",
+                            "cancelled by the coordinator before it started acting; nothing was done".into(),
+                        );
+                        return self.record(result).await;
+                    }
+                }
             }
         };
         if let Some(entry) = self

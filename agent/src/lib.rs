@@ -14,3 +14,17 @@ pub mod scaffold;
 pub mod signing;
 pub mod testkit;
 pub mod units;
+
+/// Keep library backtraces off unless `RUST_LIB_BACKTRACE` asks for them:
+/// with `RUST_BACKTRACE` set (as it often is where one debugs), every error
+/// the plugin host makes and handles in each plugin call (wasmtime's own,
+/// when it tears a call's store down) would walk the stack, a tenth of a
+/// busy agent's time. Panics keep their backtraces. Call before any thread
+/// starts.
+pub fn quiet_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: called first thing in `main`, before any other thread
+        // exists that could read the environment.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+}

@@ -663,9 +663,7 @@ async fn drive(
         let mut commands = Vec::new();
         let mut reconnected = Vec::new();
         let mut progress = Vec::new();
-        for event in events_in.drain(..) {
-            commands.extend(engine::next(&mut state, event, now));
-        }
+        let mut events: Vec<Event> = std::mem::take(&mut events_in);
         let mut inputs = std::mem::take(&mut buffered);
         while inputs.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -727,8 +725,9 @@ async fn drive(
                     outcome,
                 },
             };
-            commands.extend(engine::next(&mut state, event, now));
+            events.push(event);
         }
+        commands.extend(engine::next_all(&mut state, events, now));
 
         let mut journal = Vec::new();
         for command in &commands {

@@ -1,8 +1,9 @@
 //! The server's TLS: nothing is read from a connection before its client
 //! certificate chains to the fleet's CA and is not revoked. The handshake
-//! refuses everything else (rustls' `WebPkiClientVerifier`, rebuilt when the
-//! revocation list changes); kinds, roles and names are checked per request
-//! after it (see `identity::Authenticator`).
+//! refuses everything else (rustls' `WebPkiClientVerifier` for the chain,
+//! then the certificate's serial number against the revocation list, whose
+//! signature was checked when it was read); kinds, roles and names are
+//! checked per request after it (see `identity::Authenticator`).
 //!
 //! Connections are bounded: at most `max_connections` at once (derived from
 //! the open-file limit, so the process never runs out of descriptors), at
@@ -22,7 +23,7 @@ use rustls::{DistinguishedName, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -86,58 +87,19 @@ fn raise_open_file_limit() -> u64 {
     limit.rlim_cur
 }
 
-/// rustls' client verifier for the fleet CA, rebuilt when the revocation
-/// list changes.
+/// The fleet CA's client verifier: rustls' for the chain, then the
+/// revocation list by serial number (a list is verified once, when it is
+/// read, rather than at every handshake).
 struct FleetClientVerifier {
-    roots: Arc<RootCertStore>,
+    chain: Arc<dyn ClientCertVerifier>,
     provider: Arc<CryptoProvider>,
     crl: Option<Arc<CrlFile>>,
     subjects: Vec<DistinguishedName>,
-    current: RwLock<(u64, Arc<dyn ClientCertVerifier>)>,
 }
 
 impl std::fmt::Debug for FleetClientVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("FleetClientVerifier")
-    }
-}
-
-fn build_verifier(
-    roots: &Arc<RootCertStore>,
-    provider: &Arc<CryptoProvider>,
-    crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
-) -> Result<Arc<dyn ClientCertVerifier>, rustls::server::VerifierBuilderError> {
-    WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-        .with_crls(crls)
-        .only_check_end_entity_revocation()
-        .allow_unknown_revocation_status()
-        .build()
-}
-
-impl FleetClientVerifier {
-    fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
-        if let Some(crl) = &self.crl {
-            let (crls, generation) = crl.current();
-            let stale = self
-                .current
-                .read()
-                .map(|current| current.0 != generation)
-                .unwrap_or(true);
-            if stale {
-                match build_verifier(&self.roots, &self.provider, crls.to_vec()) {
-                    Ok(verifier) => {
-                        if let Ok(mut current) = self.current.write() {
-                            *current = (generation, verifier);
-                        }
-                    }
-                    Err(e) => tracing::error!("revocation list {}: {e}", crl.path().display()),
-                }
-            }
-        }
-        self.current
-            .read()
-            .map(|current| current.1.clone())
-            .unwrap_or_else(|e| e.into_inner().1.clone())
     }
 }
 
@@ -160,8 +122,20 @@ impl ClientCertVerifier for FleetClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.verifier()
-            .verify_client_cert(end_entity, intermediates, now)
+        let verified = self
+            .chain
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if let Some(crl) = &self.crl {
+            let serial = crate::crl::serial_of(end_entity).ok_or(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::BadEncoding,
+            ))?;
+            if crl.revokes_serial(&serial) {
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Revoked,
+                ));
+            }
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -224,25 +198,21 @@ impl TlsFiles {
     /// The coordinator's TLS acceptor (HTTP/2 only): client certificates
     /// must chain to the CA and not be revoked by `crl`.
     pub fn acceptor(&self, crl: Option<Arc<CrlFile>>) -> Result<TlsAcceptor, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::tls::provider();
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
             .map_err(|e| error(&self.cert, e))?
             .collect::<Result<_, _>>()
             .map_err(|e| error(&self.cert, e))?;
         let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| error(&self.key, e))?;
         let roots = fleet_roots(&self.ca)?;
-        let crls = match &crl {
-            Some(crl) => crl.current().0.to_vec(),
-            None => Vec::new(),
-        };
-        let generation = crl.as_ref().map_or(0, |c| c.current().1);
-        let initial = build_verifier(&roots, &provider, crls).map_err(|e| error(&self.ca, e))?;
+        let chain = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| error(&self.ca, e))?;
         let verifier = Arc::new(FleetClientVerifier {
             subjects: roots.subjects(),
-            roots,
+            chain,
             provider: provider.clone(),
             crl,
-            current: RwLock::new((generation, initial)),
         });
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -13,7 +13,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -30,6 +30,22 @@ pub struct Dialer {
     files: TlsFiles,
     crl: Option<Arc<CrlFile>>,
     pub connect_timeout: Duration,
+    /// The last TLS configuration built, and what it was built from.
+    config: Arc<Mutex<Option<(Sources, Arc<rustls::ClientConfig>)>>>,
+}
+
+/// What a client's TLS configuration is built from: the CA, certificate
+/// and key files (size and modification time) and the revocation list's
+/// generation. A renewed certificate is used at the next connection.
+#[derive(PartialEq, Eq)]
+struct Sources {
+    files: [Option<(std::time::SystemTime, u64)>; 3],
+    crl: Option<u64>,
+}
+
+fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
 }
 
 fn error(path: &std::path::Path, e: impl std::fmt::Display) -> TlsError {
@@ -66,6 +82,7 @@ impl Dialer {
             files: files.clone(),
             crl,
             connect_timeout: Duration::from_secs(10),
+            config: Arc::default(),
         })
     }
 
@@ -73,8 +90,30 @@ impl Dialer {
         format!("https://{}:{}", self.host, self.port)
     }
 
+    /// The TLS configuration, built again only when its files or the
+    /// revocation list changed.
     fn config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let sources = Sources {
+            files: [
+                stamp(&self.files.ca),
+                stamp(&self.files.cert),
+                stamp(&self.files.key),
+            ],
+            crl: self.crl.as_ref().map(|crl| crl.current().1),
+        };
+        let mut cached = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((built_from, config)) = cached.as_ref()
+            && *built_from == sources
+        {
+            return Ok(config.clone());
+        }
+        let config = self.build_config()?;
+        *cached = Some((sources, config.clone()));
+        Ok(config)
+    }
+
+    fn build_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let provider = crate::tls::provider();
         let roots = fleet_roots(&self.files.ca)?;
         let crls = match &self.crl {
             Some(crl) => crl.current().0.to_vec(),

@@ -52,6 +52,22 @@ impl TlsFiles {
     }
 }
 
+/// The TLS provider of rewind's own connections (agents, operators and
+/// coordinators): ring, with TLS 1.3's AES-128-GCM-SHA256 first. Its
+/// handshake hashes with SHA-256, which processors compute in hardware,
+/// where the default first suite hashes with SHA-384, in software: a
+/// tenth of a handshake's time when thousands of agents connect at once.
+pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    use rustls::crypto::ring::{cipher_suite, default_provider};
+    let mut provider = default_provider();
+    let first = cipher_suite::TLS13_AES_128_GCM_SHA256;
+    provider
+        .cipher_suites
+        .retain(|suite| suite.suite() != first.suite());
+    provider.cipher_suites.insert(0, first);
+    std::sync::Arc::new(provider)
+}
+
 /// An error and its sources, `: `-separated.
 pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut chain = Vec::new();

@@ -227,6 +227,8 @@ async fn connected(operator: &mut Client) -> usize {
 }
 
 fn main() {
+    // The agents run in this process: as their own binary does.
+    rewind_agent::quiet_library_backtraces();
     let options = options();
     let count = options.agents;
     raise_descriptor_limit(count);

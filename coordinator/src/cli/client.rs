@@ -108,7 +108,9 @@ impl Connection {
             key: key.clone(),
         };
         let crl = match &self.crl {
-            Some(path) => Some(Arc::new(CrlFile::open(path).map_err(anyhow::Error::msg)?)),
+            Some(path) => Some(Arc::new(
+                CrlFile::open(path, ca).map_err(anyhow::Error::msg)?,
+            )),
             None => None,
         };
         let urls: Vec<String> = self

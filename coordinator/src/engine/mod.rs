@@ -191,6 +191,8 @@ pub struct RunState {
     pub dirty_steps: Vec<usize>,
     pub dirty_stages: Vec<usize>,
     pub dirty_hooks: Vec<usize>,
+    /// Each stage's steps, in plan order.
+    stage_steps: Vec<Vec<usize>>,
 }
 
 pub enum Event {
@@ -282,7 +284,12 @@ pub enum Command {
 
 impl RunState {
     pub fn new(stages: Vec<StageSpec>, steps: Vec<StepSpec>) -> RunState {
+        let mut stage_steps = vec![Vec::new(); stages.len()];
+        for (i, step) in steps.iter().enumerate() {
+            stage_steps[step.stage].push(i);
+        }
         RunState {
+            stage_steps,
             stage_status: vec![StageStatus::Waiting; stages.len()],
             step_status: vec![StepStatus::Pending; steps.len()],
             attempts: vec![0; steps.len()],
@@ -395,11 +402,7 @@ impl RunState {
     }
 
     fn steps_of(&self, stage: usize) -> impl Iterator<Item = usize> + '_ {
-        self.steps
-            .iter()
-            .enumerate()
-            .filter(move |(_, s)| s.stage == stage)
-            .map(|(i, _)| i)
+        self.stage_steps[stage].iter().copied()
     }
 
     fn in_flight(&self) -> usize {
@@ -421,10 +424,47 @@ fn note(kind: &'static str, stage: Option<usize>, step: Option<usize>, message: 
 
 /// Apply one event at time `now_ms`; return what the shell must do.
 pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
+    next_all(state, [event], now_ms)
+}
+
+/// Apply events in order at time `now_ms`; return what the shell must do.
+/// Step results that follow one another are applied together before the
+/// run moves on (dispatches, settles stages): the same outcome as one at a
+/// time, without a pass over every step for each result of a large fleet.
+/// Any other event sees the run moved on first.
+pub fn next_all(
+    state: &mut RunState,
+    events: impl IntoIterator<Item = Event>,
+    now_ms: u64,
+) -> Vec<Command> {
     let mut out = Vec::new();
-    if state.status.is_terminal() {
-        return out;
+    let mut unpumped = false;
+    for event in events {
+        if unpumped && !matches!(event, Event::StepDone { .. }) {
+            pump(state, now_ms, &mut out);
+            unpumped = false;
+        }
+        if state.status.is_terminal() {
+            continue;
+        }
+        let results = matches!(event, Event::StepDone { .. });
+        if apply(state, event, now_ms, &mut out) {
+            if results {
+                unpumped = true;
+            } else {
+                pump(state, now_ms, &mut out);
+            }
+        }
     }
+    if unpumped {
+        pump(state, now_ms, &mut out);
+    }
+    out
+}
+
+/// Apply one event without moving the run on; false when the event did
+/// not count (a late or repeated result, a hook's stale answer).
+fn apply(state: &mut RunState, event: Event, now_ms: u64, out: &mut Vec<Command>) -> bool {
     match event {
         Event::Start => out.push(note("run-started", None, None, String::new())),
         Event::StepDone {
@@ -436,7 +476,7 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
                 && state.attempts[step] == attempt;
             if !current {
                 // A late or repeated result of an attempt that no longer counts.
-                return out;
+                return false;
             }
             let stage = state.steps[step].stage;
             match outcome {
@@ -468,7 +508,7 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
             if state.hook_status[hook] != HookStatus::Running
                 || state.hook_attempts[hook] != attempt
             {
-                return out;
+                return false;
             }
             let spec = &state.hooks[hook];
             let said = format!("hook {} ({})", spec.name, spec.when.as_str());
@@ -504,7 +544,7 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
                     }
                     Err(message) => {
                         out.push(note("health-failed", Some(stage), None, message));
-                        stage_failed(state, stage, &mut out);
+                        stage_failed(state, stage, out);
                     }
                 }
             }
@@ -614,8 +654,7 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
             }
         }
     }
-    pump(state, now_ms, &mut out);
-    out
+    true
 }
 
 /// Start what can start, dispatch what can run, settle what is done.

@@ -26,7 +26,10 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often agents send a heartbeat (their Welcome says so). Beside
+/// HTTP/2 pings, it keeps a connection from counting as idle (60 s); at
+/// 10,000 agents every 5 s it was 2,000 messages a second.
+pub const HEARTBEAT: Duration = Duration::from_secs(20);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a stream's certificate is checked against the clock and the CRL.
 const CERTIFICATE_CHECK: Duration = Duration::from_secs(2);

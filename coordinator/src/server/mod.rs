@@ -118,7 +118,7 @@ pub async fn serve(
         Arc::new(Authenticator::new(&ca).map_err(|e| tls_error(&config.tls.ca, e))?);
     let crl = match &config.crl {
         Some(path) => Some(Arc::new(
-            CrlFile::open(path).map_err(|e| tls_error(path, e))?,
+            CrlFile::open(path, &config.tls.ca).map_err(|e| tls_error(path, e))?,
         )),
         None => None,
     };
@@ -156,7 +156,9 @@ pub async fn serve(
     };
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        // Agents' heartbeats (every 20 s) keep their connections read, so
+        // these pings go only to a connection silent for 30 s.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(InterceptedService::new(

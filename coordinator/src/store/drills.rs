@@ -145,7 +145,7 @@ impl Store {
         if let Some(schedule) = schedule {
             upsert_schedule(&mut tx, schedule).await?;
         }
-        journal(&mut tx, events, outbox_rows).await?;
+        journal(&mut tx, self.sqlite, events, outbox_rows).await?;
         self.commit(tx).await?;
         Ok(())
     }
@@ -179,7 +179,7 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        journal(&mut tx, events, outbox_rows).await?;
+        journal(&mut tx, self.sqlite, events, outbox_rows).await?;
         self.commit(tx).await?;
         Ok(())
     }
@@ -256,7 +256,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         upsert_schedule(&mut tx, schedule).await?;
-        journal(&mut tx, events, outbox_rows).await?;
+        journal(&mut tx, self.sqlite, events, outbox_rows).await?;
         self.commit(tx).await?;
         Ok(())
     }

@@ -17,7 +17,7 @@ use crate::engine::{HookStatus, Note, RunState, StepStatus};
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -241,27 +241,38 @@ impl Store {
         })
     }
 
-    /// Record agents as they said Hello, in one transaction.
+    /// Record agents as they said Hello, in one transaction (an agent
+    /// named twice is recorded as it said last).
     pub async fn upsert_agents(&self, agents: &[AgentRecord]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut latest: HashMap<&str, &AgentRecord> = HashMap::new();
         for agent in agents {
-            let labels = serde_json::to_string(&agent.labels)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let targets = serde_json::to_string(&agent.targets)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sqlx::query("DELETE FROM agents WHERE name = $1")
-                .bind(&agent.name)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO agents (name, labels, targets, last_seen_ms) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(&agent.name)
-            .bind(labels)
-            .bind(targets)
-            .bind(agent.last_seen_ms as i64)
-            .execute(&mut *tx)
-            .await?;
+            latest.insert(&agent.name, agent);
+        }
+        let latest: Vec<&AgentRecord> = latest.into_values().collect();
+        let mut tx = self.pool.begin().await?;
+        for chunk in latest.chunks(ROWS_PER_STATEMENT) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(self.sqlite, i * 4 + 1, 4)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO agents (name, labels, targets, last_seen_ms) VALUES {} \
+                 ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, \
+                 targets = excluded.targets, last_seen_ms = excluded.last_seen_ms",
+                rows.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for agent in chunk {
+                let labels = serde_json::to_string(&agent.labels)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let targets = serde_json::to_string(&agent.targets)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                query = query
+                    .bind(agent.name.clone())
+                    .bind(labels)
+                    .bind(targets)
+                    .bind(agent.last_seen_ms as i64);
+            }
+            query.execute(&mut *tx).await?;
         }
         self.commit(tx).await?;
         Ok(())
@@ -460,7 +471,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        journal(&mut tx, events, outbox).await?;
+        journal(&mut tx, self.sqlite, events, outbox).await?;
         let mut steps = std::mem::take(&mut state.dirty_steps);
         steps.sort_unstable();
         steps.dedup();
@@ -500,12 +511,14 @@ impl Store {
         }
         for (row, indexes) in alike {
             for chunk in indexes.chunks(ROWS_PER_STATEMENT) {
+                let p = |n| placeholder(self.sqlite, n);
                 let sql = format!(
-                    "UPDATE steps SET status = $1, attempt = $2, summary = $3, error_kind = $4, error_message = $5, \
-                     started_ms = CASE WHEN $6 = 1 THEN $7 ELSE started_ms END, \
-                     finished_ms = CASE WHEN $8 = 1 THEN $7 ELSE finished_ms END, changed = $9, details = $10 \
-                     WHERE run_id = $11 AND idx IN ({})",
-                    placeholders(12, chunk.len())
+                    "UPDATE steps SET status = {}, attempt = {}, summary = {}, error_kind = {}, error_message = {}, \
+                     started_ms = CASE WHEN {} = 1 THEN {} ELSE started_ms END, \
+                     finished_ms = CASE WHEN {} = 1 THEN {} ELSE finished_ms END, changed = {}, details = {} \
+                     WHERE run_id = {} AND idx IN ({})",
+                    p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9), p(10), p(11), p(12),
+                    placeholders(self.sqlite, 13, chunk.len())
                 );
                 let mut query = sqlx::query(AssertSqlSafe(sql))
                     .bind(row.status)
@@ -516,6 +529,7 @@ impl Store {
                     .bind(row.started as i64)
                     .bind(now_ms as i64)
                     .bind(row.finished as i64)
+                    .bind(now_ms as i64)
                     .bind(row.changed as i64)
                     .bind(&row.details)
                     .bind(run_id);
@@ -601,7 +615,7 @@ impl Store {
     /// Journal events outside of a run's batches (e.g. a run that cannot be resumed).
     pub async fn append_events(&self, events: &[EventRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        journal(&mut tx, events, &[]).await?;
+        journal(&mut tx, self.sqlite, events, &[]).await?;
         self.commit(tx).await?;
         Ok(())
     }
@@ -793,13 +807,14 @@ impl Store {
 /// Journal events and the notifications they cause, in the caller's transaction.
 async fn journal(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    sqlite: bool,
     events: &[EventRecord],
     notifications: &[OutboxRecord],
 ) -> Result<(), StoreError> {
     // Many rows per statement: a batch of a large run holds thousands.
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
         let rows: Vec<String> = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(i * 9 + 1, 9)))
+            .map(|i| format!("({})", placeholders(sqlite, i * 9 + 1, 9)))
             .collect();
         let sql = format!(
             "INSERT INTO events (run_id, seq, unix_ms, kind, stage, agent, target, step_id, message) VALUES {}",
@@ -824,11 +839,25 @@ async fn journal(
 }
 
 /// `count` bound parameters from `$first` on: `$3, $4, $5`.
-fn placeholders(first: usize, count: usize) -> String {
+///
+/// SQLite gets anonymous `?`s, bound in order: it looks a numbered
+/// parameter's name up in a list as long as the statement's parameters,
+/// for each one bound, which makes a statement of thousands of them cost
+/// the square of that.
+fn placeholders(sqlite: bool, first: usize, count: usize) -> String {
     (first..first + count)
-        .map(|n| format!("${n}"))
+        .map(|n| placeholder(sqlite, n))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The `n`th bound parameter (see `placeholders`).
+fn placeholder(sqlite: bool, n: usize) -> String {
+    if sqlite {
+        "?".to_string()
+    } else {
+        format!("${n}")
+    }
 }
 
 /// The columns a step's update sets (beside the time).

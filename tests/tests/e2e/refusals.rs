@@ -498,3 +498,33 @@ async fn a_stream_ends_when_its_certificate_expires() {
         "{log}"
     );
 }
+
+/// A revocation list the fleet CA did not sign is refused when the
+/// coordinator starts (its signature is checked when the list is read, not
+/// at each handshake), naming the file; the CA's own list is accepted.
+#[test]
+fn a_revocation_list_from_another_ca_stops_the_coordinator() {
+    use rewind_coordinator::localfleet::LocalFleet;
+    let dir = tempfile::tempdir().unwrap();
+    let mut fleet = LocalFleet::create(
+        dir.path(),
+        &rewind_tests::binary("rewind"),
+        &rewind_tests::binary("rewind-agent"),
+        rewind_tests::plugins_dir(),
+    )
+    .unwrap();
+    let other = tempfile::tempdir().unwrap();
+    certs::init(other.path(), "rewind.local").unwrap();
+    let ours = fleet.certs.join("crl.pem");
+    let kept = std::fs::read(&ours).unwrap();
+    std::fs::copy(other.path().join("crl.pem"), &ours).unwrap();
+    let error = fleet.start_coordinator().unwrap_err().to_string();
+    assert!(
+        error.contains("crl.pem: revocation list 1 (issuer CN=")
+            && error.contains("is not signed by the fleet CA in"),
+        "{error}"
+    );
+    std::fs::write(&ours, kept).unwrap();
+    fleet.start_coordinator().unwrap();
+    fleet.stop();
+}
