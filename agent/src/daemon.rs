@@ -32,6 +32,8 @@ use tonic::transport::Channel;
 /// How often a heartbeat goes up until the coordinator's Welcome says.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Ledger operations under way at once in one process.
+const LEDGER_WRITERS: usize = 8;
 /// Messages queued for the coordinator before progress reports are dropped
 /// (results wait for room instead).
 const OUTBOUND_QUEUE: usize = 1024;
@@ -556,7 +558,12 @@ impl Agent {
         &self,
         op: impl FnOnce(&Ledger) -> std::io::Result<T> + Send + 'static,
     ) -> std::io::Result<T> {
-        // The ledger writes durably (fsync): off the async workers.
+        // The ledger writes durably (fsync): off the async workers, on a
+        // few threads at a time. Where thousands of steps run in one
+        // process, a thread per write costs more in waking threads than
+        // the writes themselves.
+        static WRITERS: Semaphore = Semaphore::const_new(LEDGER_WRITERS);
+        let _writer = WRITERS.acquire().await;
         let ledger = self.ledger.clone();
         tokio::task::spawn_blocking(move || op(&ledger))
             .await

@@ -424,23 +424,36 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        for step in steps {
-            sqlx::query(
+        // Many rows per statement: a run of a large fleet has thousands.
+        for chunk in steps.chunks(ROWS_PER_STATEMENT) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = |n| placeholder(self.sqlite, i * 9 + n);
+                    format!(
+                        "({}, {}, {}, {}, {}, {}, {}, {}, 0, '', '', '', NULL, NULL, {})",
+                        p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9)
+                    )
+                })
+                .collect();
+            let sql = format!(
                 "INSERT INTO steps (run_id, idx, id, stage, agent, target, action, status, attempt, summary, error_kind, \
-                 error_message, started_ms, finished_ms, data_loss_window) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, '', '', '', NULL, NULL, $9)",
-            )
-            .bind(&run.id)
-            .bind(step.idx as i64)
-            .bind(&step.id)
-            .bind(step.stage as i64)
-            .bind(&step.agent)
-            .bind(&step.target)
-            .bind(&step.action)
-            .bind(&step.status)
-            .bind(step.data_loss_window.map(|w| w as i64))
-            .execute(&mut *tx)
-            .await?;
+                 error_message, started_ms, finished_ms, data_loss_window) VALUES {}",
+                rows.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for step in chunk {
+                query = query
+                    .bind(&run.id)
+                    .bind(step.idx as i64)
+                    .bind(&step.id)
+                    .bind(step.stage as i64)
+                    .bind(&step.agent)
+                    .bind(&step.target)
+                    .bind(&step.action)
+                    .bind(&step.status)
+                    .bind(step.data_loss_window.map(|w| w as i64));
+            }
+            query.execute(&mut *tx).await?;
         }
         for hook in hooks {
             sqlx::query(
