@@ -98,12 +98,14 @@ impl Agent {
             .clone()
             .ok_or_else(|| DaemonError::NoCoordinator(config.path.clone()))?;
         let crl = match &link.crl {
-            Some(path) => Some(Arc::new(CrlFile::open(path, &link.tls.ca).map_err(|e| {
-                DaemonError::Link(format!(
-                    "{}: agent.coordinator.crl: {e}",
-                    config.path.display()
-                ))
-            })?)),
+            Some(path) => Some(Arc::new(CrlFile::open(path, &link.tls.ca).map_err(
+                |e| {
+                    DaemonError::Link(format!(
+                        "{}: agent.coordinator.crl: {e}",
+                        config.path.display()
+                    ))
+                },
+            )?)),
             None => None,
         };
         let dialers = link
@@ -413,13 +415,13 @@ impl Agent {
                     Some(coordinator_message::Body::Cancel(cancel)) => {
                         tokio::spawn(self.clone().cancel(cancel));
                     }
-                    Some(coordinator_message::Body::Welcome(welcome)) => {
-                        if welcome.heartbeat_secs > 0 {
-                            let secs = u64::from(welcome.heartbeat_secs).min(300);
-                            let _ = every_tx.send(Duration::from_secs(secs));
-                        }
+                    Some(coordinator_message::Body::Welcome(welcome))
+                        if welcome.heartbeat_secs > 0 =>
+                    {
+                        let secs = u64::from(welcome.heartbeat_secs).min(300);
+                        let _ = every_tx.send(Duration::from_secs(secs));
                     }
-                    None => {}
+                    Some(coordinator_message::Body::Welcome(_)) | None => {}
                 },
                 Ok(None) => break Ok(()),
                 Err(status) => break Err(status_text(&status)),

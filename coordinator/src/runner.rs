@@ -663,7 +663,9 @@ async fn drive(
         let mut commands = Vec::new();
         let mut reconnected = Vec::new();
         let mut progress = Vec::new();
-        let mut events: Vec<Event> = std::mem::take(&mut events_in);
+        for event in events_in.drain(..) {
+            commands.extend(engine::next(&mut state, event, now));
+        }
         let mut inputs = std::mem::take(&mut buffered);
         while inputs.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -725,9 +727,8 @@ async fn drive(
                     outcome,
                 },
             };
-            events.push(event);
+            commands.extend(engine::next(&mut state, event, now));
         }
-        commands.extend(engine::next_all(&mut state, events, now));
 
         let mut journal = Vec::new();
         for command in &commands {

@@ -126,9 +126,9 @@ impl ClientCertVerifier for FleetClientVerifier {
             .chain
             .verify_client_cert(end_entity, intermediates, now)?;
         if let Some(crl) = &self.crl {
-            let serial = crate::crl::serial_of(end_entity).ok_or(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::BadEncoding,
-            ))?;
+            let serial = crate::crl::serial_of(end_entity).ok_or(
+                rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding),
+            )?;
             if crl.revokes_serial(&serial) {
                 return Err(rustls::Error::InvalidCertificate(
                     rustls::CertificateError::Revoked,
@@ -221,6 +221,11 @@ impl TlsFiles {
             .with_single_cert(certs, key)
             .map_err(|e| error(&self.cert, e))?;
         config.alpn_protocols = vec![b"h2".to_vec()];
+        // Every connection presents its certificate and has it checked: a
+        // resumed session would skip the check, and let a certificate that
+        // expired or was revoked since connect again.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }

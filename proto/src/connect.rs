@@ -31,8 +31,11 @@ pub struct Dialer {
     crl: Option<Arc<CrlFile>>,
     pub connect_timeout: Duration,
     /// The last TLS configuration built, and what it was built from.
-    config: Arc<Mutex<Option<(Sources, Arc<rustls::ClientConfig>)>>>,
+    config: Arc<Mutex<Option<Built>>>,
 }
+
+/// A TLS configuration and what it was built from.
+type Built = (Sources, Arc<rustls::ClientConfig>);
 
 /// What a client's TLS configuration is built from: the CA, certificate
 /// and key files (size and modification time) and the revocation list's
@@ -138,6 +141,9 @@ impl Dialer {
             .with_client_auth_cert(certs, key)
             .map_err(|e| error(&self.files.cert, e))?;
         config.alpn_protocols = vec![b"h2".to_vec()];
+        // No session resumption: coordinators check the certificate at every
+        // connection (and refuse to resume).
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }
 

@@ -143,9 +143,8 @@ impl Authenticator {
         let leaf = certs
             .first()
             .ok_or_else(|| unauthenticated("no client certificate was presented".into()))?;
-        let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| {
-            unauthenticated(format!("the client certificate cannot be read: {e}"))
-        })?;
+        let (_, cert) = X509Certificate::from_der(leaf)
+            .map_err(|e| unauthenticated(format!("the client certificate cannot be read: {e}")))?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -162,8 +161,8 @@ impl Authenticator {
                 validity.not_before.timestamp()
             )));
         }
-        let identity = identity_of(&cert)
-            .map_err(|e| unauthenticated(format!("client certificate: {e}")))?;
+        let identity =
+            identity_of(&cert).map_err(|e| unauthenticated(format!("client certificate: {e}")))?;
         if identity.trust_domain != self.trust_domain {
             return Err(tonic::Status::permission_denied(format!(
                 "certificate {identity} is from trust domain {}, not {}",

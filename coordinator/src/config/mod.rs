@@ -250,8 +250,7 @@ pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
     };
     let crl = raw.coordinator.tls.crl.as_deref().map(resolve);
     if let Some(crl) = &crl {
-        rewind_proto::crl::read(crl, &tls.ca)
-            .map_err(|e| error(None, format!("tls.crl: {e}")))?;
+        rewind_proto::crl::read(crl, &tls.ca).map_err(|e| error(None, format!("tls.crl: {e}")))?;
     }
     let ca_pem = std::fs::read(&tls.ca)
         .map_err(|e| error(None, format!("tls.ca {}: {e}", tls.ca.display())))?;

@@ -424,47 +424,10 @@ fn note(kind: &'static str, stage: Option<usize>, step: Option<usize>, message: 
 
 /// Apply one event at time `now_ms`; return what the shell must do.
 pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
-    next_all(state, [event], now_ms)
-}
-
-/// Apply events in order at time `now_ms`; return what the shell must do.
-/// Step results that follow one another are applied together before the
-/// run moves on (dispatches, settles stages): the same outcome as one at a
-/// time, without a pass over every step for each result of a large fleet.
-/// Any other event sees the run moved on first.
-pub fn next_all(
-    state: &mut RunState,
-    events: impl IntoIterator<Item = Event>,
-    now_ms: u64,
-) -> Vec<Command> {
     let mut out = Vec::new();
-    let mut unpumped = false;
-    for event in events {
-        if unpumped && !matches!(event, Event::StepDone { .. }) {
-            pump(state, now_ms, &mut out);
-            unpumped = false;
-        }
-        if state.status.is_terminal() {
-            continue;
-        }
-        let results = matches!(event, Event::StepDone { .. });
-        if apply(state, event, now_ms, &mut out) {
-            if results {
-                unpumped = true;
-            } else {
-                pump(state, now_ms, &mut out);
-            }
-        }
+    if state.status.is_terminal() {
+        return out;
     }
-    if unpumped {
-        pump(state, now_ms, &mut out);
-    }
-    out
-}
-
-/// Apply one event without moving the run on; false when the event did
-/// not count (a late or repeated result, a hook's stale answer).
-fn apply(state: &mut RunState, event: Event, now_ms: u64, out: &mut Vec<Command>) -> bool {
     match event {
         Event::Start => out.push(note("run-started", None, None, String::new())),
         Event::StepDone {
@@ -476,7 +439,7 @@ fn apply(state: &mut RunState, event: Event, now_ms: u64, out: &mut Vec<Command>
                 && state.attempts[step] == attempt;
             if !current {
                 // A late or repeated result of an attempt that no longer counts.
-                return false;
+                return out;
             }
             let stage = state.steps[step].stage;
             match outcome {
@@ -508,7 +471,7 @@ fn apply(state: &mut RunState, event: Event, now_ms: u64, out: &mut Vec<Command>
             if state.hook_status[hook] != HookStatus::Running
                 || state.hook_attempts[hook] != attempt
             {
-                return false;
+                return out;
             }
             let spec = &state.hooks[hook];
             let said = format!("hook {} ({})", spec.name, spec.when.as_str());
@@ -544,7 +507,7 @@ fn apply(state: &mut RunState, event: Event, now_ms: u64, out: &mut Vec<Command>
                     }
                     Err(message) => {
                         out.push(note("health-failed", Some(stage), None, message));
-                        stage_failed(state, stage, out);
+                        stage_failed(state, stage, &mut out);
                     }
                 }
             }
@@ -654,7 +617,8 @@ fn apply(state: &mut RunState, event: Event, now_ms: u64, out: &mut Vec<Command>
             }
         }
     }
-    true
+    pump(state, now_ms, &mut out);
+    out
 }
 
 /// Start what can start, dispatch what can run, settle what is done.
@@ -856,7 +820,8 @@ fn run_stage(state: &mut RunState, stage: usize, now_ms: u64, out: &mut Vec<Comm
         .iter()
         .any(|&s| matches!(state.step_status[s], StepStatus::Failed(_)));
     let blocking_failure = failed && on_failure != OnFailure::Continue;
-    if !blocking_failure {
+    // A halt that an earlier stage began in this same pass sends nothing more.
+    if !blocking_failure && !state.halting {
         let canaries = &steps[..canary.min(steps.len())];
         let canaries_done = canaries
             .iter()

@@ -5,8 +5,7 @@
 //! for one attempt, nothing is sent once a cancel or a halt began, a
 //! finished run has nothing in flight and no hook running, no step is sent
 //! before every `before` hook succeeded, and every `finally` hook has run
-//! when a run finishes. Step results applied together (`next_all`) end
-//! where the same results applied one at a time end.
+//! when a run finishes.
 //!
 //! `PROPTEST_CASES=N cargo test -p rewind-coordinator engine::properties`
 //! runs more cases (docs/RELIABILITY.md).
@@ -91,17 +90,6 @@ enum Input {
     Gates(usize, bool),
     Hook(usize, u32, bool),
     Restart,
-}
-
-/// The (step, attempt) pairs a batch of commands sends.
-fn sent_set(commands: &[Command]) -> std::collections::BTreeSet<(usize, u32)> {
-    commands
-        .iter()
-        .filter_map(|c| match c {
-            Command::Send { step, attempt } => Some((*step, *attempt)),
-            _ => None,
-        })
-        .collect()
 }
 
 fn inputs() -> impl Strategy<Value = Vec<Input>> {
@@ -210,54 +198,6 @@ proptest! {
                 prop_assert!(commands.iter().all(|c| !matches!(c, Command::Send { .. })),
                     "sent after a halt");
             }
-        }
-    }
-
-    #[test]
-    fn results_applied_together_end_where_one_at_a_time_ends(
-        (stages, steps) in spec(),
-        rounds in prop::collection::vec(prop::collection::vec((any::<bool>(), any::<bool>()), 0..8), 1..16),
-    ) {
-        // Without health gates: results alone move such a run along.
-        let stages = stages.into_iter().map(|s| StageSpec { has_gates: false, ..s }).collect();
-        let mut one = RunState::new(stages, steps);
-        let mut sent_one = sent_set(&next(&mut one, Event::Start, 0));
-        let mut together = one.clone();
-        let mut sent_together = sent_one.clone();
-        for (round, answers) in rounds.iter().enumerate() {
-            // An agent answers what it was sent: results only for steps in
-            // flight when the round starts, each once.
-            let in_flight: Vec<usize> = (0..one.steps.len())
-                .filter(|&s| matches!(one.step_status[s], StepStatus::Sent { .. }))
-                .collect();
-            let events = || {
-                in_flight
-                    .iter()
-                    .zip(answers)
-                    .filter(|(_, (answered, _))| *answered)
-                    .map(|(&step, &(_, ok))| Event::StepDone {
-                        step,
-                        attempt: one.attempts[step],
-                        outcome: if ok {
-                            Ok(Done { summary: "ok".into(), changed: true, details: Vec::new() })
-                        } else {
-                            Err(Failure { kind: "failed".into(), message: "no".into(), details: Vec::new() })
-                        },
-                    })
-                    .collect::<Vec<_>>()
-            };
-            let now = round as u64 + 1;
-            let batch = events();
-            for event in events() {
-                sent_one.extend(sent_set(&next(&mut one, event, now)));
-            }
-            sent_together.extend(sent_set(&next_all(&mut together, batch, now)));
-            prop_assert_eq!(&one.step_status, &together.step_status);
-            prop_assert_eq!(&one.stage_status, &together.stage_status);
-            prop_assert_eq!(one.status, together.status);
-            prop_assert_eq!(one.halting, together.halting);
-            prop_assert_eq!(&one.attempts, &together.attempts);
-            prop_assert_eq!(&sent_one, &sent_together);
         }
     }
 

@@ -431,7 +431,15 @@ impl Store {
                     let p = |n| placeholder(self.sqlite, i * 9 + n);
                     format!(
                         "({}, {}, {}, {}, {}, {}, {}, {}, 0, '', '', '', NULL, NULL, {})",
-                        p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9)
+                        p(1),
+                        p(2),
+                        p(3),
+                        p(4),
+                        p(5),
+                        p(6),
+                        p(7),
+                        p(8),
+                        p(9)
                     )
                 })
                 .collect();
@@ -530,7 +538,18 @@ impl Store {
                      started_ms = CASE WHEN {} = 1 THEN {} ELSE started_ms END, \
                      finished_ms = CASE WHEN {} = 1 THEN {} ELSE finished_ms END, changed = {}, details = {} \
                      WHERE run_id = {} AND idx IN ({})",
-                    p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9), p(10), p(11), p(12),
+                    p(1),
+                    p(2),
+                    p(3),
+                    p(4),
+                    p(5),
+                    p(6),
+                    p(7),
+                    p(8),
+                    p(9),
+                    p(10),
+                    p(11),
+                    p(12),
                     placeholders(self.sqlite, 13, chunk.len())
                 );
                 let mut query = sqlx::query(AssertSqlSafe(sql))

@@ -114,13 +114,26 @@ async fn a_killed_leaders_run_is_completed_by_the_standby_with_no_step_applied_t
     // The same CLI setting reaches b now that a is gone.
     let status = fleet.rewind("viewer", &["status", &run, "--coordinator", &both]);
     assert_eq!(status.code, Some(0), "{status}");
-    let agents = client
-        .fleet(FleetRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .agents;
-    assert_eq!(agents.iter().filter(|a| a.connected).count(), 8);
+    // Every agent comes back to b (those with no step left, after their
+    // backoff).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let agents = client
+            .fleet(FleetRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .agents;
+        let connected = agents.iter().filter(|a| a.connected).count();
+        if connected == 8 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{connected} of 8 agents reconnected to b"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     eprintln!(
         "failover: b led {took_over:?} after the kill; the run ended {:?} after it",
         killed.elapsed()
