@@ -282,26 +282,12 @@ impl TestFleet {
 
     pub async fn wait_connected(&self, count: usize) {
         let mut client = self.client("viewer").await;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(reply) = client.fleet(FleetRequest {}).await {
-                let connected = reply
-                    .into_inner()
-                    .agents
-                    .iter()
-                    .filter(|a| a.connected)
-                    .count();
-                if connected >= count {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agents did not connect within 60s; the ends of their logs:\n{}",
-                self.agent_log_tails()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let connected = connected_within(&mut client, count, Duration::from_secs(60)).await;
+        assert!(
+            connected >= count,
+            "agents did not connect within 60s; the ends of their logs:\n{}",
+            self.agent_log_tails()
+        );
     }
 
     /// The last lines of every agent's log, for a failure message.
@@ -674,5 +660,26 @@ impl std::fmt::Display for CommandOutput {
             "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
             self.code, self.stdout, self.stderr
         )
+    }
+}
+
+/// Wait up to `patience` for the coordinator behind `client` to count at
+/// least `count` connected agents; how many it counted last.
+pub async fn connected_within(client: &mut Client, count: usize, patience: Duration) -> usize {
+    let deadline = Instant::now() + patience;
+    loop {
+        let connected = match client.fleet(FleetRequest {}).await {
+            Ok(reply) => reply
+                .into_inner()
+                .agents
+                .iter()
+                .filter(|a| a.connected)
+                .count(),
+            Err(_) => 0,
+        };
+        if connected >= count || Instant::now() >= deadline {
+            return connected;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

@@ -251,14 +251,11 @@ impl Store {
         let latest: Vec<&AgentRecord> = latest.into_values().collect();
         let mut tx = self.pool.begin().await?;
         for chunk in latest.chunks(ROWS_PER_STATEMENT) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(self.sqlite, i * 4 + 1, 4)))
-                .collect();
             let sql = format!(
                 "INSERT INTO agents (name, labels, targets, last_seen_ms) VALUES {} \
                  ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, \
                  targets = excluded.targets, last_seen_ms = excluded.last_seen_ms",
-                rows.join(", ")
+                rows(self.sqlite, chunk.len(), 4, "")
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for agent in chunk {
@@ -426,27 +423,10 @@ impl Store {
         }
         // Many rows per statement: a run of a large fleet has thousands.
         for chunk in steps.chunks(ROWS_PER_STATEMENT) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p = |n| placeholder(self.sqlite, i * 9 + n);
-                    format!(
-                        "({}, {}, {}, {}, {}, {}, {}, {}, 0, '', '', '', NULL, NULL, {})",
-                        p(1),
-                        p(2),
-                        p(3),
-                        p(4),
-                        p(5),
-                        p(6),
-                        p(7),
-                        p(8),
-                        p(9)
-                    )
-                })
-                .collect();
             let sql = format!(
-                "INSERT INTO steps (run_id, idx, id, stage, agent, target, action, status, attempt, summary, error_kind, \
-                 error_message, started_ms, finished_ms, data_loss_window) VALUES {}",
-                rows.join(", ")
+                "INSERT INTO steps (run_id, idx, id, stage, agent, target, action, status, data_loss_window, \
+                 attempt, summary, error_kind, error_message, started_ms, finished_ms) VALUES {}",
+                rows(self.sqlite, chunk.len(), 9, "0, '', '', '', NULL, NULL")
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for step in chunk {
@@ -845,12 +825,9 @@ async fn journal(
 ) -> Result<(), StoreError> {
     // Many rows per statement: a batch of a large run holds thousands.
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(sqlite, i * 9 + 1, 9)))
-            .collect();
         let sql = format!(
             "INSERT INTO events (run_id, seq, unix_ms, kind, stage, agent, target, step_id, message) VALUES {}",
-            rows.join(", ")
+            rows(sqlite, chunk.len(), 9, "")
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for event in chunk {
@@ -879,6 +856,23 @@ async fn journal(
 fn placeholders(sqlite: bool, first: usize, count: usize) -> String {
     (first..first + count)
         .map(|n| placeholder(sqlite, n))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `count` rows of `columns` bound parameters each, numbered on from row to
+/// row, each followed by `constants` (SQL literals, or empty):
+/// `($1, $2, 0), ($3, $4, 0)`.
+fn rows(sqlite: bool, count: usize, columns: usize, constants: &str) -> String {
+    (0..count)
+        .map(|i| {
+            let bound = placeholders(sqlite, i * columns + 1, columns);
+            if constants.is_empty() {
+                format!("({bound})")
+            } else {
+                format!("({bound}, {constants})")
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }

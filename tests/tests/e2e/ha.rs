@@ -6,8 +6,10 @@
 
 use rewind_coordinator::store::lease::Fence;
 use rewind_coordinator::store::{EventRecord, Store, StoreError};
-use rewind_proto::v1::{FleetRequest, RunRef};
-use rewind_tests::fleet::{Coordinators, TestFleet, eight_hosts, four_stage_plan};
+use rewind_proto::v1::RunRef;
+use rewind_tests::fleet::{
+    Coordinators, TestFleet, connected_within, eight_hosts, four_stage_plan,
+};
 use rewind_tests::free_port;
 use rewind_tests::ha::{OtherCoordinator, Proxy, signal};
 use rewind_tests::postgres::PgServer;
@@ -116,24 +118,8 @@ async fn a_killed_leaders_run_is_completed_by_the_standby_with_no_step_applied_t
     assert_eq!(status.code, Some(0), "{status}");
     // Every agent comes back to b (those with no step left, after their
     // backoff).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let agents = client
-            .fleet(FleetRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .agents;
-        let connected = agents.iter().filter(|a| a.connected).count();
-        if connected == 8 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{connected} of 8 agents reconnected to b"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let connected = connected_within(&mut client, 8, Duration::from_secs(30)).await;
+    assert_eq!(connected, 8, "{connected} of 8 agents reconnected to b");
     eprintln!(
         "failover: b led {took_over:?} after the kill; the run ended {:?} after it",
         killed.elapsed()
@@ -150,20 +136,8 @@ async fn a_leader_paused_past_its_lease_cannot_write_and_steps_down() {
         .await;
     // The fleet follows b while a sleeps.
     let mut client = b.client(&fleet, "viewer").await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let agents = client
-            .fleet(FleetRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .agents;
-        if agents.iter().filter(|a| a.connected).count() == 8 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the agents never reached b");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let connected = connected_within(&mut client, 8, Duration::from_secs(60)).await;
+    assert_eq!(connected, 8, "the agents never reached b");
     signal(a, libc::SIGCONT);
     let log = stepped_down(&mut fleet).await;
     assert!(log.contains("coordinator a stepped down"), "{log}");
