@@ -140,22 +140,16 @@ impl CrlFile {
         (loaded.crls.clone(), loaded.generation)
     }
 
-    /// The serial numbers the current lists revoke (`serial_of`'s form),
-    /// re-read first if the file changed.
-    pub fn revoked(&self) -> Arc<HashSet<Vec<u8>>> {
+    /// Whether the current lists revoke the certificate with this serial
+    /// number (`serial_of`): at each handshake, and for a connection's
+    /// periodic check, which then need not parse its certificate each time.
+    pub fn revokes_serial(&self, serial: &[u8]) -> bool {
         self.current();
         self.loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .serials
-            .clone()
-    }
-
-    /// Whether the current lists revoke the certificate with this serial
-    /// number (`serial_of`): for a connection's periodic check, which then
-    /// need not parse its certificate each time.
-    pub fn revokes_serial(&self, serial: &[u8]) -> bool {
-        self.revoked().contains(serial)
+            .contains(serial)
     }
 }
 

@@ -68,13 +68,6 @@ impl Identity {
             name: name.to_string(),
         })
     }
-
-    /// The identity in a DER certificate's URI SAN.
-    pub fn from_certificate(der: &[u8]) -> Result<Identity, IdentityError> {
-        let (_, cert) =
-            X509Certificate::from_der(der).map_err(|e| IdentityError::Unreadable(e.to_string()))?;
-        identity_of(&cert)
-    }
 }
 
 /// The identity in a parsed certificate's URI SAN.
