@@ -163,7 +163,7 @@ impl Agent {
             path: self.config.state_dir.join("ledger"),
             error,
         };
-        let interrupted = self.ledger.interrupted().map_err(ledger_error)?;
+        let interrupted = self.ledger.interrupted();
         for step in &interrupted {
             let result = self
                 .settle(step, "the agent restarted during this step".to_string())
@@ -369,10 +369,8 @@ impl Agent {
         let replay = {
             let (tx, ledger) = (tx.clone(), self.ledger.clone());
             tokio::spawn(async move {
-                let results = tokio::task::spawn_blocking(move || ledger.recent_results())
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                    .unwrap_or_default();
+                // From memory: the ledger reads its file only when it opens.
+                let results = ledger.recent_results();
                 for result in results {
                     let message = AgentMessage {
                         body: Some(agent_message::Body::Result(result)),

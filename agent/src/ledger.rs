@@ -1,27 +1,57 @@
-//! The agent's step ledger: one record per step id, written with fsync
-//! before a step acts and after it finishes. A step delivered twice returns
-//! its recorded result instead of acting twice; a step that was running when
+//! The agent's step ledger: a record per step, written durably before a
+//! step acts and after it finishes. A step delivered twice returns its
+//! recorded result instead of acting twice; a step that was running when
 //! the agent died is found at the next start and settled without acting
 //! again (see `daemon::recover`).
 //!
-//! It fails closed: a record that exists but cannot be read never means
-//! "act": the step is settled by asking the plugin's verify instead.
+//! The records are appended to one file, `<state_dir>/ledger/log`, each
+//! followed by an fdatasync: one write and one sync per record. What the
+//! file says is kept in memory, so reading the ledger costs no I/O. The
+//! file is rewritten without what is no longer needed (results older than
+//! a week, records a later one replaced) when the agent starts and when it
+//! has grown well past what it holds.
+//!
+//! Each record is framed as its body's length and CRC-32, then the body: a
+//! kind (running or done), the time it was written, and the step's
+//! request or result. It fails closed:
+//! - a last record cut short (the agent died while writing it) was never
+//!   synced, so its step never acted on it: it is dropped;
+//! - a damaged record anywhere else could have been any step's: the file
+//!   is kept aside as `log.<time>.damaged`, and while such a file is there
+//!   no step acts that the ledger does not hold as done; each is settled by
+//!   the plugin's verify instead. An operator removes the file once they
+//!   have checked the agent's targets.
+//!
+//! The file is opened for each record rather than held open: a host that
+//! runs many agents (a test fleet) would otherwise need a descriptor per
+//! agent for it, beside each agent's connection.
 
 use prost::Message;
 use rewind_proto::v1::{StepRequest, StepResult};
-use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Finished records older than this are pruned at start.
 const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 /// At most this many finished results are re-announced to the coordinator.
 const ANNOUNCE: usize = 1000;
+/// The file is rewritten when it holds at least this many more records than it needs.
+const SLACK: usize = if cfg!(test) { 16 } else { 10_000 };
+/// A record's frame: the body's length and its CRC-32, little-endian.
+const FRAME: usize = 8;
+/// A body larger than this is not a record (a damaged length).
+const MAX_BODY: usize = 64 << 20;
+
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
 
 #[derive(Clone)]
 pub struct Ledger {
-    dir: PathBuf,
+    inner: Arc<Mutex<Inner>>,
 }
 
 /// What the ledger says about a step that was just delivered.
@@ -31,158 +61,423 @@ pub enum Begin {
     /// Already finished: here is its result; do not act again.
     Done(StepResult),
     /// It may have acted already (a previous agent process was running it,
-    /// or its record cannot be read): settle it without acting again.
+    /// or the ledger is damaged): settle it without acting again.
     Unsure(String),
 }
 
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+struct Inner {
+    dir: PathBuf,
+    /// The file's length after its last whole record.
+    len: u64,
+    /// Records in the file.
+    records: usize,
+    steps: HashMap<String, Entry>,
+    /// Records the steps need (a running record and a result each at most).
+    live: usize,
+    /// Set while a damaged log is kept aside: why no unknown step may act.
+    damaged: Option<String>,
+    /// A write failed and its part could not be cut off: nothing more is
+    /// written until the agent restarts (and drops that part as a torn tail).
+    broken: Option<String>,
+}
+
+#[derive(Default)]
+struct Entry {
+    running: Option<StepRequest>,
+    done: Option<(StepResult, u64)>,
+}
+
+impl Entry {
+    fn live(&self) -> usize {
+        usize::from(self.running.is_some()) + usize::from(self.done.is_some())
     }
-    Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn frame(kind: u8, at_ms: u64, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(9 + payload.len());
+    body.push(kind);
+    body.extend_from_slice(&at_ms.to_le_bytes());
+    body.extend_from_slice(payload);
+    let mut record = Vec::with_capacity(FRAME + body.len());
+    record.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    record.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    record.extend_from_slice(&body);
+    record
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn other(what: String) -> std::io::Error {
+    std::io::Error::other(what)
+}
+
+/// What reading a log found.
+struct Parsed {
+    records: Vec<(u8, u64, Vec<u8>)>,
+    /// Where the whole records end.
+    end: u64,
+    /// A damaged record (not a torn last one): where, and what.
+    damage: Option<String>,
+}
+
+fn parse(bytes: &[u8]) -> Parsed {
+    let mut records = Vec::new();
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        if rest.len() < FRAME {
+            break; // a torn frame: the last write did not complete
+        }
+        let len = u32::from_le_bytes(rest[0..4].try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap());
+        if !(9..=MAX_BODY).contains(&len) {
+            return Parsed {
+                records,
+                end: at as u64,
+                damage: Some(format!(
+                    "a record at byte {at} has an impossible length {len}"
+                )),
+            };
+        }
+        if rest.len() < FRAME + len {
+            break; // torn: the last write did not complete
+        }
+        let body = &rest[FRAME..FRAME + len];
+        let last = at + FRAME + len == bytes.len();
+        let kind = body[0];
+        if crc32fast::hash(body) != crc || !matches!(kind, RUNNING | DONE) {
+            if last {
+                break; // torn: the last write's bytes did not all reach the disk
+            }
+            return Parsed {
+                records,
+                end: at as u64,
+                damage: Some(format!("the record at byte {at} is damaged (checksum)")),
+            };
+        }
+        let at_ms = u64::from_le_bytes(body[1..9].try_into().unwrap());
+        records.push((kind, at_ms, body[9..].to_vec()));
+        at += FRAME + len;
+    }
+    Parsed {
+        records,
+        end: at as u64,
+        damage: None,
+    }
 }
 
 impl Ledger {
     pub fn open(state_dir: &Path) -> std::io::Result<Ledger> {
         let dir = state_dir.join("ledger");
         std::fs::create_dir_all(&dir)?;
-        let ledger = Ledger { dir };
-        ledger.prune()?;
-        Ok(ledger)
-    }
-
-    fn key(step_id: &str) -> String {
-        hex::encode(&Sha256::digest(step_id.as_bytes())[..16])
-    }
-
-    fn running_path(&self, step_id: &str) -> PathBuf {
-        self.dir.join(format!("{}.running", Self::key(step_id)))
-    }
-
-    fn done_path(&self, step_id: &str) -> PathBuf {
-        self.dir.join(format!("{}.done", Self::key(step_id)))
-    }
-
-    /// A step's recorded result: none when there is no record, an error
-    /// when there is one that cannot be read.
-    pub fn result(&self, step_id: &str) -> Result<Option<StepResult>, String> {
-        let path = self.done_path(step_id);
+        let path = dir.join("log");
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
         };
-        StepResult::decode(bytes.as_slice())
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display()))
+        let read = parse(&bytes);
+        let mut inner = Inner {
+            dir,
+            len: read.end,
+            records: 0,
+            steps: HashMap::new(),
+            live: 0,
+            damaged: None,
+            broken: None,
+        };
+        let mut damage = read.damage;
+        for (kind, at_ms, payload) in read.records {
+            let decoded = match kind {
+                RUNNING => StepRequest::decode(payload.as_slice()).map(|r| inner.set_running(r)),
+                _ => StepResult::decode(payload.as_slice()).map(|r| inner.set_done(r, at_ms)),
+            };
+            if let Err(e) = decoded {
+                damage = Some(format!("a record does not decode ({e})"));
+                break;
+            }
+        }
+        if let Some(damage) = damage {
+            let kept = inner.dir.join(format!("log.{}.damaged", now_ms()));
+            std::fs::copy(&path, &kept)?;
+            File::open(&kept)?.sync_all()?;
+            tracing::error!(
+                kept = %kept.display(),
+                "the agent's ledger is damaged: {damage}; it keeps what it could read, and until {} is removed no step acts that the ledger does not hold as done",
+                kept.display()
+            );
+        } else if read.end < bytes.len() as u64 {
+            tracing::warn!(
+                path = %path.display(),
+                "dropped a ledger record cut short at byte {} (the agent stopped while writing it; its step had not acted on it)",
+                read.end
+            );
+        }
+        // Records of the earlier layout are removed once the log holds them.
+        let migrated = inner.migrate()?;
+        inner.compact()?;
+        for path in &migrated {
+            std::fs::remove_file(path)?;
+        }
+        if !migrated.is_empty() {
+            sync_dir(&inner.dir)?;
+        }
+        inner.damaged = inner.damaged_files()?;
+        Ok(Ledger {
+            inner: Arc::new(Mutex::new(inner)),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A step's recorded result, if it has one.
+    pub fn result(&self, step_id: &str) -> Option<StepResult> {
+        self.lock()
+            .steps
+            .get(step_id)
+            .and_then(|e| e.done.as_ref())
+            .map(|(result, _)| result.clone())
     }
 
     /// What is known of a step before it may act: its recorded result (for
     /// this attempt or a later one), or a doubt, or nothing.
     pub fn check(&self, request: &StepRequest) -> Option<Begin> {
-        match self.result(&request.step_id) {
-            // A later attempt is a deliberate retry; anything else gets the record.
-            Ok(Some(done)) if request.attempt <= done.attempt => Some(Begin::Done(done)),
-            Ok(_) => {
-                let running = self.running_path(&request.step_id);
-                running.exists().then(|| {
-                    Begin::Unsure(format!(
-                        "a previous agent process was running this step ({})",
-                        running.display()
-                    ))
-                })
-            }
-            Err(e) => Some(Begin::Unsure(format!(
-                "its ledger record cannot be read ({e})"
-            ))),
-        }
+        self.lock().check(request)
     }
 
     /// Record that a step is about to act, unless it already did (or may have).
     pub fn begin(&self, request: &StepRequest) -> std::io::Result<Begin> {
-        if let Some(known) = self.check(request) {
+        let mut inner = self.lock();
+        if let Some(known) = inner.check(request) {
             return Ok(known);
         }
-        write_durably(
-            &self.running_path(&request.step_id),
-            &request.encode_to_vec(),
-        )?;
+        inner.append(RUNNING, now_ms(), &request.encode_to_vec())?;
+        inner.set_running(request.clone());
         Ok(Begin::Act)
     }
 
     /// Record a step's result; it replaces the running record.
     pub fn finish(&self, result: &StepResult) -> std::io::Result<()> {
-        write_durably(&self.done_path(&result.step_id), &result.encode_to_vec())?;
-        match std::fs::remove_file(self.running_path(&result.step_id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        let mut inner = self.lock();
+        let at_ms = now_ms();
+        inner.append(DONE, at_ms, &result.encode_to_vec())?;
+        inner.set_done(result.clone(), at_ms);
+        // Rewritten when more than a third of it is replaced records: each
+        // record is rewritten about twice over its life.
+        if inner.records - inner.live > SLACK.max(inner.live / 2) {
+            inner.compact()?;
         }
+        Ok(())
     }
 
     /// Steps that were running when the agent stopped.
-    pub fn interrupted(&self) -> std::io::Result<Vec<StepRequest>> {
-        let mut steps = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "running") {
-                let bytes = std::fs::read(&path)?;
-                match StepRequest::decode(bytes.as_slice()) {
-                    Ok(step) => steps.push(step),
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), "unreadable ledger record: {e}")
-                    }
-                }
-            }
-        }
-        Ok(steps)
+    pub fn interrupted(&self) -> Vec<StepRequest> {
+        self.lock()
+            .steps
+            .values()
+            .filter_map(|e| e.running.clone())
+            .collect()
     }
 
     /// The most recent finished results, to announce after (re)connecting.
-    pub fn recent_results(&self) -> std::io::Result<Vec<StepResult>> {
-        let mut done = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "done") {
-                let modified = entry
-                    .metadata()?
-                    .modified()
-                    .unwrap_or(SystemTime::UNIX_EPOCH);
-                done.push((modified, path));
-            }
-        }
-        done.sort_by_key(|entry| std::cmp::Reverse(entry.0));
-        Ok(done
-            .into_iter()
+    pub fn recent_results(&self) -> Vec<StepResult> {
+        let inner = self.lock();
+        let mut done: Vec<&(StepResult, u64)> = inner
+            .steps
+            .values()
+            .filter_map(|e| e.done.as_ref())
+            .collect();
+        done.sort_by_key(|(_, at_ms)| std::cmp::Reverse(*at_ms));
+        done.into_iter()
             .take(ANNOUNCE)
-            .filter_map(|(_, path)| std::fs::read(path).ok())
-            .filter_map(|bytes| StepResult::decode(bytes.as_slice()).ok())
+            .map(|(result, _)| result)
             // Results of runs only: checkpoints and previews are not waited for after a restart.
             .filter(|r| !r.run_id.is_empty())
-            .collect())
+            .cloned()
+            .collect()
+    }
+}
+
+impl Inner {
+    fn set_running(&mut self, request: StepRequest) {
+        let entry = self.steps.entry(request.step_id.clone()).or_default();
+        self.live += usize::from(entry.running.is_none());
+        entry.running = Some(request);
     }
 
-    fn prune(&self) -> std::io::Result<()> {
-        let now = SystemTime::now();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            let old = entry
-                .metadata()?
-                .modified()
-                .ok()
-                .and_then(|m| now.duration_since(m).ok())
-                .is_some_and(|age| age > KEEP);
-            if old && path.extension().is_some_and(|e| e == "done") {
-                std::fs::remove_file(path)?;
+    /// A result replaces the step's running record.
+    fn set_done(&mut self, result: StepResult, at_ms: u64) {
+        let entry = self.steps.entry(result.step_id.clone()).or_default();
+        self.live -= usize::from(entry.running.is_some());
+        self.live += usize::from(entry.done.is_none());
+        entry.running = None;
+        entry.done = Some((result, at_ms));
+    }
+
+    fn check(&self, request: &StepRequest) -> Option<Begin> {
+        let entry = self.steps.get(&request.step_id);
+        match entry.and_then(|e| e.done.as_ref()) {
+            // A later attempt is a deliberate retry; anything else gets the record.
+            Some((done, _)) if request.attempt <= done.attempt => {
+                return Some(Begin::Done(done.clone()));
+            }
+            _ => {}
+        }
+        if entry.is_some_and(|e| e.running.is_some()) {
+            return Some(Begin::Unsure(format!(
+                "a previous agent process was running this step (ledger {})",
+                self.dir.join("log").display()
+            )));
+        }
+        self.damaged.as_ref().map(|why| Begin::Unsure(why.clone()))
+    }
+
+    /// Append one record and sync it. A write that fails is cut off, so
+    /// that the file never holds half a record before a whole one.
+    fn append(&mut self, kind: u8, at_ms: u64, payload: &[u8]) -> std::io::Result<()> {
+        if let Some(why) = &self.broken {
+            return Err(other(why.clone()));
+        }
+        let record = frame(kind, at_ms, payload);
+        let mut file = OpenOptions::new().append(true).open(self.dir.join("log"))?;
+        let written = file.write_all(&record).and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            if let Err(cut) = file.set_len(self.len) {
+                self.broken = Some(format!(
+                    "a ledger write failed ({e}) and its part could not be removed ({cut}); the agent writes nothing more until it restarts"
+                ));
+            }
+            return Err(e);
+        }
+        self.len += record.len() as u64;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Rewrite the file with what it must keep: results of the last week
+    /// and running records. Written beside it, synced, then renamed over it.
+    fn compact(&mut self) -> std::io::Result<()> {
+        let oldest = now_ms().saturating_sub(KEEP.as_millis() as u64);
+        self.steps.retain(|_, e| {
+            if e.done.as_ref().is_some_and(|(_, at_ms)| *at_ms < oldest) {
+                e.done = None;
+            }
+            e.live() > 0
+        });
+        self.live = self.steps.values().map(Entry::live).sum();
+        let mut bytes = Vec::new();
+        let mut records = 0;
+        for entry in self.steps.values() {
+            if let Some((result, at_ms)) = &entry.done {
+                bytes.extend(frame(DONE, *at_ms, &result.encode_to_vec()));
+                records += 1;
+            }
+            // After the result: a running record is of a later attempt.
+            if let Some(request) = &entry.running {
+                bytes.extend(frame(RUNNING, now_ms(), &request.encode_to_vec()));
+                records += 1;
             }
         }
+        let path = self.dir.join("log");
+        let temp = self.dir.join("log.tmp");
+        let mut file = File::create(&temp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&temp, &path)?;
+        sync_dir(&self.dir)?;
+        self.len = bytes.len() as u64;
+        self.records = records;
         Ok(())
+    }
+
+    /// Records in the one-file-per-record layout of earlier versions
+    /// (`<key>.running`, `<key>.done`) are taken in; the caller removes
+    /// them once the log holds them. One that cannot be read is kept aside
+    /// as damaged.
+    fn migrate(&mut self) -> std::io::Result<Vec<PathBuf>> {
+        let mut migrated = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let running = match path.extension().and_then(|e| e.to_str()) {
+                Some("running") => true,
+                Some("done") => false,
+                _ => continue,
+            };
+            let bytes = std::fs::read(&path)?;
+            let at_ms = std::fs::metadata(&path)?
+                .modified()
+                .ok()
+                .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as u64);
+            let read = if running {
+                StepRequest::decode(bytes.as_slice()).map(|request| {
+                    let entry = self.steps.entry(request.step_id.clone()).or_default();
+                    entry.running = Some(request);
+                })
+            } else {
+                StepResult::decode(bytes.as_slice()).map(|result| {
+                    let entry = self.steps.entry(result.step_id.clone()).or_default();
+                    let newer = entry
+                        .done
+                        .as_ref()
+                        .is_none_or(|(d, _)| d.attempt <= result.attempt);
+                    if newer {
+                        entry.done = Some((result, at_ms));
+                    }
+                })
+            };
+            match read {
+                Ok(()) => migrated.push(path),
+                Err(e) => {
+                    let kept = path.with_extension(format!(
+                        "{}.damaged",
+                        path.extension().unwrap_or_default().to_string_lossy()
+                    ));
+                    tracing::error!(path = %path.display(), "an unreadable ledger record ({e}) is kept as {}", kept.display());
+                    std::fs::rename(&path, kept)?;
+                }
+            }
+        }
+        // Both records of one step: the earlier layout wrote the result,
+        // then removed the running record. A running record stands only
+        // for a later attempt than the result's.
+        for entry in self.steps.values_mut() {
+            if let (Some(request), Some((done, _))) = (&entry.running, &entry.done)
+                && request.attempt <= done.attempt
+            {
+                entry.running = None;
+            }
+        }
+        Ok(migrated)
+    }
+
+    /// Why unknown steps may not act: the damaged records kept aside.
+    fn damaged_files(&self) -> std::io::Result<Option<String>> {
+        let mut kept = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "damaged") {
+                kept.push(path.display().to_string());
+            }
+        }
+        kept.sort();
+        Ok((!kept.is_empty()).then(|| {
+            format!(
+                "the agent's ledger was found damaged (kept as {}): a step it does not hold as done is not run until an operator has checked this agent's targets and removed that file",
+                kept.join(", ")
+            )
+        }))
     }
 }
 
@@ -192,54 +487,274 @@ mod tests {
 
     fn request(step: &str, attempt: u32) -> StepRequest {
         StepRequest {
+            run_id: "run-1".into(),
             step_id: step.into(),
             attempt,
             ..Default::default()
         }
     }
 
+    fn result(step: &str, attempt: u32) -> StepResult {
+        StepResult {
+            run_id: "run-1".into(),
+            step_id: step.into(),
+            attempt,
+            ..Default::default()
+        }
+    }
+
+    fn acts(ledger: &Ledger, step: &str, attempt: u32) -> bool {
+        matches!(ledger.begin(&request(step, attempt)).unwrap(), Begin::Act)
+    }
+
+    fn unsure(ledger: &Ledger, step: &str) -> String {
+        match ledger.begin(&request(step, 1)).unwrap() {
+            Begin::Unsure(why) => why,
+            Begin::Act => panic!("{step} acted"),
+            Begin::Done(_) => panic!("{step} was answered as done"),
+        }
+    }
+
+    fn log(dir: &Path) -> PathBuf {
+        dir.join("ledger").join("log")
+    }
+
+    fn damaged(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir.join("ledger"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "damaged"))
+            .collect()
+    }
+
     #[test]
-    fn a_record_that_cannot_be_read_never_means_act() {
+    fn what_it_records_holds_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
-        assert!(matches!(
-            ledger.begin(&request("s", 1)).unwrap(),
-            Begin::Act
-        ));
-        ledger
-            .finish(&StepResult {
-                step_id: "s".into(),
-                attempt: 1,
-                ..Default::default()
-            })
-            .unwrap();
-        assert!(matches!(
-            ledger.check(&request("s", 1)),
-            Some(Begin::Done(_))
-        ));
-        // The finished record is damaged: the step is not run again.
-        std::fs::write(ledger.done_path("s"), b"\xff\xff\xff garbage").unwrap();
-        assert!(matches!(
-            ledger.begin(&request("s", 1)).unwrap(),
-            Begin::Unsure(_)
-        ));
-        // A running record left by a previous process: not run again either.
-        std::fs::write(ledger.running_path("t"), b"\x00").unwrap();
-        let Begin::Unsure(why) = ledger.begin(&request("t", 1)).unwrap() else {
-            panic!("a step a previous process was running must not act")
-        };
-        assert!(why.contains("previous agent process"), "{why}");
+        assert!(acts(&ledger, "a/1", 1));
+        ledger.finish(&result("a/1", 1)).unwrap();
+        assert!(acts(&ledger, "b", 1));
+        drop(ledger);
+
+        let ledger = Ledger::open(dir.path()).unwrap();
+        // Delivered again: the recorded result, not a second action.
+        assert!(
+            matches!(ledger.begin(&request("a/1", 1)).unwrap(), Begin::Done(r) if r.step_id == "a/1")
+        );
+        // b was running when the agent stopped.
+        let interrupted: Vec<String> = ledger
+            .interrupted()
+            .into_iter()
+            .map(|r| r.step_id)
+            .collect();
+        assert_eq!(interrupted, ["b"]);
+        assert!(unsure(&ledger, "b").contains("previous agent process"));
         // A later attempt of a finished step is a deliberate retry.
-        ledger
-            .finish(&StepResult {
-                step_id: "u".into(),
-                attempt: 1,
-                ..Default::default()
-            })
+        assert!(acts(&ledger, "a/1", 2));
+        assert_eq!(ledger.recent_results().len(), 1);
+        assert!(damaged(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_last_record_cut_short_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert!(acts(&ledger, "a", 1));
+        ledger.finish(&result("a", 1)).unwrap();
+        assert!(acts(&ledger, "b", 1));
+        drop(ledger);
+        // The agent died while writing b's result: half of it is there.
+        let record = frame(DONE, now_ms(), &result("b", 1).encode_to_vec());
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(log(dir.path()))
             .unwrap();
+        file.write_all(&record[..record.len() / 2]).unwrap();
+        drop(file);
+
+        let ledger = Ledger::open(dir.path()).unwrap();
         assert!(matches!(
-            ledger.begin(&request("u", 2)).unwrap(),
-            Begin::Act
+            ledger.begin(&request("a", 1)).unwrap(),
+            Begin::Done(_)
         ));
+        // b's result was never synced: b is still running from before.
+        assert!(unsure(&ledger, "b").contains("previous agent process"));
+        // Not damage: other steps act.
+        assert!(acts(&ledger, "c", 1));
+        assert!(damaged(dir.path()).is_empty());
+        drop(ledger);
+
+        // A running record cut short: that step never acted; it may act.
+        let record = frame(RUNNING, now_ms(), &request("d", 1).encode_to_vec());
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(log(dir.path()))
+            .unwrap();
+        file.write_all(&record[..record.len() - 1]).unwrap();
+        drop(file);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert!(acts(&ledger, "d", 1));
+        assert!(unsure(&ledger, "c").contains("previous agent process"));
+    }
+
+    #[test]
+    fn a_damaged_record_lets_no_unknown_step_act_until_an_operator_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        for step in ["a", "b"] {
+            assert!(acts(&ledger, step, 1));
+            ledger.finish(&result(step, 1)).unwrap();
+        }
+        drop(ledger);
+        // A byte of the first record flipped on disk.
+        let mut bytes = std::fs::read(log(dir.path())).unwrap();
+        bytes[FRAME + 12] ^= 0xff;
+        std::fs::write(log(dir.path()), &bytes).unwrap();
+
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let kept = damaged(dir.path());
+        assert_eq!(kept.len(), 1, "the damaged log is kept aside");
+        assert_eq!(std::fs::read(&kept[0]).unwrap(), bytes);
+        let why = unsure(&ledger, "a");
+        assert!(why.contains(&kept[0].display().to_string()), "{why}");
+        // A step never seen may have been in the damaged part: not run either.
+        unsure(&ledger, "new");
+        // What it records from now on holds.
+        ledger.finish(&result("z", 1)).unwrap();
+        drop(ledger);
+
+        // Still in force after a restart, until the kept file is removed.
+        let ledger = Ledger::open(dir.path()).unwrap();
+        unsure(&ledger, "other");
+        assert!(matches!(
+            ledger.begin(&request("z", 1)).unwrap(),
+            Begin::Done(_)
+        ));
+        drop(ledger);
+        std::fs::remove_file(&kept[0]).unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert!(acts(&ledger, "other", 1));
+        assert!(matches!(
+            ledger.begin(&request("z", 1)).unwrap(),
+            Begin::Done(_)
+        ));
+    }
+
+    #[test]
+    fn records_of_the_one_file_per_record_layout_are_taken_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("ledger");
+        std::fs::create_dir_all(&old).unwrap();
+        let key = |step: &str| {
+            hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(step.as_bytes())[..16])
+        };
+        std::fs::write(
+            old.join(format!("{}.done", key("a"))),
+            result("a", 1).encode_to_vec(),
+        )
+        .unwrap();
+        std::fs::write(
+            old.join(format!("{}.running", key("b"))),
+            request("b", 1).encode_to_vec(),
+        )
+        .unwrap();
+        // Finished, but the agent died before removing its running record.
+        std::fs::write(
+            old.join(format!("{}.done", key("c"))),
+            result("c", 1).encode_to_vec(),
+        )
+        .unwrap();
+        std::fs::write(
+            old.join(format!("{}.running", key("c"))),
+            request("c", 1).encode_to_vec(),
+        )
+        .unwrap();
+
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert!(matches!(
+            ledger.begin(&request("a", 1)).unwrap(),
+            Begin::Done(_)
+        ));
+        assert!(matches!(
+            ledger.begin(&request("c", 1)).unwrap(),
+            Begin::Done(_)
+        ));
+        assert!(unsure(&ledger, "b").contains("previous agent process"));
+        assert!(acts(&ledger, "new", 1));
+        drop(ledger);
+        let left: Vec<_> = std::fs::read_dir(&old)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left,
+            ["log"],
+            "the old records are removed once the log holds them"
+        );
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert!(matches!(
+            ledger.begin(&request("a", 1)).unwrap(),
+            Begin::Done(_)
+        ));
+        assert!(unsure(&ledger, "b").contains("previous agent process"));
+        drop(ledger);
+
+        // An old record that cannot be read: fail closed.
+        std::fs::write(
+            old.join(format!("{}.done", key("d"))),
+            b"\xff\xff\xff garbage",
+        )
+        .unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(damaged(dir.path()).len(), 1);
+        unsure(&ledger, "d");
+        unsure(&ledger, "another");
+    }
+
+    #[test]
+    fn the_log_is_rewritten_without_what_it_no_longer_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        // A result older than a week, written as it was then, and a recent one.
+        let old = now_ms() - KEEP.as_millis() as u64 - 1000;
+        ledger
+            .lock()
+            .append(DONE, old, &result("old", 1).encode_to_vec())
+            .unwrap();
+        ledger
+            .lock()
+            .append(DONE, now_ms(), &result("recent", 1).encode_to_vec())
+            .unwrap();
+        drop(ledger);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert!(
+            acts(&ledger, "old", 1),
+            "a result older than a week is pruned"
+        );
+        assert!(matches!(
+            ledger.begin(&request("recent", 1)).unwrap(),
+            Begin::Done(_)
+        ));
+        ledger.finish(&result("old", 1)).unwrap();
+        let mut most = 0;
+        for i in 0..100 {
+            let step = format!("s{i}");
+            assert!(acts(&ledger, &step, 1));
+            ledger.finish(&result(&step, 1)).unwrap();
+            most = most.max(ledger.lock().records);
+        }
+        // Each step left a running record and a result: half of them
+        // replaced. The file was rewritten along the way.
+        // Without being rewritten it would hold 203 records.
+        assert!(most <= 102 + 51 + 1, "the log grew to {most} records");
+        drop(ledger);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.lock().records, 102, "one result per step");
+        for i in 0..100 {
+            assert!(matches!(
+                ledger.begin(&request(&format!("s{i}"), 1)).unwrap(),
+                Begin::Done(_)
+            ));
+        }
     }
 }

@@ -45,7 +45,9 @@ pub async fn prepare(
     env: Option<&str>,
 ) -> Result<(Plan, Vec<Vec<StepPlan>>, Vec<SnapshotRecord>), Status> {
     let plan = plan::parse(toml, path).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let mut agents = agent_views(shared).await?;
+    // Both lists are as long as the fleet: read at once.
+    let (agents, snapshots) = tokio::join!(agent_views(shared), shared.store.snapshots(release));
+    let (mut agents, snapshots) = (agents?, snapshots.map_err(internal)?);
     if let Some(env) = env {
         agents.retain(|a| a.labels.get("env").map(String::as_str) == Some(env));
     }
@@ -63,7 +65,6 @@ pub async fn prepare(
             "no release {release} (see `rewind releases`)"
         )));
     }
-    let snapshots = shared.store.snapshots(release).await.map_err(internal)?;
     let by_target = crate::runner::snapshot_index(&snapshots);
     for (stage, steps) in plan.stages.iter().zip(&resolved) {
         for step in steps {
@@ -440,14 +441,8 @@ pub async fn start_run(
         )));
     }
     let preview = preview(shared, &plan, &resolved, &snapshots).await;
-    let agents: std::collections::BTreeMap<String, Option<String>> = shared
-        .store
-        .agents()
-        .await
-        .map_err(internal)?
-        .into_iter()
-        .map(|a| (a.name, a.labels.get("env").cloned()))
-        .collect();
+    // Each agent's environment, read when a step loses data.
+    let mut environments: Option<HashMap<String, Option<String>>> = None;
     let release_env = shared
         .store
         .release(&release)
@@ -480,7 +475,18 @@ pub async fn start_run(
                     "stage {} host {} target {}",
                     stage.stage, step.agent, step.target
                 ));
-                let env = agents.get(&step.agent).cloned().flatten();
+                if environments.is_none() {
+                    let agents = shared.store.agents().await.map_err(internal)?;
+                    environments = Some(
+                        agents
+                            .into_iter()
+                            .map(|a| (a.name, a.labels.get("env").cloned()))
+                            .collect(),
+                    );
+                }
+                let env = environments
+                    .as_ref()
+                    .and_then(|e| e.get(&step.agent).cloned().flatten());
                 let by_release = config
                     .protected_environments()
                     .contains(&release_env.as_str())

@@ -79,6 +79,64 @@ async fn an_agent_killed_mid_step_has_its_outcome_recovered_not_repeated() {
     assert_ran_once_in_stage_order(&fleet);
 }
 
+/// An agent's ledger is what keeps a step from acting twice. Damaged on
+/// disk, it cannot say which steps it held: the agent runs no step it does
+/// not hold as done (each is settled by verify instead, and fails here,
+/// saying why) until an operator removes the damaged copy it kept aside.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_whose_ledger_is_damaged_acts_on_nothing_until_an_operator_clears_it() {
+    let mut fleet = TestFleet::start(eight_hosts(), None).await;
+    fleet.checkpoint("v1").await;
+    fleet.fleet.kill_agent("api-1");
+    // A byte of the first of its records (the checkpoint's) flipped on disk.
+    let ledger = fleet.fleet.host_dir("api-1").join("state").join("ledger");
+    let mut bytes = std::fs::read(ledger.join("log")).unwrap();
+    assert!(
+        bytes.len() > 64,
+        "api-1's ledger holds its checkpoint: {bytes:?}"
+    );
+    bytes[20] ^= 0xff;
+    std::fs::write(ledger.join("log"), &bytes).unwrap();
+    fleet.fleet.start_agent("api-1").expect("restarted agent");
+    fleet.wait_connected(8).await;
+
+    let run = fleet.start_run(&four_stage_plan(""), "v1").await;
+    let report = fleet.finish(&run).await;
+    assert_eq!(report.status, "failed", "{report:?}");
+    let api1 = report.steps.iter().find(|s| s.agent == "api-1").unwrap();
+    let error = api1.error.as_ref().expect("api-1's step failed");
+    assert_eq!(error.kind, "interrupted", "{error:?}");
+    assert!(
+        error.message.contains("ledger was found damaged") && error.message.contains(".damaged"),
+        "{}",
+        error.message
+    );
+    assert!(
+        fleet.records("api-1").is_empty(),
+        "api-1 restored with a damaged ledger: {:?}",
+        fleet.records("api-1")
+    );
+    let log = std::fs::read_to_string(fleet.fleet.host_dir("api-1").join("agent.log")).unwrap();
+    assert!(log.contains("the agent's ledger is damaged"), "{log}");
+
+    // The operator has checked api-1's target: the kept copy goes, the agent restarts.
+    fleet.fleet.kill_agent("api-1");
+    let kept: Vec<_> = std::fs::read_dir(&ledger)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "damaged"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    std::fs::remove_file(&kept[0]).unwrap();
+    fleet.fleet.start_agent("api-1").expect("restarted agent");
+    fleet.wait_connected(8).await;
+    let run = fleet.start_run(&four_stage_plan(""), "v1").await;
+    let report = fleet.finish(&run).await;
+    assert_eq!(report.status, "succeeded", "{report:?}");
+    let kinds: Vec<String> = fleet.records("api-1").into_iter().map(|(k, _)| k).collect();
+    assert_eq!(kinds, ["start", "end"]);
+}
+
 /// SIGTERM with agents connected and a step in flight: the coordinator
 /// stops starting steps, journals the result that arrives, tells agents to
 /// reconnect and exits within its documented bound (10 s of drain and 5 s
