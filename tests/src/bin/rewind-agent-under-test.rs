@@ -1,5 +1,4 @@
-//! The `rewind-agent` program, built with the tests so they never run a stale one.
+//! The `rewind-agent` program, built with the tests so they never run a
+//! stale one: its `main` is the shipped program's own.
 
-fn main() -> std::process::ExitCode {
-    rewind_agent::cli::main()
-}
+include!("../../../agent/src/main.rs");

@@ -1,5 +1,4 @@
-//! The `rewind` program, built with the tests so they never run a stale one.
+//! The `rewind` program, built with the tests so they never run a stale one:
+//! its `main` is the shipped program's own.
 
-fn main() -> std::process::ExitCode {
-    rewind_coordinator::cli::app::main()
-}
+include!("../../../coordinator/src/main.rs");
