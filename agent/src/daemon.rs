@@ -274,11 +274,11 @@ impl Agent {
     /// Stay connected until `shutdown` completes.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut backoff = Duration::from_millis(100);
+        let mut pacing = Pacing::new(self.dialers.len());
         loop {
             let session = async {
                 let channel = self.channel().await?;
-                self.clone().session(channel, &mut backoff).await
+                self.clone().session(channel, &mut pacing).await
             };
             tokio::select! {
                 _ = &mut shutdown => return,
@@ -286,7 +286,7 @@ impl Agent {
                     crate::metrics::METRICS.connected.set(0);
                     match ended {
                         Ok(()) => tracing::info!(agent = self.config.name, "the coordinator closed the stream; reconnecting"),
-                        Err(e) => tracing::warn!(agent = self.config.name, "coordinator: {e}; retrying in {backoff:?}"),
+                        Err(e) => tracing::warn!(agent = self.config.name, "coordinator: {e}; retrying in about {:?}", pacing.backoff),
                     }
                 }
             }
@@ -304,18 +304,11 @@ impl Agent {
                     .current
                     .store(leader, std::sync::atomic::Ordering::Relaxed),
             }
-            // Jittered, so that a fleet reconnecting to a new leader does
-            // not arrive all at once.
-            let pause = backoff.mul_f64(
-                0.5 + rand_core::RngCore::next_u32(&mut rand_core::OsRng) as f64
-                    / u32::MAX as f64
-                    / 2.0,
-            );
+            let pause = pacing.next_pause();
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tokio::time::sleep(pause) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -340,12 +333,8 @@ impl Agent {
         }
     }
 
-    /// One session; `backoff` starts over once the coordinator accepted it.
-    async fn session(
-        self: Arc<Self>,
-        channel: Channel,
-        backoff: &mut Duration,
-    ) -> Result<(), String> {
+    /// One session; `pacing` starts over once the coordinator accepted it.
+    async fn session(self: Arc<Self>, channel: Channel, pacing: &mut Pacing) -> Result<(), String> {
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let hello = AgentMessage {
             body: Some(agent_message::Body::Hello(self.hello())),
@@ -361,7 +350,7 @@ impl Agent {
                 return Err(status_text(&status));
             }
         };
-        *backoff = Duration::from_millis(100);
+        pacing.accepted();
         crate::metrics::METRICS.connected.set(1);
         *self.outbound.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
         // Results the coordinator may not have seen (steps that finished
@@ -757,6 +746,50 @@ fn status_text(status: &tonic::Status) -> String {
 }
 
 /// `action_of`, for the property tests of what arrives on the wire.
+/// The pause before an agent's next connection attempt. Jittered (half to
+/// all of the backoff), so that a fleet reconnecting to a new leader does
+/// not arrive all at once. The backoff doubles, up to `MAX_BACKOFF`, after
+/// each round in which every configured coordinator was tried and failed,
+/// not after each attempt: an agent that finds the old leader gone tries
+/// the standby after the same pause, and meets the new leader soon after
+/// it leads. It starts over once a coordinator accepts the agent.
+struct Pacing {
+    backoff: Duration,
+    /// Failed attempts in this round.
+    failed: usize,
+    coordinators: usize,
+}
+
+impl Pacing {
+    const FIRST: Duration = Duration::from_millis(100);
+
+    fn new(coordinators: usize) -> Pacing {
+        Pacing {
+            backoff: Self::FIRST,
+            failed: 0,
+            coordinators: coordinators.max(1),
+        }
+    }
+
+    fn accepted(&mut self) {
+        self.backoff = Self::FIRST;
+        self.failed = 0;
+    }
+
+    /// The pause after an attempt (or a session) ended.
+    fn next_pause(&mut self) -> Duration {
+        let share = 0.5
+            + rand_core::RngCore::next_u32(&mut rand_core::OsRng) as f64 / u32::MAX as f64 / 2.0;
+        let pause = self.backoff.mul_f64(share);
+        self.failed += 1;
+        if self.failed >= self.coordinators {
+            self.failed = 0;
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        }
+        pause
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn action_of_for_tests(step: &StepRequest) -> Result<Action, String> {
     action_of(step)
@@ -871,4 +904,40 @@ fn result_of(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backoffs(pacing: &mut Pacing, attempts: usize) -> Vec<u128> {
+        (0..attempts)
+            .map(|_| {
+                let backoff = pacing.backoff;
+                let pause = pacing.next_pause();
+                assert!(
+                    pause >= backoff / 2 && pause <= backoff,
+                    "a pause of {pause:?} for a backoff of {backoff:?}"
+                );
+                backoff.as_millis()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_pause_doubles_after_each_round_of_every_coordinator_failing() {
+        let mut pacing = Pacing::new(2);
+        assert_eq!(
+            backoffs(&mut pacing, 16),
+            [
+                100, 100, 200, 200, 400, 400, 800, 800, 1600, 1600, 3200, 3200, 5000, 5000, 5000,
+                5000
+            ]
+        );
+        pacing.accepted();
+        assert_eq!(backoffs(&mut pacing, 3), [100, 100, 200]);
+        // One coordinator: each attempt is a round.
+        let mut alone = Pacing::new(1);
+        assert_eq!(backoffs(&mut alone, 4), [100, 200, 400, 800]);
+    }
 }
