@@ -745,7 +745,6 @@ fn status_text(status: &tonic::Status) -> String {
     }
 }
 
-/// `action_of`, for the property tests of what arrives on the wire.
 /// The pause before an agent's next connection attempt. Jittered (half to
 /// all of the backoff), so that a fleet reconnecting to a new leader does
 /// not arrive all at once. The backoff doubles, up to `MAX_BACKOFF`, after
@@ -790,6 +789,7 @@ impl Pacing {
     }
 }
 
+/// `action_of`, for the property tests of what arrives on the wire.
 #[cfg(test)]
 pub(crate) fn action_of_for_tests(step: &StepRequest) -> Result<Action, String> {
     action_of(step)

@@ -43,6 +43,8 @@ const ANNOUNCE: usize = 1000;
 const SLACK: usize = if cfg!(test) { 16 } else { 10_000 };
 /// A record's frame: the body's length and its CRC-32, little-endian.
 const FRAME: usize = 8;
+/// A body's head, before the request or result: its kind and time.
+const HEAD: usize = 9;
 /// A body larger than this is not a record (a damaged length).
 const MAX_BODY: usize = 64 << 20;
 
@@ -100,7 +102,7 @@ fn now_ms() -> u64 {
 }
 
 fn frame(kind: u8, at_ms: u64, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(9 + payload.len());
+    let mut body = Vec::with_capacity(HEAD + payload.len());
     body.push(kind);
     body.extend_from_slice(&at_ms.to_le_bytes());
     body.extend_from_slice(payload);
@@ -115,20 +117,16 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn other(what: String) -> std::io::Error {
-    std::io::Error::other(what)
-}
-
-/// What reading a log found.
-struct Parsed {
-    records: Vec<(u8, u64, Vec<u8>)>,
+/// What reading a log found: each record's kind, time and request or result.
+struct Parsed<'a> {
+    records: Vec<(u8, u64, &'a [u8])>,
     /// Where the whole records end.
     end: u64,
     /// A damaged record (not a torn last one): where, and what.
     damage: Option<String>,
 }
 
-fn parse(bytes: &[u8]) -> Parsed {
+fn parse(bytes: &[u8]) -> Parsed<'_> {
     let mut records = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
@@ -138,7 +136,7 @@ fn parse(bytes: &[u8]) -> Parsed {
         }
         let len = u32::from_le_bytes(rest[0..4].try_into().unwrap()) as usize;
         let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap());
-        if !(9..=MAX_BODY).contains(&len) {
+        if !(HEAD..=MAX_BODY).contains(&len) {
             return Parsed {
                 records,
                 end: at as u64,
@@ -163,8 +161,8 @@ fn parse(bytes: &[u8]) -> Parsed {
                 damage: Some(format!("the record at byte {at} is damaged (checksum)")),
             };
         }
-        let at_ms = u64::from_le_bytes(body[1..9].try_into().unwrap());
-        records.push((kind, at_ms, body[9..].to_vec()));
+        let at_ms = u64::from_le_bytes(body[1..HEAD].try_into().unwrap());
+        records.push((kind, at_ms, &body[HEAD..]));
         at += FRAME + len;
     }
     Parsed {
@@ -197,8 +195,8 @@ impl Ledger {
         let mut damage = read.damage;
         for (kind, at_ms, payload) in read.records {
             let decoded = match kind {
-                RUNNING => StepRequest::decode(payload.as_slice()).map(|r| inner.set_running(r)),
-                _ => StepResult::decode(payload.as_slice()).map(|r| inner.set_done(r, at_ms)),
+                RUNNING => StepRequest::decode(payload).map(|r| inner.set_running(r)),
+                _ => StepResult::decode(payload).map(|r| inner.set_done(r, at_ms)),
             };
             if let Err(e) = decoded {
                 damage = Some(format!("a record does not decode ({e})"));
@@ -238,15 +236,6 @@ impl Ledger {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A step's recorded result, if it has one.
-    pub fn result(&self, step_id: &str) -> Option<StepResult> {
-        self.lock()
-            .steps
-            .get(step_id)
-            .and_then(|e| e.done.as_ref())
-            .map(|(result, _)| result.clone())
     }
 
     /// What is known of a step before it may act: its recorded result (for
@@ -346,7 +335,7 @@ impl Inner {
     /// that the file never holds half a record before a whole one.
     fn append(&mut self, kind: u8, at_ms: u64, payload: &[u8]) -> std::io::Result<()> {
         if let Some(why) = &self.broken {
-            return Err(other(why.clone()));
+            return Err(std::io::Error::other(why.clone()));
         }
         let record = frame(kind, at_ms, payload);
         let mut file = OpenOptions::new().append(true).open(self.dir.join("log"))?;
@@ -515,6 +504,23 @@ mod tests {
         }
     }
 
+    fn answered_done(ledger: &Ledger, step: &str) -> bool {
+        matches!(ledger.begin(&request(step, 1)).unwrap(), Begin::Done(_))
+    }
+
+    /// Bytes added to the log as a write that did not complete leaves them.
+    fn append_bytes(dir: &Path, bytes: &[u8]) {
+        let mut file = OpenOptions::new().append(true).open(log(dir)).unwrap();
+        file.write_all(bytes).unwrap();
+    }
+
+    /// A record as earlier versions kept it: a file per step and kind,
+    /// named by a digest of the step id.
+    fn write_earlier_layout(dir: &Path, step: &str, kind: &str, bytes: Vec<u8>) {
+        let key = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(step.as_bytes())[..16]);
+        std::fs::write(dir.join(format!("{key}.{kind}")), bytes).unwrap();
+    }
+
     fn log(dir: &Path) -> PathBuf {
         dir.join("ledger").join("log")
     }
@@ -565,18 +571,10 @@ mod tests {
         drop(ledger);
         // The agent died while writing b's result: half of it is there.
         let record = frame(DONE, now_ms(), &result("b", 1).encode_to_vec());
-        let mut file = OpenOptions::new()
-            .append(true)
-            .open(log(dir.path()))
-            .unwrap();
-        file.write_all(&record[..record.len() / 2]).unwrap();
-        drop(file);
+        append_bytes(dir.path(), &record[..record.len() / 2]);
 
         let ledger = Ledger::open(dir.path()).unwrap();
-        assert!(matches!(
-            ledger.begin(&request("a", 1)).unwrap(),
-            Begin::Done(_)
-        ));
+        assert!(answered_done(&ledger, "a"));
         // b's result was never synced: b is still running from before.
         assert!(unsure(&ledger, "b").contains("previous agent process"));
         // Not damage: other steps act.
@@ -586,12 +584,7 @@ mod tests {
 
         // A running record cut short: that step never acted; it may act.
         let record = frame(RUNNING, now_ms(), &request("d", 1).encode_to_vec());
-        let mut file = OpenOptions::new()
-            .append(true)
-            .open(log(dir.path()))
-            .unwrap();
-        file.write_all(&record[..record.len() - 1]).unwrap();
-        drop(file);
+        append_bytes(dir.path(), &record[..record.len() - 1]);
         let ledger = Ledger::open(dir.path()).unwrap();
         assert!(acts(&ledger, "d", 1));
         assert!(unsure(&ledger, "c").contains("previous agent process"));
@@ -626,18 +619,12 @@ mod tests {
         // Still in force after a restart, until the kept file is removed.
         let ledger = Ledger::open(dir.path()).unwrap();
         unsure(&ledger, "other");
-        assert!(matches!(
-            ledger.begin(&request("z", 1)).unwrap(),
-            Begin::Done(_)
-        ));
+        assert!(answered_done(&ledger, "z"));
         drop(ledger);
         std::fs::remove_file(&kept[0]).unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
         assert!(acts(&ledger, "other", 1));
-        assert!(matches!(
-            ledger.begin(&request("z", 1)).unwrap(),
-            Begin::Done(_)
-        ));
+        assert!(answered_done(&ledger, "z"));
     }
 
     #[test]
@@ -645,40 +632,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let old = dir.path().join("ledger");
         std::fs::create_dir_all(&old).unwrap();
-        let key = |step: &str| {
-            hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(step.as_bytes())[..16])
-        };
-        std::fs::write(
-            old.join(format!("{}.done", key("a"))),
-            result("a", 1).encode_to_vec(),
-        )
-        .unwrap();
-        std::fs::write(
-            old.join(format!("{}.running", key("b"))),
-            request("b", 1).encode_to_vec(),
-        )
-        .unwrap();
+        write_earlier_layout(&old, "a", "done", result("a", 1).encode_to_vec());
+        write_earlier_layout(&old, "b", "running", request("b", 1).encode_to_vec());
         // Finished, but the agent died before removing its running record.
-        std::fs::write(
-            old.join(format!("{}.done", key("c"))),
-            result("c", 1).encode_to_vec(),
-        )
-        .unwrap();
-        std::fs::write(
-            old.join(format!("{}.running", key("c"))),
-            request("c", 1).encode_to_vec(),
-        )
-        .unwrap();
+        write_earlier_layout(&old, "c", "done", result("c", 1).encode_to_vec());
+        write_earlier_layout(&old, "c", "running", request("c", 1).encode_to_vec());
 
         let ledger = Ledger::open(dir.path()).unwrap();
-        assert!(matches!(
-            ledger.begin(&request("a", 1)).unwrap(),
-            Begin::Done(_)
-        ));
-        assert!(matches!(
-            ledger.begin(&request("c", 1)).unwrap(),
-            Begin::Done(_)
-        ));
+        assert!(answered_done(&ledger, "a"));
+        assert!(answered_done(&ledger, "c"));
         assert!(unsure(&ledger, "b").contains("previous agent process"));
         assert!(acts(&ledger, "new", 1));
         drop(ledger);
@@ -692,19 +654,12 @@ mod tests {
             "the old records are removed once the log holds them"
         );
         let ledger = Ledger::open(dir.path()).unwrap();
-        assert!(matches!(
-            ledger.begin(&request("a", 1)).unwrap(),
-            Begin::Done(_)
-        ));
+        assert!(answered_done(&ledger, "a"));
         assert!(unsure(&ledger, "b").contains("previous agent process"));
         drop(ledger);
 
         // An old record that cannot be read: fail closed.
-        std::fs::write(
-            old.join(format!("{}.done", key("d"))),
-            b"\xff\xff\xff garbage",
-        )
-        .unwrap();
+        write_earlier_layout(&old, "d", "done", b"\xff\xff\xff garbage".to_vec());
         let ledger = Ledger::open(dir.path()).unwrap();
         assert_eq!(damaged(dir.path()).len(), 1);
         unsure(&ledger, "d");
@@ -731,10 +686,7 @@ mod tests {
             acts(&ledger, "old", 1),
             "a result older than a week is pruned"
         );
-        assert!(matches!(
-            ledger.begin(&request("recent", 1)).unwrap(),
-            Begin::Done(_)
-        ));
+        assert!(answered_done(&ledger, "recent"));
         ledger.finish(&result("old", 1)).unwrap();
         let mut most = 0;
         for i in 0..100 {
@@ -751,10 +703,7 @@ mod tests {
         let ledger = Ledger::open(dir.path()).unwrap();
         assert_eq!(ledger.lock().records, 102, "one result per step");
         for i in 0..100 {
-            assert!(matches!(
-                ledger.begin(&request(&format!("s{i}"), 1)).unwrap(),
-                Begin::Done(_)
-            ));
+            assert!(answered_done(&ledger, &format!("s{i}")));
         }
     }
 }

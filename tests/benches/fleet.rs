@@ -33,10 +33,11 @@ use rewind_agent::config;
 use rewind_agent::daemon::Agent;
 use rewind_agent::host::PluginHost;
 use rewind_coordinator::certs;
-use rewind_coordinator::cli::client::{self, Client};
+use rewind_coordinator::cli::client;
 use rewind_coordinator::localfleet::LocalFleet;
 use rewind_proto::identity::Kind;
 use rewind_proto::v1::{CheckpointRequest, FleetRequest, RunRef, RunRequest, WatchRequest};
+use rewind_tests::fleet::connected_count;
 use rewind_tests::ha::OtherCoordinator;
 use rewind_tests::postgres::PgServer;
 use rewind_tests::{binary, free_port};
@@ -214,18 +215,6 @@ fn agents(
         .collect()
 }
 
-async fn connected(operator: &mut Client) -> usize {
-    match operator.fleet(FleetRequest {}).await {
-        Ok(reply) => reply
-            .into_inner()
-            .agents
-            .iter()
-            .filter(|a| a.connected)
-            .count(),
-        Err(_) => 0,
-    }
-}
-
 fn main() {
     // The agents run in this process: as their own binary does.
     rewind_agent::quiet_library_backtraces();
@@ -394,7 +383,7 @@ fn main() {
         let leads = killed.elapsed();
         let mut operator = client::connect(&urls[1], &fleet.operator("admin")).await.unwrap();
         let deadline = killed + Duration::from_secs(120);
-        while connected(&mut operator).await < count {
+        while connected_count(&mut operator).await < count {
             assert!(Instant::now() < deadline, "the agents did not all reconnect to b");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -663,20 +663,26 @@ impl std::fmt::Display for CommandOutput {
     }
 }
 
+/// How many agents the coordinator behind `client` counts connected (0
+/// when it does not answer).
+pub async fn connected_count(client: &mut Client) -> usize {
+    match client.fleet(FleetRequest {}).await {
+        Ok(reply) => reply
+            .into_inner()
+            .agents
+            .iter()
+            .filter(|a| a.connected)
+            .count(),
+        Err(_) => 0,
+    }
+}
+
 /// Wait up to `patience` for the coordinator behind `client` to count at
 /// least `count` connected agents; how many it counted last.
 pub async fn connected_within(client: &mut Client, count: usize, patience: Duration) -> usize {
     let deadline = Instant::now() + patience;
     loop {
-        let connected = match client.fleet(FleetRequest {}).await {
-            Ok(reply) => reply
-                .into_inner()
-                .agents
-                .iter()
-                .filter(|a| a.connected)
-                .count(),
-            Err(_) => 0,
-        };
+        let connected = connected_count(client).await;
         if connected >= count || Instant::now() >= deadline {
             return connected;
         }
