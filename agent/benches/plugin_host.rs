@@ -54,7 +54,7 @@ plugin = "noop"
 [targets.files]
 plugin = "files"
 settings = {{ files = ["{dir}/app.conf"] }}
-grant = {{ files = ["{dir}"], process = [] }}
+grant = {{ files = ["{dir}"], process = [], docker = [] }}
 "#,
         dir = dir.display(),
         plugins = plugins.display()

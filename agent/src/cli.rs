@@ -152,6 +152,17 @@ pub fn main() -> ExitCode {
 
 fn run_agent(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = config::load(config_path)?;
+    if config
+        .trusted_keys
+        .iter()
+        .any(|k| hex::encode(k.as_bytes()) == signing::DEVELOPMENT_KEY)
+    {
+        eprintln!(
+            "warning: {} trusts rewind's published development key (deploy/dev-signing): anyone \
+             can sign a plugin with it; trust your own key in production",
+            config_path.display()
+        );
+    }
     let runtime = runtime()?;
     runtime.block_on(async {
         let host = Arc::new(PluginHost::new(&config.cache_dir, config.trusted_keys.clone())?);

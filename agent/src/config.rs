@@ -99,6 +99,10 @@ pub struct TargetConfig {
     pub state_files: u64,
     /// A file of the target's secrets (`KEY=VALUE` lines), read at each call.
     pub secrets: Option<PathBuf>,
+    /// The agent's key that seals the container configurations the docker
+    /// capability hands out (`<state_dir>/docker-seal.key`, out of every
+    /// target's reach).
+    pub seal_key: PathBuf,
     pub grant: Grant,
 }
 
@@ -631,6 +635,7 @@ pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
             target_name.clone(),
             Arc::new(TargetConfig {
                 state_dir: state_dir.join("targets").join(&target_name),
+                seal_key: state_dir.join("docker-seal.key"),
                 state_quota: target.state_quota.unwrap_or(DEFAULT_STATE_QUOTA),
                 state_files: target.state_files.unwrap_or(DEFAULT_STATE_FILES),
                 name: target_name,

@@ -683,7 +683,7 @@ impl Agent {
                 run_id: run_id.clone(),
                 step_id: step_id.clone(),
                 attempt,
-                detail: report.detail,
+                detail: rewind_proto::masked::text(&report.detail),
                 percent: report.percent.map(u32::from),
             };
             // Progress is best effort: dropped when the stream is backed up.
@@ -903,6 +903,8 @@ fn result_of(
             }));
         }
     }
+    // Credentials never leave the host in clear.
+    rewind_proto::masked::result(&mut result);
     result
 }
 

@@ -36,7 +36,7 @@ pub struct Kit {
 pub struct TargetSpec {
     #[serde(default)]
     pub settings: toml::Table,
-    /// The grant; `{ files = ["{tree}"], process = [] }` when left out.
+    /// The grant; `{ files = ["{tree}"], process = [], docker = [] }` when left out.
     pub grant: Option<toml::Table>,
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
@@ -90,6 +90,7 @@ impl Kit {
             toml::Value::Array(vec![toml::Value::String("{tree}".into())]),
         );
         default_grant.insert("process".into(), toml::Value::Array(vec![]));
+        default_grant.insert("docker".into(), toml::Value::Array(vec![]));
         let grant = spec.grant.clone().unwrap_or(default_grant);
         let secrets = if spec.secrets.is_empty() {
             String::new()

@@ -128,7 +128,7 @@ allow_unsigned = true
 [targets.{target}]
 plugin = "files"
 settings = {{ files = ["{{host}}/etc/{file}"] }}
-grant = {{ files = ["{{host}}/etc"], process = [] }}
+grant = {{ files = ["{{host}}/etc"], process = [], docker = [] }}
 "#,
             target = host.target,
             file = host.file
@@ -218,6 +218,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         PLAN.to_string(),
         "v1.2.3",
         RollbackOptions {
+            env: String::new(),
             preempt_drill: false,
             yes: true,
             confirm_data_loss: false,

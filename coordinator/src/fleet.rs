@@ -260,7 +260,9 @@ impl Fleet {
 
     /// Deliver a step result that agent `from` sent to its run or its
     /// waiter. Waits while the run's queue is full (never drops a result).
-    pub async fn route_result(&self, from: &str, result: StepResult) {
+    pub async fn route_result(&self, from: &str, mut result: StepResult) {
+        // Whatever an agent sends is masked before it is kept or shown.
+        rewind_proto::masked::result(&mut result);
         let run = {
             let mut inner = self.lock();
             if let Some(run) = inner.runs.get(&result.run_id) {
@@ -306,8 +308,9 @@ impl Fleet {
     }
 
     /// Progress is best effort: dropped when the run's queue is full.
-    pub fn route_progress(&self, from: &str, progress: StepProgress) {
+    pub fn route_progress(&self, from: &str, mut progress: StepProgress) {
         if let Some(run) = self.lock().runs.get(&progress.run_id) {
+            progress.detail = rewind_proto::masked::text(&progress.detail);
             let _ = run.try_send(RunInput::Progress {
                 from: from.to_string(),
                 progress,

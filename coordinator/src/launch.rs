@@ -36,20 +36,100 @@ pub async fn agent_views(shared: &Shared) -> Result<Vec<AgentView>, Status> {
         .collect())
 }
 
-/// Parse and resolve a plan against the fleet and a release.
+/// A plan resolved against the fleet and a release, in one environment.
+pub struct Prepared {
+    pub plan: Plan,
+    pub resolved: Vec<Vec<StepPlan>>,
+    pub snapshots: Vec<SnapshotRecord>,
+    /// The environment whose agents the plan selected (None: the fleet's
+    /// agents have no `env` label, or all share one).
+    pub env: Option<String>,
+    /// Each selected agent's environment.
+    pub envs: HashMap<String, String>,
+}
+
+/// The environment a plan acts on: the one asked for, else the plan's
+/// `env`, else the fleet's only one. Refused when the two disagree, or when
+/// the fleet has several and none is named: a plan never selects agents of
+/// two environments.
+fn environment(
+    asked: Option<&str>,
+    plan: &Plan,
+    agents: &[AgentView],
+) -> Result<Option<String>, Status> {
+    let asked = asked.filter(|e| !e.is_empty());
+    let env = match (asked, &plan.env) {
+        (Some(asked), Some((own, line))) if asked != own => {
+            return Err(Status::invalid_argument(format!(
+                "{}:{line}: the plan is for environment {own}, not {asked}",
+                plan.path
+            )));
+        }
+        (Some(asked), _) => Some(asked.to_string()),
+        (None, Some((own, _))) => Some(own.clone()),
+        (None, None) => None,
+    };
+    let known: std::collections::BTreeSet<Option<&str>> = agents
+        .iter()
+        .map(|a| a.labels.get("env").map(String::as_str))
+        .collect();
+    let names = || {
+        known
+            .iter()
+            .map(|e| e.unwrap_or("(no env label)"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match env {
+        Some(env) if !known.contains(&Some(env.as_str())) => Err(Status::failed_precondition(
+            format!("no agent has the label env = {env} (environments: {})", names()),
+        )),
+        Some(env) => Ok(Some(env)),
+        None if known.len() > 1 => Err(Status::failed_precondition(format!(
+            "the fleet has agents of several environments ({}): name one with --env NAME, or \
+             env = \"NAME\" in {}; a plan acts on one environment at a time",
+            names(),
+            plan.path
+        ))),
+        None => Ok(known.into_iter().next().flatten().map(str::to_string)),
+    }
+}
+
+/// Parse and resolve a plan against the fleet and a release, in the
+/// environment asked for (see [`environment`]).
 pub async fn prepare(
     shared: &Shared,
     toml: &str,
     path: &str,
     release: &str,
     env: Option<&str>,
-) -> Result<(Plan, Vec<Vec<StepPlan>>, Vec<SnapshotRecord>), Status> {
+) -> Result<Prepared, Status> {
     let plan = plan::parse(toml, path).map_err(|e| Status::invalid_argument(e.to_string()))?;
     // Both lists are as long as the fleet: read at once.
     let (agents, snapshots) = tokio::join!(agent_views(shared), shared.store.snapshots(release));
     let (mut agents, snapshots) = (agents?, snapshots.map_err(internal)?);
-    if let Some(env) = env {
-        agents.retain(|a| a.labels.get("env").map(String::as_str) == Some(env));
+    let env = environment(env, &plan, &agents)?;
+    if let Some(env) = &env {
+        if let Some((line, what)) = plan.outside(env) {
+            return Err(Status::invalid_argument(format!(
+                "{path}:{line}: {what}, not {env}: a plan acts on one environment at a time"
+            )));
+        }
+        // An agent the plan names itself must be of the same environment.
+        for (agent, line, what) in plan.named_agents() {
+            if let Some(other) = agents
+                .iter()
+                .find(|a| a.name == agent)
+                .and_then(|a| a.labels.get("env"))
+                .filter(|e| *e != env)
+            {
+                return Err(Status::invalid_argument(format!(
+                    "{path}:{line}: {what}: agent {agent} is of environment {other}, not {env}: a \
+                     plan acts on one environment at a time"
+                )));
+            }
+        }
+        agents.retain(|a| a.labels.get("env") == Some(env));
     }
     let resolved = plan
         .resolve(&agents)
@@ -78,16 +158,28 @@ pub async fn prepare(
             }
         }
     }
-    Ok((plan, resolved, snapshots))
+    let envs = agents
+        .into_iter()
+        .filter_map(|a| a.labels.get("env").cloned().map(|e| (a.name, e)))
+        .collect();
+    Ok(Prepared {
+        plan,
+        resolved,
+        snapshots,
+        env,
+        envs,
+    })
 }
 
 /// Ask every plugin of a resolved plan what it would change.
-pub async fn preview(
-    shared: &Shared,
-    plan: &Plan,
-    resolved: &[Vec<StepPlan>],
-    snapshots: &[SnapshotRecord],
-) -> PreviewReply {
+pub async fn preview(shared: &Shared, prepared: &Prepared) -> PreviewReply {
+    let Prepared {
+        plan,
+        resolved,
+        snapshots,
+        envs,
+        ..
+    } = prepared;
     let mut tasks = tokio::task::JoinSet::new();
     let by_target = crate::runner::snapshot_index(snapshots);
     for (stage_index, (stage, steps)) in plan.stages.iter().zip(resolved).enumerate() {
@@ -169,6 +261,7 @@ pub async fn preview(
         };
         let fingerprint = fingerprint(preview.as_ref(), error.as_ref());
         stages[stage].steps[step] = StepPreview {
+            env: envs.get(&agent).cloned().unwrap_or_default(),
             agent,
             target,
             action: action.as_str().into(),
@@ -259,6 +352,21 @@ pub async fn checkpoint(
         )));
     }
     let known = shared.store.agents().await.map_err(internal)?;
+    if env.is_empty() {
+        let mut envs: Vec<&str> = known
+            .iter()
+            .map(|a| a.labels.get("env").map_or("(no env label)", String::as_str))
+            .collect();
+        envs.sort_unstable();
+        envs.dedup();
+        if envs.len() > 1 {
+            return Err(Status::failed_precondition(format!(
+                "release {release} not recorded: the fleet has agents of several environments \
+                 ({}): name one with --env NAME; a checkpoint covers one environment at a time",
+                envs.join(", ")
+            )));
+        }
+    }
     let matching: Vec<_> = known
         .into_iter()
         .filter(|a| env.is_empty() || a.labels.get("env") == Some(&env))
@@ -413,8 +521,8 @@ pub async fn start_run(
         env,
         preempt_drill,
     } = start;
-    let (plan, resolved, snapshots) =
-        prepare(shared, &plan_toml, &plan_path, &release, env.as_deref()).await?;
+    let prepared = prepare(shared, &plan_toml, &plan_path, &release, env.as_deref()).await?;
+    let resolved = &prepared.resolved;
     if kind == RunKind::Rollback {
         let mut agents: Vec<String> = resolved.iter().flatten().map(|s| s.agent.clone()).collect();
         agents.sort();
@@ -440,9 +548,7 @@ pub async fn start_run(
             offline.join(", ")
         )));
     }
-    let preview = preview(shared, &plan, &resolved, &snapshots).await;
-    // Each agent's environment, read when a step loses data.
-    let mut environments: Option<HashMap<String, Option<String>>> = None;
+    let preview = preview(shared, &prepared).await;
     let release_env = shared
         .store
         .release(&release)
@@ -475,18 +581,7 @@ pub async fn start_run(
                     "stage {} host {} target {}",
                     stage.stage, step.agent, step.target
                 ));
-                if environments.is_none() {
-                    let agents = shared.store.agents().await.map_err(internal)?;
-                    environments = Some(
-                        agents
-                            .into_iter()
-                            .map(|a| (a.name, a.labels.get("env").cloned()))
-                            .collect(),
-                    );
-                }
-                let env = environments
-                    .as_ref()
-                    .and_then(|e| e.get(&step.agent).cloned().flatten());
+                let env = prepared.envs.get(&step.agent).cloned();
                 let by_release = config
                     .protected_environments()
                     .contains(&release_env.as_str())
@@ -549,7 +644,7 @@ pub async fn start_run(
     }
     let run = RunRecord {
         id: id.unwrap_or_else(|| format!("run-{}-{}", now_ms(), nonce())),
-        plan_name: plan.name.clone(),
+        plan_name: prepared.plan.name.clone(),
         plan_path: plan_path.clone(),
         plan_toml,
         release,
@@ -565,8 +660,15 @@ pub async fn start_run(
         verdict: String::new(),
         kind: kind.as_str().into(),
         drill_run,
+        env: prepared.env.clone().unwrap_or_default(),
     };
     let run_id = run.id.clone();
+    let Prepared {
+        plan,
+        resolved,
+        snapshots,
+        ..
+    } = prepared;
     runner::start(shared.clone(), run, plan, resolved, snapshots, windows)
         .await
         .map_err(|e| match e {

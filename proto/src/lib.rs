@@ -6,6 +6,7 @@ pub mod accept;
 pub mod connect;
 pub mod crl;
 pub mod identity;
+pub mod masked;
 pub mod metrics;
 pub mod tls;
 

@@ -73,7 +73,7 @@ CMD ["sh","-c","echo serving build {tag}; exec httpd -f -vv -p 8080 -h {serve}"]
 }
 
 /// The static busybox the test images are made of.
-fn busybox() -> &'static Path {
+pub(crate) fn busybox() -> &'static Path {
     ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(Path::new)
@@ -82,7 +82,7 @@ fn busybox() -> &'static Path {
 }
 
 /// `docker build` of a directory; the image's id.
-fn build(reference: &str, dir: &Path) -> String {
+pub(crate) fn build(reference: &str, dir: &Path) -> String {
     run(
         "docker",
         &["build", "-q", "-t", reference, &dir.display().to_string()],

@@ -165,15 +165,27 @@ impl TestFleet {
         agents: Vec<(String, String, String)>,
         database: Option<&str>,
     ) -> TestFleet {
+        let agents = agents
+            .into_iter()
+            .map(|(name, tier, targets)| (name, tier, "staging", targets))
+            .collect();
+        TestFleet::start_agents_in(agents, database).await
+    }
+
+    /// `start_agents` with each agent's environment (its `env` label).
+    pub async fn start_agents_in(
+        agents: Vec<(String, String, &str, String)>,
+        database: Option<&str>,
+    ) -> TestFleet {
         let count = agents.len();
         let specs = agents
             .into_iter()
-            .map(|(name, tier, targets)| {
+            .map(|(name, tier, env, targets)| {
                 (
                     name,
                     [
                         ("tier".to_string(), tier),
-                        ("env".to_string(), "staging".to_string()),
+                        ("env".to_string(), env.to_string()),
                     ]
                     .into(),
                     targets,

@@ -182,13 +182,16 @@ pub mod docker;
 pub mod drills;
 pub mod etcd;
 pub mod fleet;
+pub mod images;
 pub mod ha;
 pub mod platform;
 pub mod postgres;
 pub mod providers;
 pub mod s3;
 pub mod scenarios;
+pub mod sowknow;
 pub mod sweep;
+pub mod wait;
 pub mod web;
 
 /// The file name the plugin SDK's `step_file_name` gives a step id (its

@@ -538,7 +538,7 @@ fn app_targets(project: &Project, app: &Path, ports: Ports) -> String {
         "{}{}{}\
          [targets.env-file]\nplugin = \"files\"\n\
          settings = {{ files = [\"{app}/.env.production\"] }}\n\
-         grant = {{ files = [\"{app}\"], process = [] }}\n\n\
+         grant = {{ files = [\"{app}\"], process = [], docker = [] }}\n\n\
          {}{}{}{}\
          [targets.smoke]\nplugin = \"command\"\n\
          settings = {{ commands = {{ smoke = [{}] }}, verify = [\"smoke\"] }}\n\

@@ -31,11 +31,9 @@ pub enum LoadError {
         expected: String,
         actual: String,
     },
-    #[error("plugin {plugin}: refused: {}: {status}{}", path.display(),
-        if matches!(status, SignatureStatus::Unsigned) && !allow_unsigned {
-            "; sign it with `rewind-agent plugin sign`, or set allow_unsigned = true for this plugin"
-        } else { "" })]
+    #[error("{origin}: plugin {plugin}: refused: {}: {status}{}", path.display(), signature_help(status, *allow_unsigned, path, plugin))]
     Signature {
+        origin: String,
         plugin: String,
         path: PathBuf,
         status: SignatureStatus,
@@ -51,6 +49,28 @@ pub enum LoadError {
         path: PathBuf,
         error: String,
     },
+}
+
+/// The ways out of a refused signature.
+fn signature_help(
+    status: &SignatureStatus,
+    allow_unsigned: bool,
+    path: &std::path::Path,
+    plugin: &str,
+) -> String {
+    match status {
+        SignatureStatus::Unsigned if !allow_unsigned => format!(
+            "; either sign it (`rewind-agent plugin sign {} --key <your.key>`, or \
+             `plugins/build --sign-dev` for the development key the examples trust) and list \
+             the signer's public key in [agent] trusted_keys, or set allow_unsigned = true \
+             under [plugins.{plugin}] to run it unsigned",
+            path.display()
+        ),
+        SignatureStatus::UnknownKey { .. } => {
+            "; if you trust its signer, add that public key to [agent] trusted_keys".to_string()
+        }
+        _ => String::new(),
+    }
 }
 
 /// Who was called for what: every call error carries it.

@@ -306,6 +306,7 @@ impl PluginHost {
             || (signature == SignatureStatus::Unsigned && plugin.allow_unsigned);
         if !accepted {
             return Err(LoadError::Signature {
+                origin: plugin.origin.clone(),
                 plugin: plugin.name.clone(),
                 path: plugin.path.clone(),
                 status: signature,
@@ -453,6 +454,7 @@ impl PluginHost {
             state_quota: crate::config::DEFAULT_STATE_QUOTA,
             state_files: crate::config::DEFAULT_STATE_FILES,
             secrets: None,
+            seal_key: scratch_dir.join("docker-seal.key"),
             grant: crate::config::Grant::default(),
         });
         match self

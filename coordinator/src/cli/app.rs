@@ -33,9 +33,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Snapshot every target of every agent (of one environment) as a release.
+    /// Snapshot every target of every agent of one environment as a release.
     Checkpoint {
         release: String,
+        /// The environment (agents whose `env` label says so); needed when
+        /// the fleet has several.
         #[arg(long)]
         env: Option<String>,
     },
@@ -46,12 +48,20 @@ enum Command {
         plan: PathBuf,
         #[arg(long)]
         to: String,
+        /// The environment (else the plan's `env`); needed when the fleet
+        /// has several.
+        #[arg(long)]
+        env: Option<String>,
     },
     /// Roll back to a release with a plan: preview, confirm, run with a live view, report.
     Rollback {
         plan: PathBuf,
         #[arg(long)]
         to: String,
+        /// The environment (else the plan's `env`); needed when the fleet
+        /// has several.
+        #[arg(long)]
+        env: Option<String>,
         /// Do not ask before starting.
         #[arg(long)]
         yes: bool,
@@ -151,12 +161,13 @@ pub fn main() -> ExitCode {
                 cli::checkpoint(&connection, release, env).await.map(|_| 0)
             }
             Command::Releases => cli::releases(&connection, output).await.map(|_| 0),
-            Command::Plan { plan, to } => {
-                cli::plan(&connection, &plan, to, output).await.map(|_| 0)
-            }
+            Command::Plan { plan, to, env } => cli::plan(&connection, &plan, to, env, output)
+                .await
+                .map(|_| 0),
             Command::Rollback {
                 plan,
                 to,
+                env,
                 yes,
                 confirm_data_loss,
                 force,
@@ -170,6 +181,7 @@ pub fn main() -> ExitCode {
                     plan_toml,
                     &to,
                     RollbackOptions {
+                        env: env.unwrap_or_default(),
                         yes,
                         confirm_data_loss,
                         force,

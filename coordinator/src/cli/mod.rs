@@ -176,6 +176,7 @@ pub async fn plan(
     connection: &Connection,
     path: &Path,
     release: String,
+    env: Option<String>,
     output: json::Output,
 ) -> anyhow::Result<()> {
     let plan_toml = read_plan(path)?;
@@ -184,6 +185,7 @@ pub async fn plan(
         plan_toml,
         plan_path: path.display().to_string(),
         release: release.clone(),
+        env: env.unwrap_or_default(),
     };
     let reply = within(
         &connection.coordinator,
@@ -202,6 +204,8 @@ pub async fn plan(
 
 /// Options of `rewind rollback`.
 pub struct RollbackOptions {
+    /// The environment to roll back (empty: the plan's, or the fleet's only one).
+    pub env: String,
     pub yes: bool,
     pub confirm_data_loss: bool,
     pub force: bool,
@@ -226,6 +230,7 @@ pub async fn rollback(
                 plan_toml: plan_toml.clone(),
                 plan_path: plan_path.clone(),
                 release: release.to_string(),
+                env: options.env.clone(),
             },
             PREVIEW,
         )),
@@ -256,6 +261,7 @@ pub async fn rollback(
                 confirm_data_loss: options.confirm_data_loss,
                 force: options.force,
                 preempt_drill: options.preempt_drill,
+                env: options.env.clone(),
                 // The run starts only if the targets still preview as shown.
                 approved: preview
                     .stages

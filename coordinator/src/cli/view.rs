@@ -2,7 +2,7 @@
 //! while it runs (a redrawn table on a terminal, plain lines otherwise), and
 //! the report at the end.
 
-use rewind_proto::v1::{HookReport, PreviewReply, Risk, RunEvent, RunReport};
+use rewind_proto::v1::{HookReport, PreviewReply, Risk, RunEvent, RunReport, StepPreview};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
@@ -26,9 +26,23 @@ pub fn print_preview(
     out: &mut impl Write,
 ) -> std::io::Result<usize> {
     let mut changing = 0;
+    let mut envs: Vec<&str> = preview
+        .stages
+        .iter()
+        .flat_map(|s| &s.steps)
+        .map(|s| s.env.as_str())
+        .filter(|e| !e.is_empty())
+        .collect();
+    envs.sort_unstable();
+    envs.dedup();
     writeln!(
         out,
-        "preview of the rollback to {release} (overall risk: {})",
+        "preview of the rollback to {release}{} (overall risk: {})",
+        if envs.is_empty() {
+            String::new()
+        } else {
+            format!(" in environment {}", envs.join(", "))
+        },
         risk_name(preview.risk)
     )?;
     for stage in &preview.stages {
@@ -39,6 +53,11 @@ pub fn print_preview(
         };
         writeln!(out, "stage {}{after}", stage.stage)?;
         for step in &stage.steps {
+            let host = host(&step.agent, &step.env);
+            let step = StepPreview {
+                agent: host,
+                ..step.clone()
+            };
             match (&step.preview, &step.error) {
                 (_, Some(error)) => writeln!(
                     out,
@@ -98,6 +117,15 @@ pub fn print_preview(
         }
     }
     Ok(changing)
+}
+
+/// A host as previews and reports name it: with its environment, if any.
+fn host(agent: &str, env: &str) -> String {
+    if env.is_empty() {
+        agent.to_string()
+    } else {
+        format!("{agent} ({env})")
+    }
 }
 
 #[derive(Default)]
@@ -234,12 +262,17 @@ fn seconds(from: u64, to: u64) -> String {
 pub fn print_report(report: &RunReport, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "run {} {} in {} (plan {}, release {}, started by {})",
+        "run {} {} in {} (plan {}, release {}{}, started by {})",
         report.run_id,
         report.status,
         seconds(report.started_ms, report.finished_ms),
         report.plan,
         report.release,
+        if report.env.is_empty() {
+            String::new()
+        } else {
+            format!(", environment {}", report.env)
+        },
         report.started_by
     )?;
     // One column for the names of hooks and stages.
@@ -289,10 +322,14 @@ pub fn print_report(report: &RunReport, out: &mut impl Write) -> std::io::Result
     if report.status != "succeeded" && !report.steps.is_empty() {
         // Where each host was left: what changed, what failed, what never started.
         writeln!(out, "hosts:")?;
-        let mut agents: Vec<&str> = report.steps.iter().map(|s| s.agent.as_str()).collect();
+        let mut agents: Vec<(&str, &str)> = report
+            .steps
+            .iter()
+            .map(|s| (s.agent.as_str(), s.env.as_str()))
+            .collect();
         agents.sort_unstable();
         agents.dedup();
-        for agent in agents {
+        for (agent, env) in agents {
             let states: Vec<String> = report
                 .steps
                 .iter()
@@ -311,7 +348,7 @@ pub fn print_report(report: &RunReport, out: &mut impl Write) -> std::io::Result
                     format!("{}/{} {state}", s.stage, s.target)
                 })
                 .collect();
-            writeln!(out, "  {agent}: {}", states.join("; "))?;
+            writeln!(out, "  {}: {}", host(agent, env), states.join("; "))?;
         }
     }
     if let Some(window) = report.data_loss_window_seconds {
@@ -329,7 +366,11 @@ pub fn print_report(report: &RunReport, out: &mut impl Write) -> std::io::Result
             writeln!(
                 out,
                 "  stage {} host {} target {}: {}: {}",
-                step.stage, step.agent, step.target, error.kind, error.message
+                step.stage,
+                host(&step.agent, &step.env),
+                step.target,
+                error.kind,
+                error.message
             )?;
         }
     }
@@ -349,7 +390,13 @@ pub fn print_report(report: &RunReport, out: &mut impl Write) -> std::io::Result
         }
     }
     for step in report.steps.iter().filter(|s| !s.details.is_empty()) {
-        writeln!(out, "{} on {} ({}):", step.target, step.agent, step.stage)?;
+        writeln!(
+            out,
+            "{} on {} ({}):",
+            step.target,
+            host(&step.agent, &step.env),
+            step.stage
+        )?;
         for line in &step.details {
             writeln!(out, "  {line}")?;
         }

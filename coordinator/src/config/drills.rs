@@ -130,6 +130,16 @@ pub(super) fn parse(
     })?;
     let plan = plan::parse(&plan_toml, &plan_path.display().to_string())
         .map_err(|e| here(raw.plan.span(), format!("its plan does not parse: {e}")))?;
+    if let Some((line, what)) = plan.outside(&env) {
+        return Err(here(
+            raw.plan.span(),
+            format!(
+                "{}:{line}: {what}, not the drill's environment {env}: a drill rehearses on \
+                 its own environment's agents only",
+                plan_path.display()
+            ),
+        ));
+    }
     let mut blackouts = Vec::new();
     for b in &raw.blackouts {
         let length = humantime::parse_duration(&b.get_ref().length).map_err(|e| {

@@ -178,6 +178,9 @@ pub struct Stage {
 pub struct Plan {
     pub path: String,
     pub name: String,
+    /// The environment the plan is for (`env = "production"`), and its
+    /// line: its agents are those whose `env` label says so.
+    pub env: Option<(String, usize)>,
     pub stages: Vec<Stage>,
     pub hooks: Vec<Hook>,
 }
@@ -186,6 +189,7 @@ pub struct Plan {
 #[serde(deny_unknown_fields)]
 struct RawPlan {
     name: Option<String>,
+    env: Option<Spanned<String>>,
     #[serde(rename = "stage", default)]
     stages: Vec<Spanned<RawStage>>,
     #[serde(rename = "hook", default)]
@@ -500,9 +504,17 @@ pub fn parse(text: &str, path: &str) -> Result<Plan, PlanError> {
         });
     }
     let hooks = hooks(&source, &raw.hooks)?;
+    let env = match raw.env {
+        Some(env) if env.get_ref().trim().is_empty() => {
+            return Err(source.error(&env.span(), "env is empty: name an environment".into()));
+        }
+        Some(env) => Some((env.get_ref().clone(), source.line(&env.span()))),
+        None => None,
+    };
     Ok(Plan {
         path: path.to_string(),
         name: raw.name.unwrap_or_else(|| path.to_string()),
+        env,
         stages,
         hooks,
     })
@@ -687,6 +699,47 @@ pub struct StepPlan {
 }
 
 impl Plan {
+    /// The agents the plan names itself (smoke checks, agent hooks): the
+    /// agent, the line, and what names it.
+    pub fn named_agents(&self) -> Vec<(&str, usize, String)> {
+        let mut named = Vec::new();
+        for stage in &self.stages {
+            for gate in &stage.health {
+                if let Gate::Target { agent, .. } = gate {
+                    named.push((agent.as_str(), stage.line, format!("stage {}: smoke check", stage.name)));
+                }
+            }
+        }
+        for hook in &self.hooks {
+            if let HookCall::Agent { agent, .. } = &hook.call {
+                named.push((agent.as_str(), hook.line, format!("hook {}", hook.name)));
+            }
+        }
+        named
+    }
+
+    /// Where the plan itself says it acts outside environment `env`: its
+    /// own `env`, or a stage's selector of another `env` label.
+    pub fn outside(&self, env: &str) -> Option<(usize, String)> {
+        if let Some((own, line)) = &self.env
+            && own != env
+        {
+            return Some((*line, format!("the plan is for environment {own}")));
+        }
+        self.stages.iter().find_map(|stage| {
+            stage
+                .select
+                .get("env")
+                .filter(|e| *e != env)
+                .map(|e| {
+                    (
+                        stage.select_line,
+                        format!("stage {} selects agents of environment {e}", stage.name),
+                    )
+                })
+        })
+    }
+
     /// The steps of each stage on this fleet; errors name the stage's line.
     pub fn resolve(&self, agents: &[AgentView]) -> Result<Vec<Vec<StepPlan>>, PlanError> {
         let error = |line: usize, message: String| PlanError {

@@ -132,6 +132,7 @@ impl OperatorApi {
                     changed: s.changed,
                     data_loss_window_seconds: s.data_loss_window,
                     details: s.details,
+                    env: run.env.clone(),
                 })
                 .collect(),
             data_loss_window_seconds: data_loss_window,
@@ -147,6 +148,7 @@ impl OperatorApi {
                     finished_ms: h.finished_ms.unwrap_or(0),
                 })
                 .collect(),
+            env: run.env.clone(),
         })
     }
 
@@ -258,12 +260,11 @@ impl OperatorService for OperatorApi {
             plan_toml,
             plan_path,
             release,
+            env,
         } = request.into_inner();
-        let (plan, resolved, snapshots) =
-            launch::prepare(&self.shared, &plan_toml, &plan_path, &release, None).await?;
-        Ok(Response::new(
-            launch::preview(&self.shared, &plan, &resolved, &snapshots).await,
-        ))
+        let prepared =
+            launch::prepare(&self.shared, &plan_toml, &plan_path, &release, Some(&env)).await?;
+        Ok(Response::new(launch::preview(&self.shared, &prepared).await))
     }
 
     async fn start_run(&self, request: Request<RunRequest>) -> Result<Response<RunReply>, Status> {
@@ -277,6 +278,7 @@ impl OperatorService for OperatorApi {
             force,
             approved,
             preempt_drill,
+            env,
         } = request.into_inner();
         let run_id = launch::start_run(
             &self.shared,
@@ -293,7 +295,7 @@ impl OperatorService for OperatorApi {
                 kind: RunKind::Rollback,
                 id: None,
                 drill_run: String::new(),
-                env: None,
+                env: Some(env),
                 preempt_drill,
             },
         )

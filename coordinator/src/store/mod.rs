@@ -92,6 +92,8 @@ pub struct RunRecord {
     pub kind: String,
     /// The drill run this run is a leg of (empty for a rollback).
     pub drill_run: String,
+    /// The environment of its agents (empty: the fleet has no `env` labels).
+    pub env: String,
 }
 
 #[derive(Debug, Clone)]
@@ -173,7 +175,7 @@ impl EventRecord {
 macro_rules! run_columns {
     () => {
         "id, plan_name, plan_path, plan_toml, release_name, status, started_by, started_ms, finished_ms, \
-         confirm_data_loss, force_apply, data_loss_window, halting, cancelling, verdict, kind, drill_run"
+         confirm_data_loss, force_apply, data_loss_window, halting, cancelling, verdict, kind, drill_run, env"
     };
 }
 
@@ -394,8 +396,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO runs (id, plan_name, plan_path, plan_toml, release_name, status, started_by, started_ms, finished_ms, \
-             confirm_data_loss, force_apply, data_loss_window, kind, drill_run) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $11, $12, $13)",
+             confirm_data_loss, force_apply, data_loss_window, kind, drill_run, env) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&run.id)
         .bind(&run.plan_name)
@@ -410,6 +412,7 @@ impl Store {
         .bind(run.data_loss_window.map(|w| w as i64))
         .bind(&run.kind)
         .bind(&run.drill_run)
+        .bind(&run.env)
         .execute(&mut *tx)
         .await?;
         for stage in stages {
@@ -663,6 +666,7 @@ impl Store {
             verdict: s(row, "verdict")?,
             kind: s(row, "kind")?,
             drill_run: s(row, "drill_run")?,
+            env: s(row, "env")?,
         })
     }
 

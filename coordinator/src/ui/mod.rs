@@ -284,6 +284,9 @@ async fn releases(State(ui): State<Shared>) -> Response {
 struct PreviewQuery {
     plan: String,
     release: String,
+    /// Empty: the plan's environment, or the fleet's only one.
+    #[serde(default)]
+    env: String,
 }
 
 async fn preview(State(ui): State<Shared>, Query(query): Query<PreviewQuery>) -> Response {
@@ -312,12 +315,14 @@ async fn preview(State(ui): State<Shared>, Query(query): Query<PreviewQuery>) ->
         plan_toml,
         plan_path: path.display().to_string(),
         release: query.release.clone(),
+        env: query.env.clone(),
     };
     match call(PREVIEW, ui.client().preview(request(asked, PREVIEW))).await {
         Ok(reply) => page(pages::preview(
             &ui.viewer(),
             &query.plan,
             &query.release,
+            &query.env,
             &reply,
         )),
         Err(status) => ui.failure("Preview", status),

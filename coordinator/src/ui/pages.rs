@@ -170,6 +170,7 @@ pub fn releases(viewer: &Viewer, reply: &ListReleasesReply, plans: &[String]) ->
                 label { " against release " select name="release" {
                     @for release in &reply.releases { option value=(release.name) { (release.name) } }
                 } }
+                label { " in environment " input name="env" placeholder="the plan's" size="12"; }
                 " " button type="submit" { "Preview" }
                 @if plans.is_empty() { p.hint { "No plan files (*.toml) in the directory given to rewind ui --plans." } }
             }
@@ -197,22 +198,34 @@ pub fn releases(viewer: &Viewer, reply: &ListReleasesReply, plans: &[String]) ->
     layout(viewer, "Releases", "releases", body)
 }
 
-pub fn preview(viewer: &Viewer, plan: &str, release: &str, reply: &PreviewReply) -> Markup {
+pub fn preview(
+    viewer: &Viewer,
+    plan: &str,
+    release: &str,
+    env: &str,
+    reply: &PreviewReply,
+) -> Markup {
+    let env_flag = if env.is_empty() {
+        String::new()
+    } else {
+        format!(" --env {env}")
+    };
     let body = html! {
         p.summary {
-            "Plan " strong { (plan) } " to release " strong { (release) } ": highest risk "
-            (badge(risk_name(reply.risk)))
+            "Plan " strong { (plan) } " to release " strong { (release) }
+            @if !env.is_empty() { " in environment " strong { (env) } }
+            ": highest risk " (badge(risk_name(reply.risk)))
         }
-        p.hint { "Start it with " code { "rewind rollback " (plan) " --to " (release) } " (a rollback asks for its confirmations in the terminal)." }
+        p.hint { "Start it with " code { "rewind rollback " (plan) " --to " (release) (env_flag) } " (a rollback asks for its confirmations in the terminal)." }
         @for stage in &reply.stages {
             section.stage {
                 h2 { "Stage " (stage.stage) @if !stage.after.is_empty() { span.after { " after " (stage.after.join(", ")) } } }
                 table {
-                    thead { tr { th { "Host" } th { "Target" } th { "Action" } th { "Risk" } th { "Changes" } } }
+                    thead { tr { th { "Host" } th { "Environment" } th { "Target" } th { "Action" } th { "Risk" } th { "Changes" } } }
                     tbody {
                         @for step in &stage.steps {
                             tr {
-                                td { (step.agent) } td { (step.target) } td { (step.action) }
+                                td { (step.agent) } td { (step.env) } td { (step.target) } td { (step.action) }
                                 td { (badge(step.preview.as_ref().map_or("none", |p| risk_name(p.risk)))) }
                                 td {
                                     @if let Some(error) = &step.error { p.error { (error.kind) ": " (error.message) } }

@@ -1,11 +1,17 @@
-//! rewind's compose plugin: puts the services of a Docker Compose project
-//! back on the images of a snapshot, in depends_on order, waiting for each
-//! to be healthy before the services that depend on it.
+//! rewind's compose plugin: puts the containers of a Docker Compose project
+//! back as a snapshot recorded them, image and configuration (environment,
+//! command, labels, mounts, ports, networks, ...), in depends_on order,
+//! waiting for each to be healthy before the services that depend on it.
 //!
 //! Settings: `project` (the compose project name, granted with
 //! `grant.docker`), optional `services` (only these), optional
 //! `health_timeout_secs` (default 120).
 
+mod recorded;
+mod work;
+
+use recorded::{Recorded, short};
+use work::{ContainerWork, Task};
 use rewind_plugin_sdk::docker::{self, Container};
 use rewind_plugin_sdk::*;
 use serde::{Deserialize, Serialize};
@@ -42,6 +48,12 @@ struct Service {
     compose_labels: Vec<(String, String)>,
     depends_on: Vec<String>,
     containers: usize,
+    /// Each container's whole configuration, by container name: the
+    /// SHA-256 of its sealed document in the state directory. Empty in
+    /// snapshots taken before configurations were recorded: those put
+    /// back the image only.
+    #[serde(default)]
+    configs: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -73,11 +85,6 @@ fn current(settings: &Settings) -> Result<BTreeMap<String, Vec<Container>>, Plug
         }
     }
     Ok(services)
-}
-
-fn short(id: &str) -> &str {
-    let hex = id.strip_prefix("sha256:").unwrap_or(id);
-    &hex[..hex.len().min(12)]
 }
 
 /// Services in depends_on order: every service after those it depends on.
@@ -155,22 +162,6 @@ fn reference_for(name: &str, service: &Service) -> Result<String, PluginError> {
         .unwrap_or_else(|| service.image_id.clone()))
 }
 
-/// Whether a service needs work: a container on another image, or one on
-/// the snapshot's image that is not running (a stopped blue of a blue-green
-/// pair).
-fn changed(service: &Service, containers: &[Container]) -> bool {
-    containers
-        .iter()
-        .any(|c| c.image_id != service.image_id || c.state != "running")
-}
-
-fn on_other_image<'a>(
-    service: &'a Service,
-    containers: &'a [Container],
-) -> impl Iterator<Item = &'a Container> {
-    containers.iter().filter(|c| c.image_id != service.image_id)
-}
-
 fn timeout_ms(settings: &Settings) -> u32 {
     settings.health_timeout_secs.saturating_mul(1000)
 }
@@ -196,7 +187,8 @@ impl Plugin for Compose {
     fn describe() -> PluginInfo {
         info!(
             "compose",
-            "Docker Compose services back on a snapshot's images, in depends_on order, healthy",
+            "Docker Compose containers back on a snapshot's images and configuration, in \
+             depends_on order, healthy",
             &[
                 Action::Snapshot,
                 Action::Plan,
@@ -238,6 +230,12 @@ impl Plugin for Compose {
             let digests = docker::inspect_image(&first.image_id)?
                 .map(|i| i.digests)
                 .unwrap_or_default();
+            // Each container's whole configuration stays on this host: it
+            // holds the environment's values.
+            let mut configs = BTreeMap::new();
+            for c in containers {
+                configs.insert(c.name.clone(), Recorded::of(&c.name)?.keep()?);
+            }
             services.insert(
                 name.clone(),
                 Service {
@@ -248,6 +246,7 @@ impl Plugin for Compose {
                     compose_labels: first.compose_labels.clone(),
                     depends_on: first.depends_on.clone(),
                     containers: containers.len(),
+                    configs,
                 },
             );
         }
@@ -273,72 +272,48 @@ impl Plugin for Compose {
         let now = current(&settings)?;
         let order = dependency_order(&dependencies(&snapshot, &now))?;
         let mut changes = Vec::new();
-        for name in order {
+        for (name, work) in work::plan(&snapshot, &order, &now, &masker(&[]))? {
             let service = &snapshot.services[&name];
-            let containers = now.get(&name).cloned().unwrap_or_default();
-            if containers.is_empty() {
-                return Err(PluginError::NotFound(format!(
-                    "service {name} of project {} has no container on this host: rewind \
-                     recreates services, it does not create them (run docker compose up first)",
-                    snapshot.project
-                )));
+            work::images_present(&name, &work)?;
+            let lines: Vec<String> = work.iter().filter_map(|w| w.describe(service)).collect();
+            if lines.is_empty() {
+                continue;
             }
-            let drift = containers
+            let detail: Vec<String> = work
                 .iter()
-                .any(|c| c.fingerprint != service.fingerprint)
-                .then(|| {
-                    "its configuration (other than the image) differs from the snapshot's; \
-                     a rollback keeps the current configuration"
-                        .to_string()
-                });
-            if changed(service, &containers) {
-                reference_for(&name, service)?;
-                let from: BTreeSet<String> = on_other_image(service, &containers)
-                    .map(|c| format!("{} ({})", c.image, short(&c.image_id)))
-                    .collect();
-                let stopped = containers
-                    .iter()
-                    .filter(|c| c.image_id == service.image_id && c.state != "running")
-                    .count();
-                let mut work = Vec::new();
-                if !from.is_empty() {
-                    work.push(format!(
-                        "recreate {} container(s) on {} ({}) instead of {}",
-                        on_other_image(service, &containers).count(),
-                        service.image,
-                        short(&service.image_id),
-                        from.into_iter().collect::<Vec<_>>().join(", ")
-                    ));
-                }
-                if stopped > 0 {
-                    work.push(format!(
-                        "start {stopped} stopped container(s) already on {} ({})",
-                        service.image,
-                        short(&service.image_id)
-                    ));
-                }
+                .flat_map(|w| match &w.task {
+                    Task::Recreate { drift, .. } => drift
+                        .iter()
+                        .map(|d| format!("{}: {d}", w.name))
+                        .collect::<Vec<_>>(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            changes.push(Change {
+                subject: name.clone(),
+                summary: lines.join("; "),
+                detail: (!detail.is_empty()).then(|| detail.join("\n")),
+                risk: Risk::Restart,
+            });
+        }
+        for (name, containers) in &now {
+            let known = snapshot.services.get(name);
+            let extra: Vec<&str> = containers
+                .iter()
+                .filter(|c| known.is_none_or(|s| !s.configs.is_empty() && !s.configs.contains_key(&c.name)))
+                .map(|c| c.name.as_str())
+                .collect();
+            if !extra.is_empty() {
                 changes.push(Change {
                     subject: name.clone(),
-                    summary: work.join("; "),
-                    detail: drift,
-                    risk: Risk::Restart,
-                });
-            } else if let Some(detail) = drift {
-                changes.push(Change {
-                    subject: name.clone(),
-                    summary: "already on the snapshot's image; left alone".into(),
-                    detail: Some(detail),
+                    summary: format!(
+                        "{} not in the snapshot; left alone",
+                        extra.join(", ")
+                    ),
+                    detail: None,
                     risk: Risk::None,
                 });
             }
-        }
-        for name in now.keys().filter(|s| !snapshot.services.contains_key(*s)) {
-            changes.push(Change {
-                subject: name.clone(),
-                summary: "not in the snapshot; left alone".into(),
-                detail: None,
-                risk: Risk::None,
-            });
         }
         let risk = max_risk(changes.iter().map(|c| c.risk));
         Ok(Preview {
@@ -364,105 +339,42 @@ impl Plugin for Compose {
         let now = current(&settings)?;
         let order = dependency_order(&dependencies(&snapshot, &now))?;
 
-        // Everything is checked before anything is stopped: every service
-        // still has containers and every image it goes back to is here.
-        let mut work = Vec::new();
-        for name in &order {
-            let service = &snapshot.services[name];
-            let containers = now.get(name).cloned().unwrap_or_default();
-            if containers.is_empty() {
-                return Err(PluginError::NotFound(format!(
-                    "service {name} of project {} has no container on this host; nothing was \
-                     stopped",
-                    snapshot.project
-                )));
-            }
-            if changed(service, &containers) {
-                work.push((name.clone(), reference_for(name, service)?, containers));
+        // Everything is checked before anything is stopped: every recorded
+        // configuration is here and intact, every image is present.
+        let plan = work::plan(&snapshot, &order, &now, &masker(&[]))?;
+        for (name, work) in &plan {
+            work::images_present(name, work)?;
+        }
+        let total = plan.iter().flat_map(|(_, w)| w).filter(|w| w.acts()).count();
+        let mut details = Vec::new();
+        let mut done = 0;
+        for (name, work) in &plan {
+            for w in work {
+                if w.acts() {
+                    progress(&format!("{name}: {}", w.name), Some((done * 100 / total.max(1)) as u8));
+                    done += 1;
+                }
+                if let Some(line) = act(&settings, name, &snapshot.services[name], w)? {
+                    details.push(line);
+                }
             }
         }
-        // A container already running its snapshot's image may still be
-        // starting (a restore cut off right after recreating it, run again
-        // with the same step): it is in place only once it is healthy.
-        let mut waited = Vec::new();
-        for name in order.iter().filter(|n| !work.iter().any(|(w, ..)| w == *n)) {
-            let service = &snapshot.services[name];
-            for c in now.get(name).into_iter().flatten().filter(|c| {
-                c.image_id == service.image_id
-                    && c.health.as_deref().is_some_and(|h| h != "healthy")
-            }) {
-                await_healthy(&settings, name, &c.name, "runs the snapshot's image")?;
-                waited.push(format!(
-                    "{name}: {} was {}, now healthy",
-                    c.name,
-                    c.health.as_deref().unwrap_or_default()
-                ));
-            }
-        }
-        if work.is_empty() {
+        if total == 0 {
             return Ok(Outcome {
                 changed: false,
                 summary: format!(
-                    "all {} services already run the snapshot's images",
+                    "all {} services already run as the snapshot recorded them",
                     order.len()
                 ),
-                details: waited,
+                details,
             });
-        }
-
-        let mut details = Vec::new();
-        let total = work.len();
-        for (done, (name, reference, containers)) in work.into_iter().enumerate() {
-            let service = &snapshot.services[&name];
-            progress(
-                &format!("recreating {name} on {reference}"),
-                Some((done * 100 / total) as u8),
-            );
-            for container in containers
-                .iter()
-                .filter(|c| c.image_id == service.image_id && c.state != "running")
-            {
-                log::info(&format!(
-                    "{}: {}, starting it",
-                    container.name, container.state
-                ));
-                docker::restart(&container.name)?;
-                await_healthy(
-                    &settings,
-                    &name,
-                    &container.name,
-                    &format!("was started on {reference}"),
-                )?;
-                details.push(format!(
-                    "{name}: {} was {}, started on {reference}, healthy",
-                    container.name, container.state
-                ));
-            }
-            for container in on_other_image(service, &containers) {
-                log::info(&format!(
-                    "{}: {} -> {reference}",
-                    container.name, container.image
-                ));
-                let new = docker::recreate(&container.name, &reference, &service.compose_labels)?;
-                await_healthy(
-                    &settings,
-                    &name,
-                    &new.name,
-                    &format!("was recreated on {reference}"),
-                )?;
-                details.push(format!(
-                    "{name}: {} {} -> {reference} ({}), healthy",
-                    new.name,
-                    container.image,
-                    short(&service.image_id)
-                ));
-            }
         }
         progress("done", Some(100));
         Ok(Outcome {
             changed: true,
             summary: format!(
-                "{total} of {} services recreated or started on the snapshot's images",
+                "{total} container(s) of {} services recreated, created or started as the \
+                 snapshot recorded them",
                 order.len()
             ),
             details,
@@ -498,13 +410,7 @@ impl Plugin for Compose {
             for container in &now[&name] {
                 progress(&format!("restarting {}", container.name), None);
                 docker::restart(&container.name)?;
-                docker::wait_healthy(&container.name, timeout_ms(&settings)).map_err(|e| {
-                    PluginError::Failed(format!(
-                        "service {name}: {} restarted but is not healthy: {}",
-                        container.name,
-                        e.text()
-                    ))
-                })?;
+                await_healthy(&settings, &name, &container.name, "was restarted")?;
                 details.push(format!("{name}: {} restarted, healthy", container.name));
             }
         }
@@ -515,18 +421,22 @@ impl Plugin for Compose {
         })
     }
 
+    /// Every container of the snapshot runs, healthy, with the snapshot's
+    /// image and configuration; each difference is named.
     fn verify(target: Target, to: SnapshotRecord) -> Result<Outcome, PluginError> {
         let settings = settings_of(&target)?;
         let snapshot: Snapshot = snapshot_data(&target, &to)?;
         let now = current(&settings)?;
+        let order: Vec<String> = snapshot.services.keys().cloned().collect();
+        let masker = masker(&[]);
         let mut problems = Vec::new();
         for (name, service) in &snapshot.services {
             let containers = now.get(name).cloned().unwrap_or_default();
-            if containers.is_empty() {
+            if containers.is_empty() && service.configs.is_empty() {
                 problems.push(format!("{name}: no container"));
             }
-            for c in containers {
-                if c.image_id != service.image_id {
+            for c in &containers {
+                if service.configs.is_empty() && c.image_id != service.image_id {
                     problems.push(format!(
                         "{name}: {} runs {} ({}), not {} ({})",
                         c.name,
@@ -536,10 +446,28 @@ impl Plugin for Compose {
                         short(&service.image_id)
                     ));
                 }
+                if !service.configs.is_empty() && !service.configs.contains_key(&c.name) {
+                    continue;
+                }
                 if c.state != "running" {
                     problems.push(format!("{name}: {} is {}", c.name, c.state));
                 } else if let Some(health) = c.health.as_deref().filter(|h| *h != "healthy") {
                     problems.push(format!("{name}: {} is {health}", c.name));
+                }
+            }
+        }
+        for (name, work) in work::plan(&snapshot, &order, &now, &masker)? {
+            for w in work {
+                match w.task {
+                    Task::Recreate { drift, .. } => problems.extend(
+                        drift
+                            .into_iter()
+                            .map(|d| format!("{name}: {} runs with {d}", w.name)),
+                    ),
+                    Task::Create { .. } => {
+                        problems.push(format!("{name}: {} does not exist", w.name))
+                    }
+                    _ => {}
                 }
             }
         }
@@ -549,11 +477,84 @@ impl Plugin for Compose {
         Ok(Outcome {
             changed: false,
             summary: format!(
-                "{} services running, healthy, on the snapshot's images",
+                "{} services running, healthy, with the snapshot's images and configuration",
                 snapshot.services.len()
             ),
             details: Vec::new(),
         })
+    }
+}
+
+/// Do one container's task; a line for the outcome's details.
+fn act(
+    settings: &Settings,
+    service_name: &str,
+    service: &Service,
+    w: &ContainerWork,
+) -> Result<Option<String>, PluginError> {
+    let name = &w.name;
+    match &w.task {
+        Task::Keep { starting: false } => Ok(None),
+        Task::Keep { starting: true } => {
+            // A restore cut off right after recreating it, run again.
+            await_healthy(settings, service_name, name, "runs as the snapshot recorded")?;
+            Ok(Some(format!("{service_name}: {name} became healthy")))
+        }
+        Task::Start { state } => {
+            log::info(&format!("{name}: {state}, starting it"));
+            docker::restart(name)?;
+            await_healthy(settings, service_name, name, "was started")?;
+            Ok(Some(format!("{service_name}: {name} was {state}, started, healthy")))
+        }
+        Task::Recreate { config, drift } => {
+            log::info(&format!("{name}: recreating from the snapshot's configuration"));
+            let new = docker::recreate_from(name, &config.document)?;
+            await_healthy(
+                settings,
+                service_name,
+                &new.name,
+                "was recreated from the snapshot's configuration",
+            )?;
+            Ok(Some(format!(
+                "{service_name}: {} recreated from the snapshot's configuration ({} \
+                 difference(s): {}), healthy",
+                new.name,
+                drift.len(),
+                drift
+                    .iter()
+                    .map(|d| d.split(':').next().unwrap_or(d))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+        Task::Create { config } => {
+            let new = docker::recreate_from(name, &config.document)?;
+            await_healthy(
+                settings,
+                service_name,
+                &new.name,
+                "was created from the snapshot's configuration",
+            )?;
+            Ok(Some(format!(
+                "{service_name}: {} created from the snapshot's configuration, healthy",
+                new.name
+            )))
+        }
+        Task::Image { reference, from } => {
+            log::info(&format!("{name}: {from} -> {reference}"));
+            let new = docker::recreate(name, reference, &service.compose_labels)?;
+            await_healthy(
+                settings,
+                service_name,
+                &new.name,
+                &format!("was recreated on {reference}"),
+            )?;
+            Ok(Some(format!(
+                "{service_name}: {} {from} -> {reference} ({}), healthy",
+                new.name,
+                short(&service.image_id)
+            )))
+        }
     }
 }
 

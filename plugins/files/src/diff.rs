@@ -1,6 +1,6 @@
 //! Previews of a file change: a unified diff with secret values masked.
 
-use crate::secrets::Matcher;
+use rewind_plugin_sdk::mask::Masker;
 use similar::TextDiff;
 
 /// A one-line summary and a detail (diff) of changing `current` to `wanted`.
@@ -8,7 +8,7 @@ pub fn describe(
     path: &str,
     current: Option<&[u8]>,
     wanted: Option<&[u8]>,
-    secrets: &Matcher,
+    secrets: &Masker,
 ) -> (String, String) {
     let summary = match (current, wanted) {
         (None, Some(_)) => "would be recreated".to_string(),
@@ -31,7 +31,7 @@ pub fn describe(
     };
     let mask = |text: &str| {
         text.lines()
-            .map(|l| secrets.mask_line(l) + "\n")
+            .map(|l| secrets.mask(l) + "\n")
             .collect::<String>()
     };
     let (before, after) = (mask(current_text), mask(wanted_text));

@@ -35,6 +35,12 @@ pub fn write(path: &str, contents: &[u8]) -> Result<(), PluginError> {
     host::write(path, contents).map_err(|e| plugin_error(path, e))
 }
 
+/// Replace a file's contents in place, keeping its inode (a file a
+/// container bind-mounts by itself). Not atomic: keep a copy first.
+pub fn write_in_place(path: &str, contents: &[u8]) -> Result<(), PluginError> {
+    host::write_in_place(path, contents).map_err(|e| plugin_error(path, e))
+}
+
 /// Remove a file; a missing file is not an error.
 pub fn remove(path: &str) -> Result<(), PluginError> {
     host::remove(path).map_err(|e| plugin_error(path, e))

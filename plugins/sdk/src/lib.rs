@@ -44,6 +44,7 @@ pub use bindings::rewind::plugin::types::{
     Action, Captured, Change, Outcome, PluginError, PluginInfo, Preview, RestoreOptions, Risk,
     SnapshotRecord, Target,
 };
+pub use rewind_mask as mask;
 pub use serde_json;
 
 use serde::de::DeserializeOwned;
@@ -217,6 +218,44 @@ pub fn step_file_name(step_id: &str) -> String {
         .collect();
     let digest = sha256_hex(step_id.as_bytes());
     format!("{readable}-{}", &digest[..12])
+}
+
+/// A masker of secrets for previews and reports: the default key patterns
+/// and `extra` ones. A masked value shows a digest keyed with a secret kept
+/// in the target's state directory (`.mask-key`, made at the first masked
+/// value): the same value reads alike from one preview to the next (a
+/// change shows, and an approved preview still matches), and nothing off
+/// the host can look a value up from it. Without a key, `[secret]`.
+pub fn masker(extra: &[String]) -> mask::Masker {
+    use hmac::{Hmac, Mac};
+    let key: std::cell::OnceCell<Option<Vec<u8>>> = std::cell::OnceCell::new();
+    mask::Masker::new(extra).with_digest(move |value| {
+        let key = key.get_or_init(mask_key).as_ref()?;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
+        mac.update(value.as_bytes());
+        Some(hex::encode(&mac.finalize().into_bytes()[..4]))
+    })
+}
+
+/// The target's masking key, made (from wasi:random, which seeds the
+/// standard library's hasher keys) when there is none.
+fn mask_key() -> Option<Vec<u8>> {
+    const PATH: &str = ".mask-key";
+    if let Ok(Some(key)) = files::read_if_exists(PATH)
+        && key.len() >= 32
+    {
+        return Some(key);
+    }
+    use std::hash::BuildHasher;
+    let key: Vec<u8> = (0..4u64)
+        .flat_map(|i| {
+            std::collections::hash_map::RandomState::new()
+                .hash_one(i)
+                .to_le_bytes()
+        })
+        .collect();
+    files::write(PATH, &key).ok()?;
+    Some(key)
 }
 
 /// Lowercase hex SHA-256 of some bytes.

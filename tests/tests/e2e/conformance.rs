@@ -77,7 +77,7 @@ fn the_files_plugin_passes_every_check_and_is_left_where_it_was() {
     let agent = Agent::new(&format!(
         "{}[targets.app]\nplugin = \"files\"\n\
          settings = {{ files = [\"{{dir}}/app/app.env\", \"{{dir}}/app/extra.conf\"] }}\n\
-         grant = {{ files = [\"{{dir}}/app\"], process = [] }}\n",
+         grant = {{ files = [\"{{dir}}/app\"], process = [], docker = [] }}\n",
         unsigned_plugin("files", "files")
     ));
     let app = agent.path().join("app");

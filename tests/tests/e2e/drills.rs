@@ -55,7 +55,7 @@ async fn a_scheduled_drill_rolls_back_and_forward_and_leaves_every_target_on_its
     write(&app, "app.env", "VERSION=1\nCHECKOUT=off\n");
     let web = format!(
         "{}[targets.web-config]\nplugin = \"files\"\nsettings = {{ files = [\"{app}/app.env\", \"{app}/extra.conf\"] }}\n\
-         grant = {{ files = [\"{app}\"], process = [] }}\n",
+         grant = {{ files = [\"{app}\"], process = [], docker = [] }}\n",
         unsigned_plugin("files", "files"),
         app = app.display()
     );
@@ -241,7 +241,7 @@ async fn a_drill_whose_roll_back_fails_a_gate_rolls_forward_and_reports_it() {
         (if text.starts_with("ok") { 200 } else { 503 }, text)
     });
     let web = format!(
-        "{}[targets.site]\nplugin = \"files\"\nsettings = {{ files = [\"{site}/status\"] }}\ngrant = {{ files = [\"{site}\"], process = [] }}\n",
+        "{}[targets.site]\nplugin = \"files\"\nsettings = {{ files = [\"{site}/status\"] }}\ngrant = {{ files = [\"{site}\"], process = [], docker = [] }}\n",
         unsigned_plugin("files", "files"),
         site = site.display()
     );

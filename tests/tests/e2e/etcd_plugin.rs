@@ -411,6 +411,7 @@ async fn a_run_starts_only_on_the_preview_its_operator_approved() {
             plan_toml: plan.into(),
             plan_path: "plan.toml".into(),
             release: "v1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -26,6 +26,7 @@ mod postgres_capability;
 mod python_plugin;
 mod refusals;
 mod release_dir;
+mod restored;
 mod rollback;
 mod runbooks;
 mod sandbox;

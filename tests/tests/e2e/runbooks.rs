@@ -689,7 +689,7 @@ async fn runbook_000(name: &str) -> Runbook000 {
          [plugins.files]\npath = \"{{plugins}}/files.wasm\"\nallow_unsigned = true\n\n\
          [targets.db]\nplugin = \"pg-restore\"\nsettings = {settings}\ngrant = {grant}\n\n\
          [targets.config]\nplugin = \"files\"\n\
-         settings = {{ files = [\"{env}\", \"{nginx}\"] }}\ngrant = {{ files = [\"{dir}\"], process = [] }}\n",
+         settings = {{ files = [\"{env}\", \"{nginx}\"] }}\ngrant = {{ files = [\"{dir}\"], process = [], docker = [] }}\n",
         host.targets(
             "backend",
             "maintenance",

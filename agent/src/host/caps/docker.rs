@@ -3,7 +3,7 @@
 //! and never past the call's deadline.
 
 use crate::docker::{self as engine, Engine};
-use crate::host::bindings::rewind::plugin::docker::{Container, DockerError, Host, Image};
+use crate::host::bindings::rewind::plugin::docker::{Container, DockerError, Host, Image, Mount};
 use crate::host::state::CallState;
 use std::future::Future;
 use std::path::PathBuf;
@@ -53,6 +53,7 @@ struct Call {
     deadline: Instant,
     plugin: String,
     target: String,
+    seal_key: PathBuf,
 }
 
 impl CallState {
@@ -68,6 +69,7 @@ impl CallState {
             deadline: self.deadline,
             plugin: self.plugin.clone(),
             target: self.target.name.clone(),
+            seal_key: self.target.seal_key.clone(),
         }
     }
 }
@@ -230,6 +232,92 @@ impl Host for CallState {
                 &format!("logs of {container}"),
                 OPERATION_TIMEOUT,
                 |e| async move { e.logs(&container, tail).await },
+            )
+            .await
+    }
+
+    async fn inspect_config(&mut self, container: String) -> Result<String, DockerError> {
+        self.docker_gate("inspect-config", &container, false)?;
+        let call = self.docker_call();
+        let key = call.seal_key.clone();
+        call.run(
+            &format!("inspect {container}"),
+            OPERATION_TIMEOUT,
+            |e| async move { e.inspect_config(&container, &key).await },
+        )
+        .await
+    }
+
+    async fn recreate_from(
+        &mut self,
+        container: String,
+        config: String,
+    ) -> Result<Container, DockerError> {
+        self.docker_gate("recreate-from", &container, true)?;
+        let what = format!("recreate {container} from its recorded configuration");
+        tracing::info!(plugin = self.plugin, target = self.target.name, "{what}");
+        let call = self.docker_call();
+        let key = call.seal_key.clone();
+        let new = call
+            .run(&what, RECREATE_TIMEOUT, |e| async move {
+                e.recreate_from(&container, &config, &key).await
+            })
+            .await?;
+        Ok(new.into())
+    }
+
+    async fn mounts_of(&mut self, path: String) -> Result<Vec<Mount>, DockerError> {
+        self.docker_gate("mounts-of", &path, false)?;
+        let call = self.docker_call();
+        // No project granted: nothing to look at, and no daemon to ask.
+        if call.granted && call.projects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mounts = call
+            .run(
+                &format!("mounts of {path}"),
+                OPERATION_TIMEOUT,
+                |e| async move { e.mounts_of(&path).await },
+            )
+            .await?;
+        Ok(mounts
+            .into_iter()
+            .map(|m| Mount {
+                container: m.container,
+                destination: m.destination,
+                single_file: m.single_file,
+                running: m.running,
+            })
+            .collect())
+    }
+
+    async fn read_file(
+        &mut self,
+        container: String,
+        path: String,
+    ) -> Result<Option<Vec<u8>>, DockerError> {
+        self.docker_gate("read-file", &format!("{container}:{path}"), false)?;
+        self.docker_call()
+            .run(
+                &format!("read {path} in {container}"),
+                OPERATION_TIMEOUT,
+                |e| async move { e.read_file(&container, &path).await },
+            )
+            .await
+    }
+
+    async fn signal(&mut self, container: String, signal: String) -> Result<(), DockerError> {
+        self.docker_gate("signal", &container, true)?;
+        tracing::info!(
+            plugin = self.plugin,
+            target = self.target.name,
+            "signal {container} with {signal}"
+        );
+        self.docker_call()
+            .run(
+                &format!("signal {container}"),
+                OPERATION_TIMEOUT,
+                |e| async move { e.signal(&container, &signal).await },
             )
             .await
     }

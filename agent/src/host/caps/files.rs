@@ -232,6 +232,28 @@ impl Host for CallState {
         Ok(())
     }
 
+    async fn write_in_place(&mut self, path: String, contents: Vec<u8>) -> Result<(), FileError> {
+        if self.gate("write-in-place", &path, true)? {
+            // A torn write: the first half lands over the old contents.
+            let half = contents[..contents.len() / 2].to_vec();
+            self.with_file(&path, move |p| write_in_place(p, &half, false))
+                .await?;
+            return Err(FileError::Io(format!(
+                "{path}: the write stopped half-way {}",
+                crate::host::state::INJECTED
+            )));
+        }
+        let after = self
+            .charge_state(&path, Some(contents.len() as u64))
+            .await?;
+        self.with_file(&path, move |p| write_in_place(p, &contents, true))
+            .await?;
+        if after.is_some() {
+            self.state_usage = after;
+        }
+        Ok(())
+    }
+
     async fn remove(&mut self, path: String) -> Result<(), FileError> {
         self.gate("remove", &path, true)?;
         let after = self.charge_state(&path, None).await?;
@@ -448,6 +470,32 @@ fn replace_link(place: &Place, target: &Path) -> io::Result<()> {
 /// Write beside the file, flush, keep mode and owner, rename over, flush the
 /// directory: readers see the old contents or the new, and a crash leaves one
 /// of the two.
+/// Overwrite an existing file's contents, same inode (a file bind-mounted
+/// into a container stays the file it sees); a missing file is created as
+/// `write_atomic` does. `whole = false` leaves the old tail (a torn write).
+fn write_in_place(place: &Place, contents: &[u8], whole: bool) -> io::Result<()> {
+    let (dir, name) = place.parent()?;
+    let fd = match rustix::fs::openat(
+        &dir,
+        name.as_os_str(),
+        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return write_atomic(place, contents),
+        Err(e) => return Err(e.into()),
+    };
+    let mut file = fs::File::from(fd);
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    file.write_all(contents)?;
+    if whole {
+        file.set_len(contents.len() as u64)?;
+    }
+    file.sync_all()
+}
+
 fn write_atomic(place: &Place, contents: &[u8]) -> io::Result<()> {
     if place.in_state_dir
         && let Some(parent) = place.rel.parent()

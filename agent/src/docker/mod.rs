@@ -21,12 +21,16 @@ use bollard::query_parameters::{
     StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
+pub use spec::Spec;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
+
+mod mounted;
+mod spec;
 
 /// The Docker daemon's socket when a target does not name one.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -359,28 +363,9 @@ impl Engine {
         image: &str,
         labels: &[(String, String)],
     ) -> Result<Container, DockerError> {
-        // A recreate cut off half-way (the agent died between the renames)
-        // left the old container under its temporary name: settle that first.
-        let parked = format!("{name}{OLD_SUFFIX}");
-        let old = match self.granted_container(name).await {
-            Err(DockerError::NotFound(_)) if self.granted_container(&parked).await.is_ok() => {
-                self.rename(&parked, name).await?;
-                self.granted_container(name).await?
-            }
-            other => other?,
+        let Some(old) = self.settled(name).await? else {
+            return Err(DockerError::NotFound(format!("container {name}: no such container")));
         };
-        let name = container_name(&old);
-        let parked = format!("{name}{OLD_SUFFIX}");
-        if self.docker.inspect_container(&parked, None).await.is_ok() {
-            // A previous recreate whose health was never confirmed: keep its
-            // container if it is healthy, else put the old one back.
-            if self.is_healthy(&name).await {
-                self.remove(&parked).await?;
-            } else {
-                self.put_back(&name).await?;
-            }
-        }
-        let old = self.granted_container(&name).await?;
         // Nothing is stopped unless the new image is here.
         let Some(new_image) = self.inspect_image(image).await? else {
             return Err(DockerError::NotFound(format!(
@@ -399,8 +384,105 @@ impl Engine {
             image,
             labels,
         );
-        let networks = extra_networks(&old);
+        self.replace(&container_name(&old), Some(&old), body, extra_networks(&old), image)
+            .await
+    }
 
+    /// Replace a container by one created exactly from a spec that this
+    /// agent sealed (see [`spec`]), or create it when no container has the
+    /// name. The spec must be of a granted project and, when a container is
+    /// replaced, of its project and service.
+    pub async fn recreate_from(
+        &self,
+        name: &str,
+        document: &str,
+        seal_key: &Path,
+    ) -> Result<Container, DockerError> {
+        let spec = spec::unseal(document, seal_key)?;
+        let project = spec.label(PROJECT_LABEL).unwrap_or_default();
+        let service = spec.label(SERVICE_LABEL).unwrap_or_default();
+        if project.is_empty() {
+            return Err(DockerError::Denied(format!(
+                "container {name}: the configuration given is not of a compose project"
+            )));
+        }
+        self.check_project(project)?;
+        let old = match self.settled(name).await {
+            Ok(old) => old,
+            Err(DockerError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(old) = &old {
+            let labels = labels_of(old);
+            let (old_project, old_service) = (
+                labels.get(PROJECT_LABEL).map(String::as_str).unwrap_or_default(),
+                labels.get(SERVICE_LABEL).map(String::as_str).unwrap_or_default(),
+            );
+            if (old_project, old_service) != (project, service) {
+                return Err(DockerError::Denied(format!(
+                    "container {name} is service {old_service} of project {old_project}; the \
+                     configuration given is of service {service} of project {project}"
+                )));
+            }
+        }
+        // Nothing is stopped unless the image is here; its tag is used
+        // where the tag still names it.
+        let Some(image) = self.inspect_image(&spec.image_id).await? else {
+            return Err(DockerError::NotFound(format!(
+                "image {} ({}) is not present locally; nothing was stopped (load or build it first)",
+                spec.image, spec.image_id
+            )));
+        };
+        let reference = match self.inspect_image(&spec.image).await? {
+            Some(tagged) if tagged.id == image.id => spec.image.clone(),
+            _ => image.digests.first().cloned().unwrap_or(image.id),
+        };
+        let body = spec.create_body(&reference);
+        let name = old.as_ref().map(container_name).unwrap_or_else(|| name.to_string());
+        self.replace(&name, old.as_ref(), body, spec.extra_networks(), &reference)
+            .await
+    }
+
+    /// The container `name` once a recreate cut off half-way is settled:
+    /// the agent died between the renames (the old container is parked
+    /// under its temporary name), or before the new one's health was
+    /// confirmed. None when there is no such container.
+    async fn settled(&self, name: &str) -> Result<Option<ContainerInspectResponse>, DockerError> {
+        let parked = format!("{name}{OLD_SUFFIX}");
+        let old = match self.granted_container(name).await {
+            Err(DockerError::NotFound(_)) if self.granted_container(&parked).await.is_ok() => {
+                self.rename(&parked, name).await?;
+                self.granted_container(name).await?
+            }
+            Err(DockerError::NotFound(_)) => return Ok(None),
+            other => other?,
+        };
+        let name = container_name(&old);
+        let parked = format!("{name}{OLD_SUFFIX}");
+        if self.docker.inspect_container(&parked, None).await.is_ok() {
+            // A previous recreate whose health was never confirmed: keep its
+            // container if it is healthy, else put the old one back.
+            if self.is_healthy(&name).await {
+                self.remove(&parked).await?;
+            } else {
+                self.put_back(&name).await?;
+            }
+        }
+        self.granted_container(&name).await.map(Some)
+    }
+
+    /// Create `body` under a temporary name, then stop `old` (if any), swap
+    /// the names and start the new one; the old one is put back when that
+    /// fails, and kept aside (stopped) until `wait_healthy` settles it.
+    async fn replace(
+        &self,
+        name: &str,
+        old: Option<&ContainerInspectResponse>,
+        body: ContainerCreateBody,
+        networks: Vec<(String, EndpointSettings)>,
+        image: &str,
+    ) -> Result<Container, DockerError> {
+        let parked = format!("{name}{OLD_SUFFIX}");
         let staged = format!("{name}{NEW_SUFFIX}");
         if self.docker.inspect_container(&staged, None).await.is_ok() {
             self.remove(&staged).await?;
@@ -434,48 +516,62 @@ impl Engine {
             }
         }
 
-        let was_running = old.state.as_ref().and_then(|s| s.running).unwrap_or(false);
-        let stop_timeout = old
-            .config
-            .as_ref()
-            .and_then(|c| c.stop_timeout)
-            .unwrap_or(10);
-        self.docker
-            .stop_container(
-                &name,
-                Some(
-                    StopContainerOptionsBuilder::default()
-                        .t(stop_timeout as i32)
-                        .build(),
-                ),
-            )
-            .await
-            .or_else(not_modified)
-            .map_err(|e| self.error(&format!("stopping {name}"), e))?;
-        let swap = async {
-            self.rename(&name, &parked).await?;
-            self.rename(&staged, &name).await?;
+        let was_running = old
+            .and_then(|o| o.state.as_ref())
+            .and_then(|s| s.running)
+            .unwrap_or(false);
+        if let Some(old) = old {
+            let stop_timeout = old
+                .config
+                .as_ref()
+                .and_then(|c| c.stop_timeout)
+                .unwrap_or(10);
             self.docker
-                .start_container(&name, None)
+                .stop_container(
+                    name,
+                    Some(
+                        StopContainerOptionsBuilder::default()
+                            .t(stop_timeout as i32)
+                            .build(),
+                    ),
+                )
+                .await
+                .or_else(not_modified)
+                .map_err(|e| self.error(&format!("stopping {name}"), e))?;
+        }
+        let swap = async {
+            if old.is_some() {
+                self.rename(name, &parked).await?;
+            }
+            self.rename(&staged, name).await?;
+            self.docker
+                .start_container(name, None)
                 .await
                 .map_err(|e| self.error(&format!("starting {name} on {image}"), e))
         };
         if let Err(error) = swap.await {
             // Put the old container back as it was.
-            let logs = self.logs(&name, ERROR_LOG_LINES as u32).await.ok();
+            let logs = self.logs(name, ERROR_LOG_LINES as u32).await.ok();
             if self.docker.inspect_container(&parked, None).await.is_ok() {
-                let current = self.docker.inspect_container(&name, None).await;
+                let current = self.docker.inspect_container(name, None).await;
                 if current.is_ok() {
-                    let _ = self.remove(&name).await;
+                    let _ = self.remove(name).await;
                 }
-                let _ = self.rename(&parked, &name).await;
+                let _ = self.rename(&parked, name).await;
+            } else if old.is_none() {
+                let _ = self.remove(name).await;
             }
             let _ = self.remove(&staged).await;
             if was_running {
-                let _ = self.docker.start_container(&name, None).await;
+                let _ = self.docker.start_container(name, None).await;
             }
             return Err(DockerError::Failed(format!(
-                "{error}; the old container was put back{}",
+                "{error}; {}{}",
+                if old.is_some() {
+                    "the old container was put back"
+                } else {
+                    "the new container was removed"
+                },
                 logs.filter(|l| !l.trim().is_empty())
                     .map(|l| format!("; its replacement's last log lines:\n{l}"))
                     .unwrap_or_default()
@@ -486,7 +582,7 @@ impl Engine {
 
         let inspect = self
             .docker
-            .inspect_container(&name, None)
+            .inspect_container(name, None)
             .await
             .map_err(|e| self.error(&format!("container {name}"), e))?;
         let labels = labels_of(&inspect);
@@ -498,6 +594,39 @@ impl Engine {
                 .unwrap_or_default(),
         };
         self.describe(&inspect, depends_on).await
+    }
+
+    /// A container's spec, sealed with the agent's key.
+    pub async fn inspect_config(&self, name: &str, seal_key: &Path) -> Result<String, DockerError> {
+        let inspect = self.granted_container(name).await?;
+        spec::seal(&Spec::of(&inspect), seal_key)
+    }
+
+    /// Send a signal to a container's main process.
+    pub async fn signal(&self, name: &str, signal: &str) -> Result<(), DockerError> {
+        self.granted_container(name).await?;
+        let valid = signal
+            .strip_prefix("SIG")
+            .unwrap_or(signal)
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            && !signal.is_empty();
+        if !valid {
+            return Err(DockerError::Failed(format!(
+                "`{signal}` is not a signal name (e.g. SIGHUP)"
+            )));
+        }
+        self.docker
+            .kill_container(
+                name,
+                Some(
+                    bollard::query_parameters::KillContainerOptionsBuilder::default()
+                        .signal(signal)
+                        .build(),
+                ),
+            )
+            .await
+            .map_err(|e| self.error(&format!("signalling {name} with {signal}"), e))
     }
 
     /// Whether a container runs and passes its healthcheck (if it has one).
@@ -797,9 +926,11 @@ fn depends_from_files(labels: &HashMap<String, String>) -> BTreeMap<String, Vec<
 }
 
 /// What a container was given, as opposed to what its image supplied: the
-/// basis of its fingerprint and of its replacement's configuration.
-#[derive(Serialize, Default)]
-struct OwnConfig {
+/// basis of its fingerprint and of its replacement's configuration. With no
+/// image to compare with, everything the container runs with (a spec's).
+#[derive(Serialize, serde::Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OwnConfig {
     user: Option<String>,
     env: Vec<String>,
     cmd: Option<Vec<String>>,
