@@ -418,6 +418,27 @@ impl Pg {
         Ok(())
     }
 
+    /// Whether the live database is the one a restore of this snapshot put
+    /// in place and still has its row counts and version: a restore leaves
+    /// it alone, a preview has nothing to change.
+    fn already_restored(
+        &self,
+        snapshot: &Snapshot,
+        counts_now: &BTreeMap<String, i64>,
+        migration_now: &Option<String>,
+    ) -> Result<bool, PluginError> {
+        let Some(bytes) = files::read_if_exists("restored.json")? else {
+            return Ok(false);
+        };
+        let Ok(restored) = serde_json::from_slice::<Restored>(&bytes) else {
+            return Ok(false);
+        };
+        Ok(restored.sha256 == snapshot.sha256
+            && self.oid(&snapshot.database)?.as_deref() == Some(restored.oid.as_str())
+            && *counts_now == snapshot.row_counts
+            && *migration_now == snapshot.migration)
+    }
+
     fn take(&self, database: &str, file: &str) -> Result<Snapshot, PluginError> {
         self.dump(database, file)?;
         let (toc_sha256, toc_entries) = self.toc(file)?;
@@ -526,6 +547,13 @@ impl Plugin for PgRestore {
         let database = &snapshot.database;
         let counts = pg.row_counts(database)?;
         let migration = pg.migration(database)?;
+        if pg.already_restored(&snapshot, &counts, &migration)? {
+            return Ok(Preview {
+                changes: Vec::new(),
+                risk: Risk::None,
+                data_loss_window_seconds: None,
+            });
+        }
         let size = pg.database_size(database)?;
         let lost = window(&snapshot);
         let mut changes = vec![Change {
@@ -591,17 +619,9 @@ impl Plugin for PgRestore {
         progress("verifying the backup", Some(0));
         pg.verify_backup(&snapshot)?;
 
-        // Left alone when the live database is the one a restore of this
-        // snapshot put in place and still has its row counts and version.
         let counts_now = pg.row_counts(&database)?;
         let migration_now = pg.migration(&database)?;
-        if let Some(bytes) = files::read_if_exists("restored.json")?
-            && let Ok(restored) = serde_json::from_slice::<Restored>(&bytes)
-            && restored.sha256 == snapshot.sha256
-            && pg.oid(&database)?.as_deref() == Some(restored.oid.as_str())
-            && counts_now == snapshot.row_counts
-            && migration_now == snapshot.migration
-        {
+        if pg.already_restored(&snapshot, &counts_now, &migration_now)? {
             return Ok(Outcome {
                 changed: false,
                 summary: format!("{database} already is the snapshot's restore; left alone"),

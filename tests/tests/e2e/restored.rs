@@ -54,9 +54,10 @@ async fn runbook_000_comes_back_as_its_users_see_it_and_compose_agrees() {
         let plans = tempfile::tempdir().unwrap();
         std::fs::write(plans.path().join("sowknow.toml"), &plan).unwrap();
         let web = WebView::start(&fleet, "ops", plans.path());
-        let (code, body) = web.raw(
-            "GET /preview?plan=sowknow.toml&release=v1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-        );
+        let (code, body) = web.raw(&format!(
+            "GET /preview?plan=sowknow.toml&release=v1 HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            web.port
+        ));
         assert_eq!(code, 200, "{body}");
         assert!(body.contains("FEATURE_X"), "the page shows the drift: {body}");
         body
@@ -147,10 +148,8 @@ async fn a_service_running_with_another_setting_fails_verify_and_the_drill() {
     std::fs::write(&file, drifted).unwrap();
     platform.compose_up("v1");
     std::fs::write(&file, sowknow::env_file("v1")).unwrap();
-    eventually("the backend on the drifted setting", Duration::from_secs(30), || {
-        let health = platform.health();
-        if health.contains("feature_x: drifted") { Ok(()) } else { Err(health) }
-    });
+    platform.project.wait_healthy(Duration::from_secs(30));
+    assert!(platform.health().contains("feature_x: drifted"), "{}", platform.health());
 
     let verify = "[[stage]]\nname = \"check\"\nselect = { tier = \"app\" }\ntarget = \"app\"\naction = \"verify\"\n";
     let out = fleet.rollback_cli(verify, "v1", &[]);
