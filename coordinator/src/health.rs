@@ -43,6 +43,7 @@ pub async fn http_gate(
             }
             Ok(Ok((code, text))) => {
                 let shown: String = text.chars().take(200).collect();
+                let shown = rewind_proto::masked::text(&shown);
                 last = format!("GET {url} answered {code}: {shown}");
             }
             Ok(Err(e)) => last = e,

@@ -9,6 +9,7 @@
 //! should treat it as idempotent: HTTP hooks carry `Idempotency-Key:
 //! <run>/<hook>` for that.
 
+use crate::config::PlanAccess;
 use crate::fleet::Fleet;
 use crate::plan::{Hook, HookCall, HttpCall};
 use bytes::Bytes;
@@ -57,6 +58,7 @@ impl Facts {
 /// agent hook sends (its target, action, parts and snapshot).
 pub async fn run(
     fleet: &Fleet,
+    access: &PlanAccess,
     hook: &Hook,
     facts: &Facts,
     request: Option<StepRequest>,
@@ -66,7 +68,7 @@ pub async fn run(
     for attempt in 1..=tries {
         let once = async {
             match (&hook.call, &request) {
-                (HookCall::Http(call), _) => http(call, hook, facts).await,
+                (HookCall::Http(call), _) => http(access, call, hook, facts).await,
                 (HookCall::Agent { agent, .. }, Some(request)) => {
                     one_off(fleet, agent, request.clone(), hook.timeout)
                         .await
@@ -139,7 +141,17 @@ fn tls_config(ca: Option<&str>) -> Result<rustls::ClientConfig, String> {
         .with_no_client_auth())
 }
 
-async fn http(call: &HttpCall, hook: &Hook, facts: &Facts) -> Result<String, String> {
+/// An HTTP hook: only to a destination `[plans]` allows (checked again
+/// here, for a run resumed after the configuration changed), with the
+/// secret and CA it names from there. The answer of a call that carried a
+/// secret is not kept (it may echo it); others are kept masked.
+async fn http(
+    access: &PlanAccess,
+    call: &HttpCall,
+    hook: &Hook,
+    facts: &Facts,
+) -> Result<String, String> {
+    access.check_url(&call.url)?;
     let body = call
         .body
         .as_deref()
@@ -166,28 +178,39 @@ async fn http(call: &HttpCall, hook: &Hook, facts: &Facts) -> Result<String, Str
         ));
     }
     headers.extend(call.headers.iter().cloned());
-    if let Some(path) = &call.token_secret {
-        let token =
-            std::fs::read_to_string(path).map_err(|e| format!("token_secret {path}: {e}"))?;
-        let token = token.trim();
+    let mut secret = None;
+    if let Some(name) = &call.token_secret {
+        let path = access.named("secret", name)?;
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| format!("the secret {name} ({}): {e}", path.display()))?;
+        let token = token.trim().to_string();
         if token.is_empty() {
-            return Err(format!("token_secret {path} is empty"));
+            return Err(format!("the secret {name} ({}) is empty", path.display()));
         }
         headers.push(("authorization".into(), format!("Bearer {token}")));
+        secret = Some(token);
     }
+    let ca = match &call.ca {
+        Some(name) => Some(access.named("ca", name)?.display().to_string()),
+        None => None,
+    };
     let (status, bytes) = send(
         &call.method,
         &call.url,
-        call.ca.as_deref(),
+        ca.as_deref(),
         &headers,
         body.into_bytes(),
     )
     .await?;
-    let text = cut(&String::from_utf8_lossy(&bytes));
-    let answer = if text.is_empty() {
-        format!("HTTP {status}")
+    let answer = if secret.is_some() {
+        format!("HTTP {status} (the answer is not kept: the request carried a secret)")
     } else {
-        format!("HTTP {status}: {text}")
+        let text = rewind_proto::masked::text(&cut(&String::from_utf8_lossy(&bytes)));
+        if text.is_empty() {
+            format!("HTTP {status}")
+        } else {
+            format!("HTTP {status}: {text}")
+        }
     };
     if (200..300).contains(&status) {
         Ok(answer)

@@ -105,6 +105,8 @@ pub async fn prepare(
     env: Option<&str>,
 ) -> Result<Prepared, Status> {
     let plan = plan::parse(toml, path).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    plan.check_access(&shared.plans)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     // Both lists are as long as the fleet: read at once.
     let (agents, snapshots) = tokio::join!(agent_views(shared), shared.store.snapshots(release));
     let (mut agents, snapshots) = (agents?, snapshots.map_err(internal)?);

@@ -30,6 +30,9 @@ pub struct LocalFleet {
     pub database: String,
     /// The `[environments.*]` tables of the coordinator's configuration.
     pub environments: String,
+    /// Its `[plans]` table: what plans may reach (loopback, by default)
+    /// and name.
+    pub plans: String,
     /// More settings of the `[coordinator]` table (e.g. `metrics = ...`).
     pub coordinator_settings: String,
     /// More settings of each agent's `[agent]` table, by agent.
@@ -81,6 +84,7 @@ impl LocalFleet {
             plugins: plugins.to_path_buf(),
             database: format!("sqlite://{}", dir.join("rewind.db").display()),
             environments: "[environments.production]\nprotected = true\n".into(),
+            plans: "[plans]\ndestinations = [\"127.0.0.1\", \"localhost\", \"[::1]\"]\n".into(),
             coordinator_settings: String::new(),
             agent_settings: BTreeMap::new(),
             other_coordinators: Vec::new(),
@@ -132,8 +136,10 @@ admin = "admin"
 ops = "operator"
 viewer = "viewer"
 
+{}
+
 {}"#,
-            self.database, self.coordinator_settings, self.environments
+            self.database, self.coordinator_settings, self.plans, self.environments
         );
         std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
         Ok(path)

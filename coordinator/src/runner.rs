@@ -53,10 +53,16 @@ pub struct Shared {
     pub outbox_ready: tokio::sync::Notify,
     /// The drills in progress, for operators' runs that preempt them.
     pub drills: crate::drill::admit::Registry,
+    /// What plans may reach and name (`[plans]`).
+    pub plans: Arc<crate::config::PlanAccess>,
 }
 
 impl Shared {
-    pub fn new(store: Store, webhooks: Vec<WebhookConfig>) -> Shared {
+    pub fn new(
+        store: Store,
+        webhooks: Vec<WebhookConfig>,
+        plans: crate::config::PlanAccess,
+    ) -> Shared {
         let (events, _) = broadcast::channel(1 << 16);
         Shared {
             store,
@@ -66,6 +72,7 @@ impl Shared {
             webhooks,
             outbox_ready: tokio::sync::Notify::new(),
             drills: Default::default(),
+            plans: Arc::new(plans),
         }
     }
 
@@ -821,9 +828,10 @@ async fn drive(
                         .collect();
                     let smoke = context.smoke_requests[stage].clone();
                     let fleet = shared.fleet.clone();
+                    let access = shared.plans.clone();
                     let tx = tx.clone();
                     tokio::spawn(async move {
-                        let outcome = run_gates(&fleet, &gates, targets, smoke).await;
+                        let outcome = run_gates(&fleet, &access, &gates, targets, smoke).await;
                         let _ = tx.send(RunInput::GatesDone { stage, outcome }).await;
                     });
                 }
@@ -839,9 +847,10 @@ async fn drive(
                         facts.verdict = verdict.as_str().into();
                     }
                     let fleet = shared.fleet.clone();
+                    let access = shared.plans.clone();
                     let tx = tx.clone();
                     tokio::spawn(async move {
-                        let outcome = hooks::run(&fleet, &spec, &facts, request).await;
+                        let outcome = hooks::run(&fleet, &access, &spec, &facts, request).await;
                         let _ = tx
                             .send(RunInput::HookDone {
                                 hook,
@@ -890,6 +899,7 @@ async fn drive(
 /// Run a stage's health gates in order; the first failure fails them.
 async fn run_gates(
     fleet: &Fleet,
+    access: &crate::config::PlanAccess,
     gates: &[Gate],
     steps: Vec<(String, StepRequest)>,
     smoke: Vec<StepRequest>,
@@ -904,6 +914,9 @@ async fn run_gates(
                 body,
                 within,
             } => {
+                // Checked again here: a run resumed after the configuration
+                // changed calls only what it allows now.
+                access.check_url(url)?;
                 health::http_gate(url, *status, body.as_deref(), *within).await?;
                 passed.push(format!("GET {url}: {status}"));
             }

@@ -98,6 +98,8 @@ health = [{{ verify = true }}]
 pub struct Coordinators {
     /// More lines of its `[coordinator]` table.
     pub settings: String,
+    /// Its `[plans]` table, instead of the local fleet's (loopback only).
+    pub plans: Option<String>,
     /// URLs of other coordinators on the same journal, for the agents.
     pub others: Vec<String>,
 }
@@ -170,6 +172,30 @@ impl TestFleet {
             .map(|(name, tier, targets)| (name, tier, "staging", targets))
             .collect();
         TestFleet::start_agents_in(agents, database).await
+    }
+
+    /// `start_agents` with the coordinator's `[plans]` table (what plans
+    /// may reach and name).
+    pub async fn start_agents_planned(
+        agents: Vec<(String, String, String)>,
+        plans: String,
+    ) -> TestFleet {
+        let count = agents.len();
+        let specs = agents
+            .into_iter()
+            .map(|(name, tier, targets)| {
+                let labels = [
+                    ("tier".to_string(), tier),
+                    ("env".to_string(), "staging".to_string()),
+                ];
+                (name, labels.into(), targets)
+            })
+            .collect();
+        let coordinators = Coordinators {
+            plans: Some(plans),
+            ..Coordinators::default()
+        };
+        TestFleet::launch(specs, None, None, count, &coordinators).await
     }
 
     /// `start_agents` with each agent's environment (its `env` label).
@@ -250,6 +276,9 @@ impl TestFleet {
             fleet.environments = environments.to_string();
         }
         fleet.coordinator_settings = coordinators.settings.clone();
+        if let Some(plans) = &coordinators.plans {
+            fleet.plans = plans.clone();
+        }
         fleet.other_coordinators = coordinators.others.clone();
         let records = dir.path().join("records");
         std::fs::create_dir_all(&records).unwrap();

@@ -247,7 +247,14 @@ impl Platform {
             ),
             ("ui-1".into(), "ui".into(), ui_targets(&ui, &varnish)),
         ];
-        let fleet = TestFleet::start_agents(agents, None).await;
+        // The plan's hooks call the status page and the admin API on
+        // loopback, with the tokens the coordinator's [plans] names.
+        let plans = format!(
+            "[plans]\ndestinations = [\"127.0.0.1\"]\nsecrets = {{ admin-token = \"{}\", statuspage-token = \"{}\" }}\n",
+            secrets.join("admin-token").display(),
+            secrets.join("statuspage-token").display()
+        );
+        let fleet = TestFleet::start_agents_planned(agents, plans).await;
         let checkpointing = std::time::Instant::now();
         fleet.checkpoint(GOOD).await;
         let checkpoint_took = checkpointing.elapsed();

@@ -1006,18 +1006,22 @@ fn own_config(
                 .as_ref()
                 .and_then(|h| serde_json::to_value(h).ok())
         },
-        exposed_ports: config
-            .exposed_ports
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| !image_ports.contains(p))
-            .collect(),
-        volumes: config
-            .volumes
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|v| !image_volumes.contains(v))
-            .collect(),
+        // Docker keeps both as maps: sorted, so that equal containers
+        // compare equal.
+        exposed_ports: sorted(
+            config
+                .exposed_ports
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| !image_ports.contains(p)),
+        ),
+        volumes: sorted(
+            config
+                .volumes
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|v| !image_volumes.contains(v)),
+        ),
         stop_signal: config
             .stop_signal
             .filter(|s| Some(s) != image.stop_signal.as_ref()),
@@ -1028,6 +1032,12 @@ fn own_config(
         // Docker names a container's host after its short id unless told.
         hostname: config.hostname.filter(|h| !h.is_empty() && h != short_id),
     }
+}
+
+fn sorted(items: impl Iterator<Item = String>) -> Vec<String> {
+    let mut items: Vec<String> = items.collect();
+    items.sort();
+    items
 }
 
 /// A container's networks: name -> the endpoint settings given at creation

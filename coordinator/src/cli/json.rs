@@ -51,6 +51,7 @@ pub fn run(report: &RunReport) -> Value {
         "run_id": report.run_id,
         "plan": report.plan,
         "release": report.release,
+        "env": report.env,
         "status": report.status,
         "started_by": report.started_by,
         "started_ms": report.started_ms,
@@ -68,6 +69,7 @@ pub fn run(report: &RunReport) -> Value {
             "step_id": s.step_id,
             "stage": s.stage,
             "host": s.agent,
+            "env": s.env,
             "target": s.target,
             "action": s.action,
             "status": s.status,
@@ -164,6 +166,7 @@ pub fn preview(reply: &PreviewReply, release: &str) -> Value {
             "after": stage.after,
             "steps": stage.steps.iter().map(|step| json!({
                 "host": step.agent,
+                "env": step.env,
                 "target": step.target,
                 "action": step.action,
                 "risk": step.preview.as_ref().map(|p| risk(p.risk)),

@@ -97,6 +97,7 @@ pub(super) fn parse(
     name: &str,
     spanned: &Spanned<RawDrill>,
     protected: &[&str],
+    access: &super::PlanAccess,
 ) -> Result<DrillConfig, ConfigError> {
     let raw = spanned.get_ref();
     let line = source.line(spanned.span().start);
@@ -130,6 +131,12 @@ pub(super) fn parse(
     })?;
     let plan = plan::parse(&plan_toml, &plan_path.display().to_string())
         .map_err(|e| here(raw.plan.span(), format!("its plan does not parse: {e}")))?;
+    plan.check_access(access).map_err(|e| {
+        here(
+            raw.plan.span(),
+            format!("its plan reaches beyond [plans]: {e}"),
+        )
+    })?;
     if let Some((line, what)) = plan.outside(&env) {
         return Err(here(
             raw.plan.span(),

@@ -3,9 +3,11 @@
 //! are protected, and which agents may claim each), drills and
 //! notifications. Parsed once; errors name the file and line.
 
+pub mod access;
 pub mod drills;
 pub mod notify;
 
+pub use access::PlanAccess;
 pub use drills::DrillConfig;
 pub use notify::{WebhookConfig, WebhookKind};
 
@@ -74,6 +76,8 @@ pub struct CoordinatorConfig {
     pub drills: BTreeMap<String, DrillConfig>,
     /// Where events of runs and drills are delivered.
     pub notifications: Vec<WebhookConfig>,
+    /// What plans may reach (hooks, gates) and name (secrets, CAs).
+    pub plans: PlanAccess,
 }
 
 /// The configuration's text, for turning a byte offset into a line.
@@ -185,6 +189,8 @@ struct Raw {
     drills: BTreeMap<String, Spanned<drills::RawDrill>>,
     #[serde(default)]
     notifications: BTreeMap<String, Spanned<notify::RawWebhook>>,
+    #[serde(default)]
+    plans: access::RawAccess,
 }
 
 #[derive(Deserialize)]
@@ -229,7 +235,7 @@ pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| error(None, format!("cannot read: {e}")))?;
     let source = Source { path, text: &text };
-    let raw: Raw = toml::from_str(&text).map_err(|e| {
+    let mut raw: Raw = toml::from_str(&text).map_err(|e| {
         error(
             e.span().map(|s| source.line(s.start)),
             e.message().to_string(),
@@ -268,11 +274,12 @@ pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
         .filter(|(_, e)| e.protected)
         .map(|(n, _)| n.as_str())
         .collect();
+    let plans = access::parse(&source, base, std::mem::take(&mut raw.plans))?;
     let mut drills = BTreeMap::new();
     for (name, drill) in &raw.drills {
         drills.insert(
             name.clone(),
-            drills::parse(&source, base, name, drill, &protected)?,
+            drills::parse(&source, base, name, drill, &protected, &plans)?,
         );
     }
     let metrics = match &raw.coordinator.metrics {
@@ -347,6 +354,7 @@ pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
             .collect(),
         drills,
         notifications,
+        plans,
     })
 }
 
@@ -385,6 +393,7 @@ mod tests {
             operators: BTreeMap::new(),
             drills: BTreeMap::new(),
             notifications: Vec::new(),
+            plans: PlanAccess::default(),
             environments: environments
                 .iter()
                 .map(|(name, protected, agents)| {

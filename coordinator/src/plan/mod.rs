@@ -124,9 +124,11 @@ pub struct HttpCall {
     /// The body, with `{{run}}`, `{{release}}`, `{{plan}}`, `{{verdict}}`
     /// and `{{started_by}}` replaced (escaped for a JSON string).
     pub body: Option<String>,
-    /// A file on the coordinator holding a token sent as `Authorization: Bearer`.
+    /// The name of a secret of the coordinator's `[plans] secrets` (a file)
+    /// sent as `Authorization: Bearer`.
     pub token_secret: Option<String>,
-    /// A PEM file of the CA to trust for an https:// URL instead of the public roots.
+    /// The name of a CA of the coordinator's `[plans] cas` to trust for an
+    /// https:// URL instead of the public roots.
     pub ca: Option<String>,
 }
 
@@ -580,6 +582,21 @@ fn hooks(source: &Source, raw: &[Spanned<RawHook>]) -> Result<Vec<Hook>, PlanErr
                         ));
                     }
                 }
+                for (key, value) in [("token_secret", &raw_http.token_secret), ("ca", &raw_http.ca)] {
+                    if let Some(value) = value
+                        && (value.is_empty() || value.contains(['/', '\\', ' ']))
+                    {
+                        return Err(error(
+                            &http.span(),
+                            format!(
+                                "{key} `{value}` must be a name from the coordinator's [plans] {}, \
+                                 not a path: a plan names what the coordinator's configuration \
+                                 lets it use",
+                                if key == "ca" { "cas" } else { "secrets" }
+                            ),
+                        ));
+                    }
+                }
                 HookCall::Http(HttpCall {
                     method,
                     url,
@@ -699,6 +716,40 @@ pub struct StepPlan {
 }
 
 impl Plan {
+    /// Whether every URL the plan's hooks and gates call is among the
+    /// coordinator's `[plans] destinations`, and every secret and CA it
+    /// names is among `[plans] secrets` and `cas`.
+    pub fn check_access(&self, access: &crate::config::PlanAccess) -> Result<(), PlanError> {
+        let error = |line: usize, message: String| PlanError {
+            path: self.path.clone(),
+            line: Some(line),
+            message,
+        };
+        for stage in &self.stages {
+            for gate in &stage.health {
+                if let Gate::Http { url, .. } = gate {
+                    access.check_url(url).map_err(|e| {
+                        error(stage.line, format!("stage {}: health gate: {e}", stage.name))
+                    })?;
+                }
+            }
+        }
+        for hook in &self.hooks {
+            let HookCall::Http(call) = &hook.call else {
+                continue;
+            };
+            let here = |e: String| error(hook.line, format!("hook {}: {e}", hook.name));
+            access.check_url(&call.url).map_err(here)?;
+            if let Some(name) = &call.token_secret {
+                access.named("secret", name).map_err(here)?;
+            }
+            if let Some(name) = &call.ca {
+                access.named("ca", name).map_err(here)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The agents the plan names itself (smoke checks, agent hooks): the
     /// agent, the line, and what names it.
     pub fn named_agents(&self) -> Vec<(&str, usize, String)> {

@@ -88,7 +88,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let store = Store::open(&config.database).await?;
-    let shared = Arc::new(Shared::new(store, config.notifications.clone()));
+    let shared = Arc::new(Shared::new(
+        store,
+        config.notifications.clone(),
+        config.plans.clone(),
+    ));
     let config = Arc::new(config);
     // Dropped (and so stopped) when the coordinator stops.
     let _metrics = match config.metrics {

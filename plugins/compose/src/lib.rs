@@ -11,7 +11,7 @@ mod recorded;
 mod work;
 
 use recorded::{Recorded, short};
-use work::{ContainerWork, Task};
+use work::{ContainerWork, Detail, Task};
 use rewind_plugin_sdk::docker::{self, Container};
 use rewind_plugin_sdk::*;
 use serde::{Deserialize, Serialize};
@@ -272,7 +272,7 @@ impl Plugin for Compose {
         let now = current(&settings)?;
         let order = dependency_order(&dependencies(&snapshot, &now))?;
         let mut changes = Vec::new();
-        for (name, work) in work::plan(&snapshot, &order, &now, &masker(&[]))? {
+        for (name, work) in work::plan(&snapshot, &order, &now, &masker(&[]), Detail::Drift)? {
             let service = &snapshot.services[&name];
             work::images_present(&name, &work)?;
             let lines: Vec<String> = work.iter().filter_map(|w| w.describe(service)).collect();
@@ -341,7 +341,7 @@ impl Plugin for Compose {
 
         // Everything is checked before anything is stopped: every recorded
         // configuration is here and intact, every image is present.
-        let plan = work::plan(&snapshot, &order, &now, &masker(&[]))?;
+        let plan = work::plan(&snapshot, &order, &now, &masker(&[]), Detail::Decide)?;
         for (name, work) in &plan {
             work::images_present(name, work)?;
         }
@@ -456,7 +456,7 @@ impl Plugin for Compose {
                 }
             }
         }
-        for (name, work) in work::plan(&snapshot, &order, &now, &masker)? {
+        for (name, work) in work::plan(&snapshot, &order, &now, &masker, Detail::Drift)? {
             for w in work {
                 match w.task {
                     Task::Recreate { drift, .. } => problems.extend(

@@ -71,6 +71,14 @@ impl Recorded {
         Recorded::parse(document)
     }
 
+    /// The image reference the container was created from.
+    pub fn image(&self) -> &str {
+        self.spec
+            .get("image")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+
     pub fn image_id(&self) -> &str {
         self.spec
             .get("image-id")
@@ -97,6 +105,8 @@ fn comparable(spec: &Value, same_name: bool) -> Value {
     }
     if let Some(env) = spec.pointer_mut("/config/env").and_then(Value::as_array_mut) {
         env.retain(|e| !e.as_str().is_some_and(|e| e.starts_with(AFFINITY)));
+        // The same variables in another order run alike.
+        env.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
     }
     if !same_name
         && let Some(labels) = spec

@@ -44,16 +44,21 @@ impl ContainerWork {
             Task::Start { state } => Some(format!(
                 "start {name} ({state}), already on the snapshot's configuration"
             )),
-            Task::Recreate { drift, .. } => Some(format!(
-                "recreate {name} from the snapshot's configuration ({})",
+            Task::Recreate { config, drift } => Some(format!(
+                "recreate {name} from the snapshot's configuration, on {} ({}): {} differ(s)",
+                config.image(),
+                short(config.image_id()),
                 drift
                     .iter()
                     .map(|d| d.split(':').next().unwrap_or(d))
                     .collect::<Vec<_>>()
                     .join(", ")
             )),
-            Task::Create { .. } => Some(format!(
-                "create {name} from the snapshot's configuration (the project has no such container)"
+            Task::Create { config } => Some(format!(
+                "create {name} from the snapshot's configuration, on {} ({}) (the project has \
+                 no such container)",
+                config.image(),
+                short(config.image_id())
             )),
             Task::Image { reference, from } => Some(format!(
                 "recreate {name} on {reference} ({}) instead of {from}, keeping its current \
@@ -64,12 +69,23 @@ impl ContainerWork {
     }
 }
 
+/// How much a plan says about a container that is recreated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Every key that differs (a preview, a verify).
+    Drift,
+    /// Only what decides the task: a container on another image is
+    /// recreated without reading its configuration (a restore).
+    Decide,
+}
+
 /// The containers of one snapshot service and their tasks.
 pub fn of_service(
     name: &str,
     service: &Service,
     now: &[Container],
     masker: &Masker,
+    detail: Detail,
 ) -> Result<Vec<ContainerWork>, PluginError> {
     if service.configs.is_empty() {
         return by_image(name, service, now);
@@ -79,6 +95,16 @@ pub fn of_service(
         let config = Recorded::kept(container, sha)?;
         let task = match now.iter().find(|c| &c.name == container) {
             None => Task::Create { config },
+            Some(current) if detail == Detail::Decide && current.image_id != config.image_id() => {
+                let drift = vec![format!(
+                    "image: {} ({}), the snapshot's {} ({})",
+                    current.image,
+                    short(&current.image_id),
+                    config.image(),
+                    short(config.image_id())
+                )];
+                Task::Recreate { config, drift }
+            }
             Some(current) => {
                 let running = Recorded::of(container)?;
                 if running.same_as(&config, true) {
@@ -147,11 +173,7 @@ pub fn images_present(service_name: &str, work: &[ContainerWork]) -> Result<(), 
                 "service {service_name}: image {} ({}) of container {} is not present on this \
                  host; nothing was stopped (load the image, e.g. docker load, or pull it, then \
                  run again)",
-                config
-                    .spec
-                    .get("image")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default(),
+                config.image(),
                 config.image_id(),
                 w.name
             )));
@@ -166,6 +188,7 @@ pub fn plan(
     order: &[String],
     now: &BTreeMap<String, Vec<Container>>,
     masker: &Masker,
+    detail: Detail,
 ) -> Result<Vec<(String, Vec<ContainerWork>)>, PluginError> {
     let mut all = Vec::new();
     for name in order {
@@ -179,7 +202,10 @@ pub fn plan(
                 snapshot.project
             )));
         }
-        all.push((name.clone(), of_service(name, service, &containers, masker)?));
+        all.push((
+            name.clone(),
+            of_service(name, service, &containers, masker, detail)?,
+        ));
     }
     Ok(all)
 }

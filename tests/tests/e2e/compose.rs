@@ -233,12 +233,20 @@ async fn an_unhealthy_replacement_fails_the_step_with_its_last_log_lines() {
     let good = agent.snapshot("shop").await;
     // A snapshot whose images do not pass their healthcheck: edit the
     // recorded image of `web` to the broken build (as if it had been taken
-    // while that build ran).
+    // while that build ran), in the format of snapshots that recorded
+    // images only (no configurations), which a restore still takes (and
+    // which another agent, on another state directory, can restore).
     let mut data: serde_json::Value = serde_json::from_str(&good.data).unwrap();
     let broken_id = docker::image_id(&format!("{}:{tag}", docker::REPO)).unwrap();
     data["services"]["web"]["image"] = format!("{}:{tag}", docker::REPO).into();
     data["services"]["web"]["image_id"] = broken_id.into();
     data["services"]["web"]["digests"] = serde_json::json!([]);
+    for service in SERVICES {
+        data["services"][service]
+            .as_object_mut()
+            .unwrap()
+            .remove("configs");
+    }
     let bad = SnapshotRecord {
         data: data.to_string(),
         ..good.clone()

@@ -20,7 +20,7 @@ fn agent(reload: &str) -> Agent {
 [targets.app-config]
 plugin = "files"
 settings = {{ files = ["{{dir}}/app/.env.production", "{{dir}}/app/nginx.conf", "{{dir}}/app/extra.conf"], reload = [{reload}] }}
-grant = {{ files = ["{{dir}}/app"], process = ["touch", "false"] }}
+grant = {{ files = ["{{dir}}/app"], process = ["touch", "false"], docker = [] }}
 "#,
         unsigned_plugin("files", "files")
     ));
@@ -358,7 +358,7 @@ async fn a_rollback_through_the_coordinator_puts_the_files_back() {
         "[plugins.files]\npath = \"{{plugins}}/files.wasm\"\nallow_unsigned = true\n\n\
          [targets.app-config]\nplugin = \"files\"\n\
          settings = {{ files = [\"{app}/.env.production\", \"{app}/nginx.conf\", \"{app}/extra.conf\"], reload = [\"touch\", \"{app}/reloaded\"] }}\n\
-         grant = {{ files = [\"{app}\"], process = [\"touch\"] }}\n",
+         grant = {{ files = [\"{app}\"], process = [\"touch\"], docker = [] }}\n",
         app = app.display()
     );
     let fleet = TestFleet::start_agents(vec![("web-1".into(), "web".into(), targets)], None).await;

@@ -37,6 +37,7 @@ async fn two_coordinators_on(
     let coordinators = Coordinators {
         settings: format!("name = \"a\"\nlease = \"{}s\"", lease.as_secs()),
         others: vec![format!("https://127.0.0.1:{port}")],
+        ..Coordinators::default()
     };
     let fleet = TestFleet::start_with(hosts, Some(a_journal), &coordinators).await;
     let b = OtherCoordinator::start_on(&fleet, "a", "b", port, Some(&pg.url()));

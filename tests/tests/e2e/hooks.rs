@@ -99,24 +99,36 @@ struct Setup {
     fleet: TestFleet,
     api: ProviderApi,
     token: String,
+    _secrets: tempfile::TempDir,
 }
 
+/// A fleet whose plans may call the stand-in on loopback and name the
+/// status page's token (a file of the coordinator's) as `status-token`.
 async fn setup(app_extra: &str, smoke_log: &str) -> Setup {
     let api = ProviderApi::start(answer);
-    let fleet = TestFleet::start_agents(vec![agent(app_extra, smoke_log)], None).await;
-    let token = fleet.fleet.dir.join("status-token");
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secrets.path().join("status-token");
     std::fs::write(&token, "s3cret-token\n").unwrap();
+    let fleet = TestFleet::start_agents_planned(
+        vec![agent(app_extra, smoke_log)],
+        format!(
+            "[plans]\ndestinations = [\"127.0.0.1\"]\nsecrets = {{ status-token = \"{}\" }}\n",
+            token.display()
+        ),
+    )
+    .await;
     fleet.checkpoint("v1").await;
     Setup {
         fleet,
-        token: token.display().to_string(),
+        token: "status-token".into(),
         api,
+        _secrets: secrets,
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hooks_wrap_a_rollback_and_a_smoke_check_gates_it() {
-    let Setup { fleet, api, token } = setup("", "app-1.log").await;
+    let Setup { fleet, api, token, _secrets } = setup("", "app-1.log").await;
     let out = fleet.rollback_cli(&plan(api.port, &token, "/status"), "v1", &[]);
     assert!(out.success, "{out}");
     let run = TestFleet::run_id_of(&out);
@@ -175,7 +187,13 @@ async fn hooks_wrap_a_rollback_and_a_smoke_check_gates_it() {
             ("status-page-done", "succeeded"),
         ]
     );
-    assert_eq!(report.hooks[0].answer, r#"HTTP 200: {"ok":true}"#);
+    // The status page's answer is not kept: its request carried a secret,
+    // which an answer may echo. The chat's is.
+    assert_eq!(
+        report.hooks[0].answer,
+        "HTTP 200 (the answer is not kept: the request carried a secret)"
+    );
+    assert_eq!(report.hooks[2].answer, r#"HTTP 200: {"ok":true}"#);
     assert!(
         report.hooks[1].answer.contains("on (mkdir "),
         "{}",
@@ -223,7 +241,7 @@ async fn hooks_wrap_a_rollback_and_a_smoke_check_gates_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stage_that_fails_still_turns_maintenance_off_and_reports_each_host() {
-    let Setup { fleet, api, token } = setup(", fail = true", "app-1.log").await;
+    let Setup { fleet, api, token, _secrets } = setup(", fail = true", "app-1.log").await;
     let out = fleet.rollback_cli(&plan(api.port, &token, "/status"), "v1", &[]);
     assert!(!out.success, "{out}");
     assert!(
@@ -237,7 +255,7 @@ async fn a_stage_that_fails_still_turns_maintenance_off_and_reports_each_host() 
     assert_eq!(last["verdict"], "failed");
     assert!(out.stdout.contains("hosts:"), "{out}");
     assert!(
-        out.stdout.contains("app-1: core/app failed (failed)"),
+        out.stdout.contains("app-1 (staging): core/app failed (failed)"),
         "{out}"
     );
     let run = TestFleet::run_id_of(&out);
@@ -248,7 +266,7 @@ async fn a_stage_that_fails_still_turns_maintenance_off_and_reports_each_host() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_before_hook_stops_the_run_before_anything_changes() {
-    let Setup { fleet, api, token } = setup("", "app-1.log").await;
+    let Setup { fleet, api, token, _secrets } = setup("", "app-1.log").await;
     let out = fleet.rollback_cli(&plan(api.port, &token, "/down"), "v1", &[]);
     assert!(!out.success, "{out}");
     assert!(
@@ -282,7 +300,7 @@ async fn a_failing_before_hook_stops_the_run_before_anything_changes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_smoke_check_fails_its_stage_with_the_commands_output() {
     // The smoke check greps a log the rollback does not write.
-    let Setup { fleet, api, token } = setup("", "other.log").await;
+    let Setup { fleet, api, token, _secrets } = setup("", "other.log").await;
     std::fs::write(fleet.records.join("other.log"), "").unwrap();
     let out = fleet.rollback_cli(&plan(api.port, &token, "/status"), "v1", &[]);
     assert!(!out.success, "{out}");
@@ -305,5 +323,69 @@ async fn a_failing_smoke_check_fails_its_stage_with_the_commands_output() {
     assert!(
         !fleet.records.join("maintenance").exists(),
         "maintenance mode left on"
+    );
+}
+
+/// A plan is an operator's input, not the coordinator's trust: it cannot
+/// make the coordinator read a file of its choosing nor call a host that
+/// `[plans]` does not list. Both are refused at the preview, naming the
+/// plan's line, and nothing is sent anywhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_cannot_name_a_coordinator_file_or_call_an_unlisted_destination() {
+    let Setup { fleet, api, _secrets, .. } = setup("", "app-1.log").await;
+    let key = fleet.fleet.dir.join("certs/coordinator-main.key");
+    let hook = |http: &str| {
+        format!(
+            "name = \"shop\"\n\n[[hook]]\nname = \"leak\"\nwhen = \"before\"\nhttp = {http}\n\n\
+             [[stage]]\nname = \"core\"\nselect = {{ tier = \"core\" }}\ntarget = \"app\"\n"
+        )
+    };
+    // A path where a secret's name goes.
+    let out = fleet.rollback_cli(
+        &hook(&format!(
+            "{{ url = \"http://127.0.0.1:{}/x\", token_secret = \"{}\" }}",
+            api.port,
+            key.display()
+        )),
+        "v1",
+        &[],
+    );
+    assert!(!out.success, "{out}");
+    assert!(
+        out.stderr.contains("plan.toml:6") && out.stderr.contains("not a path"),
+        "{out}"
+    );
+    // A name the coordinator does not know.
+    let out = fleet.rollback_cli(
+        &hook(&format!(
+            "{{ url = \"http://127.0.0.1:{}/x\", token_secret = \"tls-key\" }}",
+            api.port
+        )),
+        "v1",
+        &[],
+    );
+    assert!(!out.success, "{out}");
+    assert!(
+        out.stderr.contains("no secret named `tls-key`") && out.stderr.contains("status-token"),
+        "{out}"
+    );
+    // A destination that [plans] does not list: a hook and a health gate.
+    let out = fleet.rollback_cli(&hook("{ url = \"http://169.254.169.254/latest/meta-data/\" }"), "v1", &[]);
+    assert!(!out.success, "{out}");
+    assert!(
+        out.stderr.contains("plan.toml:6")
+            && out.stderr.contains("is not among the destinations")
+            && out.stderr.contains("127.0.0.1"),
+        "{out}"
+    );
+    let gate = "[[stage]]\nname = \"core\"\nselect = { tier = \"core\" }\ntarget = \"app\"\n\
+                health = [{ http = \"http://10.11.12.13:8080/health\", within = \"1s\" }]\n";
+    let out = fleet.rollback_cli(gate, "v1", &[]);
+    assert!(!out.success, "{out}");
+    assert!(out.stderr.contains("health gate") && out.stderr.contains("10.11.12.13"), "{out}");
+    assert!(api.requests().is_empty(), "nothing was sent: {:?}", api.requests());
+    assert!(
+        !fleet.records("app-1").iter().any(|(k, _)| k == "start"),
+        "nothing started"
     );
 }

@@ -172,7 +172,7 @@ async fn runbook_003_a_failed_app_stage_is_reported_host_by_host() {
     );
     assert!(
         out.stdout.contains(
-            "app-1: schema/schema restore (changed); app/app failed (verification-failed)"
+            "app-1 (staging): schema/schema restore (changed); app/app failed (verification-failed)"
         ),
         "{out}"
     );
@@ -298,7 +298,7 @@ async fn runbook_004_a_core_layer_that_cannot_come_back_stops_the_run_there() {
     }
     assert!(
         out.stdout.contains(
-            "app-1: env/env-file restore (changed); l01/l01 restore (changed); core/core failed (failed); gateway/gateway not started; interface/interface not started"
+            "app-1 (staging): env/env-file restore (changed); l01/l01 restore (changed); core/core failed (failed); gateway/gateway not started; interface/interface not started"
         ),
         "{out}"
     );
@@ -796,7 +796,7 @@ async fn runbook_000_a_backend_that_cannot_come_back_is_reported_and_maintenance
         "maintenance page off"
     );
     assert!(
-        out.stdout.contains("app-1: data/db restore (changed); config/config restore (changed); services/backend failed (failed)"),
+        out.stdout.contains("app-1 (staging): data/db restore (changed); config/config restore (changed); services/backend failed (failed)"),
         "{out}"
     );
     assert_told(&r.host.chat, "2026.02.15", "failed");
@@ -950,7 +950,7 @@ async fn runbook_002_a_failing_rollback_script_stops_at_a_known_version() {
     assert!(!r.host.path("drain").exists(), "traffic restored");
     assert!(
         out.stdout
-            .contains("app-1: app/api restore (changed); schema/schema failed"),
+            .contains("app-1 (staging): app/api restore (changed); schema/schema failed"),
         "{out}"
     );
     assert!(

@@ -155,3 +155,106 @@ fn a_pinned_digest_must_match() {
     pinned.sha256 = Some(signing::digest(&std::fs::read(&case.wasm).unwrap()));
     case.host.load(&pinned).expect("the pinned digest matches");
 }
+
+/// The agent configurations shipped in deploy/ (copied with their plugins'
+/// paths pointed at `plugins`).
+fn shipped_configs(plugins: &Path, into: &Path) -> Vec<PathBuf> {
+    let root = rewind_tests::root();
+    let mut configs = vec![root.join("deploy/agent.example.toml")];
+    for example in std::fs::read_dir(root.join("deploy/examples")).unwrap().flatten() {
+        for file in std::fs::read_dir(example.path()).unwrap().flatten() {
+            let name = file.file_name().to_string_lossy().into_owned();
+            if name.starts_with("agent") && name.ends_with(".toml") {
+                configs.push(file.path());
+            }
+        }
+    }
+    configs.sort();
+    configs
+        .into_iter()
+        .enumerate()
+        .map(|(i, config)| {
+            let text = std::fs::read_to_string(&config)
+                .unwrap()
+                .replace("/usr/lib/rewind/plugins", &plugins.display().to_string());
+            let copy = into.join(format!("{i}-{}", config.file_name().unwrap().to_string_lossy()));
+            std::fs::write(&copy, text).unwrap();
+            copy
+        })
+        .collect()
+}
+
+/// `plugins/build`, as a user runs it, into `out`.
+fn build_plugins(out: &Path, sign_dev: bool) {
+    let mut build = std::process::Command::new(rewind_tests::root().join("plugins/build"));
+    if sign_dev {
+        build.arg("--sign-dev");
+    }
+    let status = build
+        .env("PLUGINS_OUT", out)
+        .env("REWIND_AGENT", rewind_tests::binary("rewind-agent"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "plugins/build failed");
+}
+
+/// The example configurations start as shipped: every plugin they declare
+/// loads, signed by the development key they trust (`plugins/build
+/// --sign-dev`); unsigned, the refusal names the file and line and both
+/// ways out.
+#[test]
+fn the_shipped_examples_load_their_plugins_signed_by_the_development_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (signed, unsigned) = (dir.path().join("signed"), dir.path().join("unsigned"));
+    build_plugins(&signed, true);
+    build_plugins(&unsigned, false);
+    let configs = shipped_configs(&signed, dir.path());
+    assert!(configs.len() >= 9, "{configs:?}");
+    for config in &configs {
+        let table: toml::Table = toml::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+        let trusted: Vec<_> = table["agent"]["trusted_keys"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: no trusted_keys", config.display()))
+            .iter()
+            .map(|k| signing::parse_public_key(k.as_str().unwrap()).unwrap())
+            .collect();
+        assert!(
+            trusted
+                .iter()
+                .any(|k| hex::encode(k.as_bytes()) == signing::DEVELOPMENT_KEY),
+            "{} trusts the development key",
+            config.display()
+        );
+        let host = PluginHost::new(&dir.path().join("cache"), trusted).unwrap();
+        for (name, plugin) in table["plugins"].as_table().unwrap() {
+            let entry = PluginConfig {
+                origin: config.display().to_string(),
+                name: name.clone(),
+                path: PathBuf::from(plugin["path"].as_str().unwrap()),
+                sha256: None,
+                allow_unsigned: plugin
+                    .get("allow_unsigned")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false),
+            };
+            let loaded = host
+                .load(&entry)
+                .unwrap_or_else(|e| panic!("{}: {e}", config.display()));
+            assert!(loaded.signature.is_valid(), "{}: {name}", config.display());
+        }
+    }
+
+    // The same configuration with the plugins as built, unsigned.
+    let example = &shipped_configs(&unsigned, &dir.path().join("unsigned"))[0];
+    let config = rewind_agent::config::load(example).unwrap();
+    let host = PluginHost::new(&dir.path().join("cache"), config.trusted_keys.clone()).unwrap();
+    let plugin = config.plugins.values().next().unwrap();
+    let (status, text) = refused(host.load(plugin));
+    assert_eq!(status, SignatureStatus::Unsigned);
+    let line = format!("{}:", example.display());
+    assert!(text.starts_with(&line), "names the file and line: {text}");
+    assert!(
+        text.contains("plugins/build --sign-dev") && text.contains("allow_unsigned = true"),
+        "{text}"
+    );
+}
