@@ -43,7 +43,7 @@ pub enum DaemonError {
     #[error("{}: no [agent.coordinator] section: the agent does not know where to connect", .0.display())]
     NoCoordinator(std::path::PathBuf),
     #[error(transparent)]
-    Load(#[from] crate::host::LoadError),
+    Load(#[from] Box<crate::host::LoadError>),
     #[error("{0}")]
     Grant(String),
     #[error("ledger {}: {error}", path.display())]
@@ -116,7 +116,9 @@ impl Agent {
             .map_err(|e| DaemonError::Link(format!("{}: {e}", config.path.display())))?;
         let mut plugins = BTreeMap::new();
         for target in config.targets.values() {
-            let plugin = host.load(&config.plugins[&target.plugin])?;
+            let plugin = host
+                .load(&config.plugins[&target.plugin])
+                .map_err(Box::new)?;
             if let Some((interface, capability)) = plugin.ungranted(target).into_iter().next() {
                 return Err(DaemonError::Grant(format!(
                     "{}: plugin {} imports {interface}, which target {} does not grant (capability `{capability}`)",

@@ -18,7 +18,8 @@ const DOMAIN: &[u8] = b"rewind-plugin-signature-v1\0";
 /// The public half of rewind's published development key
 /// (deploy/dev-signing/rewind-dev.pub), which the example configurations
 /// trust: an agent that trusts it warns when it starts.
-pub const DEVELOPMENT_KEY: &str = "5d1ccc3ad701a6d54fa309a275708abaf680ae6c5cb079cc0d9d859b1f6306f6";
+pub const DEVELOPMENT_KEY: &str =
+    "5d1ccc3ad701a6d54fa309a275708abaf680ae6c5cb079cc0d9d859b1f6306f6";
 
 /// The lowercase hex SHA-256 of some bytes.
 pub fn digest(bytes: &[u8]) -> String {

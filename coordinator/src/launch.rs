@@ -81,9 +81,12 @@ fn environment(
             .join(", ")
     };
     match env {
-        Some(env) if !known.contains(&Some(env.as_str())) => Err(Status::failed_precondition(
-            format!("no agent has the label env = {env} (environments: {})", names()),
-        )),
+        Some(env) if !known.contains(&Some(env.as_str())) => {
+            Err(Status::failed_precondition(format!(
+                "no agent has the label env = {env} (environments: {})",
+                names()
+            )))
+        }
         Some(env) => Ok(Some(env)),
         None if known.len() > 1 => Err(Status::failed_precondition(format!(
             "the fleet has agents of several environments ({}): name one with --env NAME, or \

@@ -30,10 +30,13 @@ pub const DEFAULT_PATTERNS: &[&str] = &[
     "AUTHORIZATION",
 ];
 
+/// A keyed digest of a secret value, or None for a plain `[secret]`.
+type Digest = Box<dyn Fn(&str) -> Option<String>>;
+
 /// Masks secrets in text.
 pub struct Masker {
     patterns: Vec<String>,
-    digest: Option<Box<dyn Fn(&str) -> Option<String>>>,
+    digest: Option<Digest>,
 }
 
 impl Default for Masker {
@@ -138,12 +141,17 @@ impl Masker {
             }
             let (value_start, value_end) = match bytes.get(j) {
                 Some(&q) if q == b'"' || q == b'\'' => {
-                    let end = text[j + 1..].find(q as char).map_or(bytes.len(), |e| j + 1 + e);
+                    let end = text[j + 1..]
+                        .find(q as char)
+                        .map_or(bytes.len(), |e| j + 1 + e);
                     (j + 1, end)
                 }
                 _ => {
                     let end = text[j..]
-                        .find(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | ',' | '"' | '\'' | ')' | '}' | ']'))
+                        .find(|c: char| {
+                            c.is_whitespace()
+                                || matches!(c, ';' | '&' | ',' | '"' | '\'' | ')' | '}' | ']')
+                        })
                         .map_or(bytes.len(), |e| j + e);
                     (j, end)
                 }
@@ -208,10 +216,16 @@ mod tests {
         assert!(m.is_secret("DATABASE_PASSWORD"));
         assert!(m.is_secret("stripe_live"));
         assert!(!m.is_secret("PORT"));
-        assert_eq!(m.mask("DATABASE_PASSWORD=hunter2"), "DATABASE_PASSWORD=[secret]");
+        assert_eq!(
+            m.mask("DATABASE_PASSWORD=hunter2"),
+            "DATABASE_PASSWORD=[secret]"
+        );
         assert_eq!(m.mask("PORT=8080"), "PORT=8080");
         assert_eq!(m.mask("  api_token: abc"), "  api_token: [secret]");
-        assert_eq!(m.mask("export JWT_SECRET=\"x y\""), "export JWT_SECRET=\"[secret]\"");
+        assert_eq!(
+            m.mask("export JWT_SECRET=\"x y\""),
+            "export JWT_SECRET=\"[secret]\""
+        );
         assert_eq!(
             m.mask(r#"{"stripe_live": "sk_1", "port": 80}"#),
             r#"{"stripe_live": "[secret]", "port": 80}"#
@@ -242,7 +256,10 @@ mod tests {
             "https://api.example.com/v1?token=[secret]&page=2"
         );
         assert_eq!(m.mask("http://host:8080/health"), "http://host:8080/health");
-        assert_eq!(m.mask("redis://:pw@cache:6379"), "redis://:[secret]@cache:6379");
+        assert_eq!(
+            m.mask("redis://:pw@cache:6379"),
+            "redis://:[secret]@cache:6379"
+        );
     }
 
     #[test]
@@ -251,6 +268,9 @@ mod tests {
         let a = m.mask("API_TOKEN=one");
         let b = m.mask("API_TOKEN=other");
         assert_ne!(a, b);
-        assert!(a.starts_with("API_TOKEN=[secret ") && !a.contains("one"), "{a}");
+        assert!(
+            a.starts_with("API_TOKEN=[secret ") && !a.contains("one"),
+            "{a}"
+        );
     }
 }

@@ -48,7 +48,10 @@ fn host_root(paths: &[&str], skip: &[&str]) -> TempDir {
             for line in String::from_utf8_lossy(&output.stdout).lines() {
                 let library = match line.split_once("=>") {
                     Some((_, rest)) => rest.split_whitespace().next(),
-                    None => line.split_whitespace().next().filter(|l| l.starts_with('/')),
+                    None => line
+                        .split_whitespace()
+                        .next()
+                        .filter(|l| l.starts_with('/')),
                 };
                 if let Some(library) = library.filter(|l| l.starts_with('/')) {
                     libraries.insert(library.to_string());

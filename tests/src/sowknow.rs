@@ -125,7 +125,17 @@ impl Sowknow {
     pub fn psql(&self, sql: &str) -> String {
         let output = Command::new(crate::postgres::bin_dir().join("psql"))
             .args(["-h", "127.0.0.1", "-p", &self.pg_port.to_string()])
-            .args(["-U", "sowknow", "-d", "sowknow", "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .args([
+                "-U",
+                "sowknow",
+                "-d",
+                "sowknow",
+                "-XAtq",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
             .env("PGPASSWORD", PASSWORD)
             .output()
             .expect("psql");
@@ -159,11 +169,18 @@ impl Sowknow {
         );
         std::fs::write(self.dir.join("backend/.env.production"), env_file("v2")).unwrap();
         std::fs::write(self.dir.join("nginx/nginx.conf"), nginx_conf("v2")).unwrap();
-        run("docker", &["kill", "-s", "HUP", &self.project.container("nginx")]);
+        run(
+            "docker",
+            &["kill", "-s", "HUP", &self.project.container("nginx")],
+        );
         self.project.up("v2");
         eventually("nginx serving v2", Duration::from_secs(20), || {
             let served = self.served();
-            if served.contains("x-config: v2") { Ok(()) } else { Err(served) }
+            if served.contains("x-config: v2") {
+                Ok(())
+            } else {
+                Err(served)
+            }
         });
     }
 

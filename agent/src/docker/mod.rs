@@ -21,9 +21,9 @@ use bollard::query_parameters::{
     StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
-pub use spec::Spec;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+pub use spec::Spec;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex};
@@ -364,7 +364,9 @@ impl Engine {
         labels: &[(String, String)],
     ) -> Result<Container, DockerError> {
         let Some(old) = self.settled(name).await? else {
-            return Err(DockerError::NotFound(format!("container {name}: no such container")));
+            return Err(DockerError::NotFound(format!(
+                "container {name}: no such container"
+            )));
         };
         // Nothing is stopped unless the new image is here.
         let Some(new_image) = self.inspect_image(image).await? else {
@@ -384,8 +386,14 @@ impl Engine {
             image,
             labels,
         );
-        self.replace(&container_name(&old), Some(&old), body, extra_networks(&old), image)
-            .await
+        self.replace(
+            &container_name(&old),
+            Some(&old),
+            body,
+            extra_networks(&old),
+            image,
+        )
+        .await
     }
 
     /// Replace a container by one created exactly from a spec that this
@@ -415,8 +423,14 @@ impl Engine {
         if let Some(old) = &old {
             let labels = labels_of(old);
             let (old_project, old_service) = (
-                labels.get(PROJECT_LABEL).map(String::as_str).unwrap_or_default(),
-                labels.get(SERVICE_LABEL).map(String::as_str).unwrap_or_default(),
+                labels
+                    .get(PROJECT_LABEL)
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+                labels
+                    .get(SERVICE_LABEL)
+                    .map(String::as_str)
+                    .unwrap_or_default(),
             );
             if (old_project, old_service) != (project, service) {
                 return Err(DockerError::Denied(format!(
@@ -438,7 +452,10 @@ impl Engine {
             _ => image.digests.first().cloned().unwrap_or(image.id),
         };
         let body = spec.create_body(&reference);
-        let name = old.as_ref().map(container_name).unwrap_or_else(|| name.to_string());
+        let name = old
+            .as_ref()
+            .map(container_name)
+            .unwrap_or_else(|| name.to_string());
         self.replace(&name, old.as_ref(), body, spec.extra_networks(), &reference)
             .await
     }

@@ -3,7 +3,9 @@
 //! Docker's archive API (so a check reads what the consumer reads).
 
 use super::{DockerError, Engine, PROJECT_LABEL, container_name, enum_text};
-use bollard::query_parameters::{DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder};
+use bollard::query_parameters::{
+    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder,
+};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -98,7 +100,11 @@ impl Engine {
         }
         let mut stream = self.docker.download_from_container(
             name,
-            Some(DownloadFromContainerOptionsBuilder::default().path(path).build()),
+            Some(
+                DownloadFromContainerOptionsBuilder::default()
+                    .path(path)
+                    .build(),
+            ),
         );
         let mut archive = Vec::new();
         while let Some(chunk) = stream.next().await {
@@ -148,8 +154,9 @@ fn first_file(archive: &[u8]) -> Result<Vec<u8>, String> {
             break;
         }
         let size_field = String::from_utf8_lossy(&header[124..136]);
-        let size = usize::from_str_radix(size_field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
-            .map_err(|_| format!("a damaged archive header (size `{size_field}`)"))?;
+        let size =
+            usize::from_str_radix(size_field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
+                .map_err(|_| format!("a damaged archive header (size `{size_field}`)"))?;
         let body = at + 512;
         let end = body + size;
         if end > archive.len() {
@@ -194,7 +201,11 @@ mod tests {
         archive.extend(entry(b'0', "nginx.conf", b"events {}\n"));
         archive.extend(vec![0u8; 1024]);
         assert_eq!(first_file(&archive).unwrap(), b"events {}\n");
-        assert!(first_file(&entry(b'5', "etc", b"")).unwrap_err().contains("directory"));
+        assert!(
+            first_file(&entry(b'5', "etc", b""))
+                .unwrap_err()
+                .contains("directory")
+        );
         let mut cut = entry(b'0', "a", b"0123456789");
         cut.truncate(515);
         assert!(first_file(&cut).unwrap_err().contains("cut short"));
@@ -208,9 +219,17 @@ mod tests {
             Some("/etc/nginx/nginx.conf")
         );
         assert_eq!(
-            seen_at(Path::new("/srv/app/nginx.conf"), "/etc/nginx/nginx.conf", Path::new("/srv/app/nginx.conf")).as_deref(),
+            seen_at(
+                Path::new("/srv/app/nginx.conf"),
+                "/etc/nginx/nginx.conf",
+                Path::new("/srv/app/nginx.conf")
+            )
+            .as_deref(),
             Some("/etc/nginx/nginx.conf")
         );
-        assert_eq!(seen_at(source, "/etc/nginx", Path::new("/srv/app/nginx2/x")), None);
+        assert_eq!(
+            seen_at(source, "/etc/nginx", Path::new("/srv/app/nginx2/x")),
+            None
+        );
     }
 }

@@ -6,7 +6,9 @@
 //! made up or changed (privileged, a host directory mounted) is refused.
 
 use super::{DockerError, OwnConfig, binds_of, networks_of, own_config};
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HostConfig};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HostConfig,
+};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -144,8 +146,8 @@ pub fn unseal(document: &str, key_file: &Path) -> Result<Spec, DockerError> {
              inspect-config of this agent returned, unchanged, can be recreated from)"
         ))
     };
-    let sealed: Sealed =
-        serde_json::from_str(document).map_err(|e| refused(&format!("not a sealed document: {e}")))?;
+    let sealed: Sealed = serde_json::from_str(document)
+        .map_err(|e| refused(&format!("not a sealed document: {e}")))?;
     let key = key(key_file)?;
     let given = hex::decode(&sealed.seal).map_err(|_| refused("its seal is not hex"))?;
     mac(&key, &sealed.spec)
@@ -224,7 +226,10 @@ mod tests {
         assert_eq!(unseal(&document, &key).unwrap(), spec());
         let tampered = document.replace("/srv/a:/a:ro", "/:/host");
         let error = unseal(&tampered, &key).unwrap_err();
-        assert!(matches!(error, DockerError::Denied(ref t) if t.contains("does not match")), "{error}");
+        assert!(
+            matches!(error, DockerError::Denied(ref t) if t.contains("does not match")),
+            "{error}"
+        );
         let other = dir.path().join("other.key");
         assert!(unseal(&document, &other).is_err(), "another agent's key");
     }

@@ -97,7 +97,9 @@ impl Destination {
             } else {
                 host
             };
-            return Ok(Destination::Prefix(format!("{scheme}://{host}:{port}{path}")));
+            return Ok(Destination::Prefix(format!(
+                "{scheme}://{host}:{port}{path}"
+            )));
         }
         let (host, port) = match text.rsplit_once(':') {
             Some((host, port)) if !host.contains(':') || host.ends_with(']') => {
@@ -109,9 +111,7 @@ impl Destination {
             _ => (text.trim_matches(['[', ']']), None),
         };
         if host.is_empty() || host.contains(['/', ' ', '@']) {
-            return Err(format!(
-                "`{text}` is not a host, host:port or URL prefix"
-            ));
+            return Err(format!("`{text}` is not a host, host:port or URL prefix"));
         }
         Ok(Destination::Host {
             host: host.to_ascii_lowercase(),
@@ -242,7 +242,10 @@ mod tests {
 
     fn access(entries: &[&str]) -> PlanAccess {
         PlanAccess {
-            destinations: entries.iter().map(|e| Destination::parse(e).unwrap()).collect(),
+            destinations: entries
+                .iter()
+                .map(|e| Destination::parse(e).unwrap())
+                .collect(),
             config: PathBuf::from("c.toml"),
             ..Default::default()
         }
@@ -250,7 +253,11 @@ mod tests {
 
     #[test]
     fn only_listed_hosts_ports_and_prefixes_are_reachable() {
-        let a = access(&["127.0.0.1", "status.example.com:8443", "https://hooks.slack.com/services/"]);
+        let a = access(&[
+            "127.0.0.1",
+            "status.example.com:8443",
+            "https://hooks.slack.com/services/",
+        ]);
         let ok = |url: &str| a.check_url(url).is_ok();
         assert!(ok("http://127.0.0.1:8080/health"));
         assert!(ok("https://status.example.com:8443/api"));
@@ -263,7 +270,10 @@ mod tests {
         assert!(!ok("http://user:pw@127.0.0.1/"), "credentials in a URL");
         assert!(!ok("file:///etc/passwd"));
         let error = a.check_url("http://10.0.0.1/").unwrap_err();
-        assert!(error.contains("c.toml") && error.contains("127.0.0.1"), "{error}");
+        assert!(
+            error.contains("c.toml") && error.contains("127.0.0.1"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -273,7 +283,10 @@ mod tests {
         assert!(Destination::parse("a b").is_err());
         assert_eq!(
             Destination::parse("[::1]:80").unwrap(),
-            Destination::Host { host: "::1".into(), port: Some(80) }
+            Destination::Host {
+                host: "::1".into(),
+                port: Some(80)
+            }
         );
     }
 }

@@ -568,6 +568,9 @@ mod tests {
         );
     }
 
+    /// What the example plan reaches and names.
+    const PLANS: &str = "\n[plans]\ndestinations = [\"https://status.example.com/api/\", \"https://api.example.com/admin/\", \"10.0.1.10\"]\nsecrets = { statuspage-token = \"/s\", admin-token = \"/a\" }\n";
+
     #[test]
     fn drill_and_notification_mistakes_name_their_line() {
         let (dir, path) = setup();
@@ -580,7 +583,7 @@ mod tests {
         let drill = |body: &str| {
             with_paths(
                 &format!(
-                    "{head}[drills.d]\nplan = \"/etc/rewind/plans/v2-platform.toml\"\nenv = \"staging\"\nrto = \"1m\"\n{body}\n"
+                    "{head}[drills.d]\nplan = \"/etc/rewind/plans/v2-platform.toml\"\nenv = \"staging\"\nrto = \"1m\"\n{body}\n{PLANS}"
                 ),
                 dir.path(),
             )

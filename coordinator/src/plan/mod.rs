@@ -582,7 +582,10 @@ fn hooks(source: &Source, raw: &[Spanned<RawHook>]) -> Result<Vec<Hook>, PlanErr
                         ));
                     }
                 }
-                for (key, value) in [("token_secret", &raw_http.token_secret), ("ca", &raw_http.ca)] {
+                for (key, value) in [
+                    ("token_secret", &raw_http.token_secret),
+                    ("ca", &raw_http.ca),
+                ] {
                     if let Some(value) = value
                         && (value.is_empty() || value.contains(['/', '\\', ' ']))
                     {
@@ -729,7 +732,10 @@ impl Plan {
             for gate in &stage.health {
                 if let Gate::Http { url, .. } = gate {
                     access.check_url(url).map_err(|e| {
-                        error(stage.line, format!("stage {}: health gate: {e}", stage.name))
+                        error(
+                            stage.line,
+                            format!("stage {}: health gate: {e}", stage.name),
+                        )
                     })?;
                 }
             }
@@ -757,7 +763,11 @@ impl Plan {
         for stage in &self.stages {
             for gate in &stage.health {
                 if let Gate::Target { agent, .. } = gate {
-                    named.push((agent.as_str(), stage.line, format!("stage {}: smoke check", stage.name)));
+                    named.push((
+                        agent.as_str(),
+                        stage.line,
+                        format!("stage {}: smoke check", stage.name),
+                    ));
                 }
             }
         }
@@ -778,16 +788,12 @@ impl Plan {
             return Some((*line, format!("the plan is for environment {own}")));
         }
         self.stages.iter().find_map(|stage| {
-            stage
-                .select
-                .get("env")
-                .filter(|e| *e != env)
-                .map(|e| {
-                    (
-                        stage.select_line,
-                        format!("stage {} selects agents of environment {e}", stage.name),
-                    )
-                })
+            stage.select.get("env").filter(|e| *e != env).map(|e| {
+                (
+                    stage.select_line,
+                    format!("stage {} selects agents of environment {e}", stage.name),
+                )
+            })
         })
     }
 

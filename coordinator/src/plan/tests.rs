@@ -143,10 +143,19 @@ fn the_example_plan_parses() {
 #[test]
 fn hooks_and_smoke_checks_parse_and_resolve() {
     let text = format!(
-        "{GOOD}\n[[hook]]\nname = \"maintenance-on\"\nwhen = \"before\"\nhttp = {{ url = \"https://api.example.com/admin/maintenance/enable\", token_secret = \"/etc/rewind/admin-token\", body = '{{\"run\":\"{{{{run}}}}\"}}' }}\n\n[[hook]]\nname = \"maintenance-off\"\nwhen = \"finally\"\nagent = \"api-1\"\ntarget = \"maintenance\"\nparts = [\"off\"]\nretries = 5\ntimeout = \"1m\"\n\n[[stage]]\nname = \"smoke\"\nafter = [\"core\"]\nselect = {{ tier = \"core\" }}\ntarget = \"api\"\naction = \"verify\"\nhealth = [{{ verify = \"smoke-tests\", agent = \"api-1\" }}]\n"
+        "{GOOD}\n[[hook]]\nname = \"maintenance-on\"\nwhen = \"before\"\nhttp = {{ url = \"https://api.example.com/admin/maintenance/enable\", token_secret = \"admin-token\", body = '{{\"run\":\"{{{{run}}}}\"}}' }}\n\n[[hook]]\nname = \"maintenance-off\"\nwhen = \"finally\"\nagent = \"api-1\"\ntarget = \"maintenance\"\nparts = [\"off\"]\nretries = 5\ntimeout = \"1m\"\n\n[[stage]]\nname = \"smoke\"\nafter = [\"core\"]\nselect = {{ tier = \"core\" }}\ntarget = \"api\"\naction = \"verify\"\nhealth = [{{ verify = \"smoke-tests\", agent = \"api-1\" }}]\n"
     );
     let plan = parse(&text, "shop.toml").unwrap();
     assert_eq!(plan.hooks.len(), 2);
+    // A path where the name of a coordinator's secret goes is refused.
+    let path = text.replace("\"admin-token\"", "\"/etc/rewind/admin-token\"");
+    let error = parse(&path, "shop.toml").unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("token_secret `/etc/rewind/admin-token` must be a name"),
+        "{error}"
+    );
     assert_eq!(plan.hooks[0].when, HookWhen::Before);
     assert_eq!(plan.hooks[0].retries, 2);
     match &plan.hooks[0].call {

@@ -264,7 +264,9 @@ impl OperatorService for OperatorApi {
         } = request.into_inner();
         let prepared =
             launch::prepare(&self.shared, &plan_toml, &plan_path, &release, Some(&env)).await?;
-        Ok(Response::new(launch::preview(&self.shared, &prepared).await))
+        Ok(Response::new(
+            launch::preview(&self.shared, &prepared).await,
+        ))
     }
 
     async fn start_run(&self, request: Request<RunRequest>) -> Result<Response<RunReply>, Status> {

@@ -11,11 +11,11 @@ mod recorded;
 mod work;
 
 use recorded::{Recorded, short};
-use work::{ContainerWork, Detail, Task};
 use rewind_plugin_sdk::docker::{self, Container};
 use rewind_plugin_sdk::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use work::{ContainerWork, Detail, Task};
 
 struct Compose;
 
@@ -300,16 +300,15 @@ impl Plugin for Compose {
             let known = snapshot.services.get(name);
             let extra: Vec<&str> = containers
                 .iter()
-                .filter(|c| known.is_none_or(|s| !s.configs.is_empty() && !s.configs.contains_key(&c.name)))
+                .filter(|c| {
+                    known.is_none_or(|s| !s.configs.is_empty() && !s.configs.contains_key(&c.name))
+                })
                 .map(|c| c.name.as_str())
                 .collect();
             if !extra.is_empty() {
                 changes.push(Change {
                     subject: name.clone(),
-                    summary: format!(
-                        "{} not in the snapshot; left alone",
-                        extra.join(", ")
-                    ),
+                    summary: format!("{} not in the snapshot; left alone", extra.join(", ")),
                     detail: None,
                     risk: Risk::None,
                 });
@@ -345,13 +344,20 @@ impl Plugin for Compose {
         for (name, work) in &plan {
             work::images_present(name, work)?;
         }
-        let total = plan.iter().flat_map(|(_, w)| w).filter(|w| w.acts()).count();
+        let total = plan
+            .iter()
+            .flat_map(|(_, w)| w)
+            .filter(|w| w.acts())
+            .count();
         let mut details = Vec::new();
         let mut done = 0;
         for (name, work) in &plan {
             for w in work {
                 if w.acts() {
-                    progress(&format!("{name}: {}", w.name), Some((done * 100 / total.max(1)) as u8));
+                    progress(
+                        &format!("{name}: {}", w.name),
+                        Some((done * 100 / total.max(1)) as u8),
+                    );
                     done += 1;
                 }
                 if let Some(line) = act(&settings, name, &snapshot.services[name], w)? {
@@ -497,17 +503,26 @@ fn act(
         Task::Keep { starting: false } => Ok(None),
         Task::Keep { starting: true } => {
             // A restore cut off right after recreating it, run again.
-            await_healthy(settings, service_name, name, "runs as the snapshot recorded")?;
+            await_healthy(
+                settings,
+                service_name,
+                name,
+                "runs as the snapshot recorded",
+            )?;
             Ok(Some(format!("{service_name}: {name} became healthy")))
         }
         Task::Start { state } => {
             log::info(&format!("{name}: {state}, starting it"));
             docker::restart(name)?;
             await_healthy(settings, service_name, name, "was started")?;
-            Ok(Some(format!("{service_name}: {name} was {state}, started, healthy")))
+            Ok(Some(format!(
+                "{service_name}: {name} was {state}, started, healthy"
+            )))
         }
         Task::Recreate { config, drift } => {
-            log::info(&format!("{name}: recreating from the snapshot's configuration"));
+            log::info(&format!(
+                "{name}: recreating from the snapshot's configuration"
+            ));
             let new = docker::recreate_from(name, &config.document)?;
             await_healthy(
                 settings,

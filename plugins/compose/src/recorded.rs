@@ -103,7 +103,10 @@ fn comparable(spec: &Value, same_name: bool) -> Value {
     if let Some(spec) = spec.as_object_mut() {
         spec.remove("image");
     }
-    if let Some(env) = spec.pointer_mut("/config/env").and_then(Value::as_array_mut) {
+    if let Some(env) = spec
+        .pointer_mut("/config/env")
+        .and_then(Value::as_array_mut)
+    {
         env.retain(|e| !e.as_str().is_some_and(|e| e.starts_with(AFFINITY)));
         // The same variables in another order run alike.
         env.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
@@ -131,8 +134,14 @@ pub fn drift(now: &Value, wanted: &Value, same_name: bool, masker: &Masker) -> V
         let image = |spec: &Value| {
             format!(
                 "{} ({})",
-                spec.get("image").and_then(Value::as_str).unwrap_or_default(),
-                short(spec.get("image-id").and_then(Value::as_str).unwrap_or_default())
+                spec.get("image")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+                short(
+                    spec.get("image-id")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                )
             )
         };
         lines.push(format!(
@@ -144,7 +153,9 @@ pub fn drift(now: &Value, wanted: &Value, same_name: bool, masker: &Masker) -> V
     let show = |key: &str, value: Option<&Value>| -> String {
         match value {
             None => "unset".to_string(),
-            Some(Value::String(s)) => masker.mask(&format!("{key}={s}"))[key.len() + 1..].to_string(),
+            Some(Value::String(s)) => {
+                masker.mask(&format!("{key}={s}"))[key.len() + 1..].to_string()
+            }
             Some(other) => masker.mask(&other.to_string()),
         }
     };
@@ -172,9 +183,8 @@ pub fn drift(now: &Value, wanted: &Value, same_name: bool, masker: &Masker) -> V
     keyed(&env(&now), &env(&wanted), |k, a, b| {
         differ(&format!("env {k}"), k, a, b)
     });
-    let labels = |spec: &Value| -> BTreeMap<String, Value> {
-        object(spec.pointer("/config/labels"))
-    };
+    let labels =
+        |spec: &Value| -> BTreeMap<String, Value> { object(spec.pointer("/config/labels")) };
     keyed(&labels(&now), &labels(&wanted), |k, a, b| {
         differ(&format!("label {k}"), k, a, b)
     });
@@ -244,23 +254,50 @@ mod tests {
     #[test]
     fn every_differing_key_is_named_and_secrets_are_masked() {
         let now = spec(
-            &["FEATURE_X=new", "SECRET_KEY=v2-key", "DATABASE_URL=postgres://u:pw2@db/x"],
+            &[
+                "FEATURE_X=new",
+                "SECRET_KEY=v2-key",
+                "DATABASE_URL=postgres://u:pw2@db/x",
+            ],
             "v2",
             "always",
         );
         let wanted = spec(
-            &["FEATURE_X=old", "SECRET_KEY=v1-key", "DATABASE_URL=postgres://u:pw1@db/x", "ONLY_V1=1"],
+            &[
+                "FEATURE_X=old",
+                "SECRET_KEY=v1-key",
+                "DATABASE_URL=postgres://u:pw1@db/x",
+                "ONLY_V1=1",
+            ],
             "v1",
             "always",
         );
         let lines = drift(&now, &wanted, true, &Masker::default());
         let text = lines.join("\n");
-        assert!(text.contains("image: shop/api:v2 (v2v2), the snapshot's shop/api:v1 (v1v1)"), "{text}");
-        assert!(text.contains("env FEATURE_X: new, the snapshot's old"), "{text}");
-        assert!(text.contains("env SECRET_KEY: [secret], the snapshot's [secret]"), "{text}");
-        assert!(text.contains("env DATABASE_URL: postgres://u:[secret]@db/x"), "{text}");
-        assert!(text.contains("env ONLY_V1: unset, the snapshot's 1"), "{text}");
-        assert!(text.contains("label com.docker.compose.config-hash: v2, the snapshot's v1"), "{text}");
+        assert!(
+            text.contains("image: shop/api:v2 (v2v2), the snapshot's shop/api:v1 (v1v1)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("env FEATURE_X: new, the snapshot's old"),
+            "{text}"
+        );
+        assert!(
+            text.contains("env SECRET_KEY: [secret], the snapshot's [secret]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("env DATABASE_URL: postgres://u:[secret]@db/x"),
+            "{text}"
+        );
+        assert!(
+            text.contains("env ONLY_V1: unset, the snapshot's 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("label com.docker.compose.config-hash: v2, the snapshot's v1"),
+            "{text}"
+        );
         for secret in ["v1-key", "v2-key", "pw1", "pw2"] {
             assert!(!text.contains(secret), "{secret} leaked: {text}");
         }
@@ -274,7 +311,10 @@ mod tests {
         let b = spec(&["A=1"], "v1", "no");
         assert_eq!(
             drift(&b, &a, true, &Masker::default()),
-            vec![r#"host RestartPolicy: {"Name":"no"}, the snapshot's {"Name":"always"}"#.to_string()]
+            vec![
+                r#"host RestartPolicy: {"Name":"no"}, the snapshot's {"Name":"always"}"#
+                    .to_string()
+            ]
         );
     }
 
@@ -285,8 +325,14 @@ mod tests {
         a["config"]["labels"][CONTAINER_NUMBER] = json!("1");
         b["config"]["labels"][CONTAINER_NUMBER] = json!("2");
         let (a, b) = (
-            Recorded { document: String::new(), spec: a },
-            Recorded { document: String::new(), spec: b },
+            Recorded {
+                document: String::new(),
+                spec: a,
+            },
+            Recorded {
+                document: String::new(),
+                spec: b,
+            },
         );
         assert!(a.same_as(&b, false));
         assert!(!a.same_as(&b, true));

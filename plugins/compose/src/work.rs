@@ -18,7 +18,10 @@ pub enum Task {
     /// blue of a blue-green pair): start it.
     Start { state: String },
     /// Recreate it from the snapshot's configuration; what differs.
-    Recreate { config: Recorded, drift: Vec<String> },
+    Recreate {
+        config: Recorded,
+        drift: Vec<String>,
+    },
     /// The snapshot has it, the project does not: create it.
     Create { config: Recorded },
     /// A snapshot without configurations: recreate it on the image,

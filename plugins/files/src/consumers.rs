@@ -25,7 +25,9 @@ impl Reload {
             signal
                 if signal.starts_with("SIG")
                     && signal.len() > 3
-                    && signal[3..].chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) =>
+                    && signal[3..]
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) =>
             {
                 Ok(Reload::Signal(signal.to_string()))
             }
@@ -87,7 +89,11 @@ impl Consumers {
                     "{} at {}{}{}",
                     m.container,
                     m.destination,
-                    if m.single_file { " (a single-file bind mount)" } else { "" },
+                    if m.single_file {
+                        " (a single-file bind mount)"
+                    } else {
+                        ""
+                    },
                     if m.running { "" } else { ", stopped" }
                 )
             })

@@ -59,7 +59,11 @@ fn default_health_timeout() -> u32 {
 
 fn settings_of(target: &Target) -> Result<(Settings, Reload), PluginError> {
     let settings: Settings = settings(target)?;
-    if let Some(path) = settings.in_place.iter().find(|p| !settings.files.contains(p)) {
+    if let Some(path) = settings
+        .in_place
+        .iter()
+        .find(|p| !settings.files.contains(p))
+    {
         return Err(PluginError::InvalidSettings(format!(
             "target {}: settings.in_place names {path}, which is not in settings.files",
             target.name
@@ -97,7 +101,7 @@ fn blob_path(sha256: &str) -> String {
 }
 
 /// Read a file's current state, storing its contents as a blob.
-fn capture(path: &str) -> Result<(FileState, Option<Vec<u8>>), PluginError> {
+fn capture(path: &str) -> Result<FileCopy, PluginError> {
     match files::read_if_exists(path)? {
         Some(bytes) => {
             let sha = sha256_hex(&bytes);
@@ -227,9 +231,12 @@ fn unseen(work: &[Work]) -> Result<(Vec<String>, BTreeSet<String>), PluginError>
     Ok((lines, containers))
 }
 
+/// A file's state and its contents (None when it did not exist).
+type FileCopy = (FileState, Option<Vec<u8>>);
+
 /// What a step being run again finds: the emergency copy its first run
 /// took (the contents from before the step, not what a cut-off run left).
-fn earlier_copy(emergency: &str) -> Result<Option<Vec<(FileState, Option<Vec<u8>>)>>, PluginError> {
+fn earlier_copy(emergency: &str) -> Result<Option<Vec<FileCopy>>, PluginError> {
     let Some(bytes) = files::read_if_exists(emergency)? else {
         return Ok(None);
     };
@@ -412,9 +419,13 @@ impl Plugin for Files {
                     pending[..count.min(pending.len())].iter().any(is) || !pending.iter().any(is)
                 })
                 .filter_map(|(state, bytes)| {
-                    apply(state, bytes.as_deref(), in_place.contains(state.path.as_str()))
-                        .err()
-                        .map(|e| format!("{}: {e:?}", state.path))
+                    apply(
+                        state,
+                        bytes.as_deref(),
+                        in_place.contains(state.path.as_str()),
+                    )
+                    .err()
+                    .map(|e| format!("{}: {e:?}", state.path))
                 })
                 .collect()
         };
@@ -440,7 +451,13 @@ impl Plugin for Files {
         // Readers catch up: the reload command, then the containers, then
         // what each running container sees is checked.
         let caught_up = (|| {
-            let reloaded = reload(&settings)?;
+            let reloaded = reload(&settings).map_err(|e| {
+                e.with_text(format!(
+                    "reload `{}` failed after the restore: {}",
+                    settings.reload.join(" "),
+                    e.text()
+                ))
+            })?;
             let (_, stale) = unseen(&pending)?;
             let mounts: Vec<_> = pending
                 .iter()
@@ -454,7 +471,10 @@ impl Plugin for Files {
             )?;
             let (still, _) = unseen(&pending)?;
             if !still.is_empty() {
-                return Err(PluginError::VerificationFailed(still.join("; ")));
+                return Err(PluginError::VerificationFailed(format!(
+                    "the files were written but their readers do not see them: {}",
+                    still.join("; ")
+                )));
             }
             Ok((reloaded, done))
         })();
@@ -468,7 +488,7 @@ impl Plugin for Files {
                     None
                 };
                 return Err(PluginError::Failed(format!(
-                    "the files were written but their readers did not take them: {}; {}{}",
+                    "{}; {}{}",
                     e.text(),
                     rollback_report(pending.len(), &failures, &emergency),
                     again
@@ -545,10 +565,11 @@ impl Plugin for Files {
         settings_of(&target)?;
         let snapshot: SnapshotData = snapshot_data(&target, &to)?;
         let mut differ = Vec::new();
+        let mut host = Vec::new();
         let mut work = Vec::new();
         for wanted in &snapshot.files {
             if current_sha(&wanted.path)? != wanted.sha256 {
-                differ.push(format!("{} differs from the snapshot", wanted.path));
+                host.push(wanted.path.clone());
             }
             work.push(Work {
                 consumers: Consumers::of(&wanted.path)?,
@@ -557,6 +578,12 @@ impl Plugin for Files {
                 in_place: false,
                 readers_only: false,
             });
+        }
+        if !host.is_empty() {
+            differ.push(format!(
+                "these files differ from the snapshot: {}",
+                host.join(", ")
+            ));
         }
         differ.extend(unseen(&work)?.0);
         let readers: usize = work.iter().map(|w| w.consumers.running().count()).sum();

@@ -128,7 +128,12 @@ async fn setup(app_extra: &str, smoke_log: &str) -> Setup {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hooks_wrap_a_rollback_and_a_smoke_check_gates_it() {
-    let Setup { fleet, api, token, _secrets } = setup("", "app-1.log").await;
+    let Setup {
+        fleet,
+        api,
+        token,
+        _secrets,
+    } = setup("", "app-1.log").await;
     let out = fleet.rollback_cli(&plan(api.port, &token, "/status"), "v1", &[]);
     assert!(out.success, "{out}");
     let run = TestFleet::run_id_of(&out);
@@ -241,7 +246,12 @@ async fn hooks_wrap_a_rollback_and_a_smoke_check_gates_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stage_that_fails_still_turns_maintenance_off_and_reports_each_host() {
-    let Setup { fleet, api, token, _secrets } = setup(", fail = true", "app-1.log").await;
+    let Setup {
+        fleet,
+        api,
+        token,
+        _secrets,
+    } = setup(", fail = true", "app-1.log").await;
     let out = fleet.rollback_cli(&plan(api.port, &token, "/status"), "v1", &[]);
     assert!(!out.success, "{out}");
     assert!(
@@ -255,7 +265,8 @@ async fn a_stage_that_fails_still_turns_maintenance_off_and_reports_each_host() 
     assert_eq!(last["verdict"], "failed");
     assert!(out.stdout.contains("hosts:"), "{out}");
     assert!(
-        out.stdout.contains("app-1 (staging): core/app failed (failed)"),
+        out.stdout
+            .contains("app-1 (staging): core/app failed (failed)"),
         "{out}"
     );
     let run = TestFleet::run_id_of(&out);
@@ -266,7 +277,12 @@ async fn a_stage_that_fails_still_turns_maintenance_off_and_reports_each_host() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_before_hook_stops_the_run_before_anything_changes() {
-    let Setup { fleet, api, token, _secrets } = setup("", "app-1.log").await;
+    let Setup {
+        fleet,
+        api,
+        token,
+        _secrets,
+    } = setup("", "app-1.log").await;
     let out = fleet.rollback_cli(&plan(api.port, &token, "/down"), "v1", &[]);
     assert!(!out.success, "{out}");
     assert!(
@@ -300,7 +316,12 @@ async fn a_failing_before_hook_stops_the_run_before_anything_changes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_smoke_check_fails_its_stage_with_the_commands_output() {
     // The smoke check greps a log the rollback does not write.
-    let Setup { fleet, api, token, _secrets } = setup("", "other.log").await;
+    let Setup {
+        fleet,
+        api,
+        token,
+        _secrets,
+    } = setup("", "other.log").await;
     std::fs::write(fleet.records.join("other.log"), "").unwrap();
     let out = fleet.rollback_cli(&plan(api.port, &token, "/status"), "v1", &[]);
     assert!(!out.success, "{out}");
@@ -332,7 +353,12 @@ async fn a_failing_smoke_check_fails_its_stage_with_the_commands_output() {
 /// plan's line, and nothing is sent anywhere.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plan_cannot_name_a_coordinator_file_or_call_an_unlisted_destination() {
-    let Setup { fleet, api, _secrets, .. } = setup("", "app-1.log").await;
+    let Setup {
+        fleet,
+        api,
+        _secrets,
+        ..
+    } = setup("", "app-1.log").await;
     let key = fleet.fleet.dir.join("certs/coordinator-main.key");
     let hook = |http: &str| {
         format!(
@@ -370,10 +396,14 @@ async fn a_plan_cannot_name_a_coordinator_file_or_call_an_unlisted_destination()
         "{out}"
     );
     // A destination that [plans] does not list: a hook and a health gate.
-    let out = fleet.rollback_cli(&hook("{ url = \"http://169.254.169.254/latest/meta-data/\" }"), "v1", &[]);
+    let out = fleet.rollback_cli(
+        &hook("{ url = \"http://169.254.169.254/latest/meta-data/\" }"),
+        "v1",
+        &[],
+    );
     assert!(!out.success, "{out}");
     assert!(
-        out.stderr.contains("plan.toml:6")
+        out.stderr.contains("plan.toml:3: hook leak")
             && out.stderr.contains("is not among the destinations")
             && out.stderr.contains("127.0.0.1"),
         "{out}"
@@ -382,8 +412,15 @@ async fn a_plan_cannot_name_a_coordinator_file_or_call_an_unlisted_destination()
                 health = [{ http = \"http://10.11.12.13:8080/health\", within = \"1s\" }]\n";
     let out = fleet.rollback_cli(gate, "v1", &[]);
     assert!(!out.success, "{out}");
-    assert!(out.stderr.contains("health gate") && out.stderr.contains("10.11.12.13"), "{out}");
-    assert!(api.requests().is_empty(), "nothing was sent: {:?}", api.requests());
+    assert!(
+        out.stderr.contains("health gate") && out.stderr.contains("10.11.12.13"),
+        "{out}"
+    );
+    assert!(
+        api.requests().is_empty(),
+        "nothing was sent: {:?}",
+        api.requests()
+    );
     assert!(
         !fleet.records("app-1").iter().any(|(k, _)| k == "start"),
         "nothing started"

@@ -36,7 +36,11 @@ async fn runbook_000_comes_back_as_its_users_see_it_and_compose_agrees() {
 
     platform.deploy_v2();
     assert_ne!(platform.database(), good_database);
-    assert!(platform.health().contains("feature_x: new"), "{}", platform.health());
+    assert!(
+        platform.health().contains("feature_x: new"),
+        "{}",
+        platform.health()
+    );
 
     let plan = platform.plan();
     let plan_path = fleet.fleet.dir.join("plan.toml");
@@ -45,10 +49,17 @@ async fn runbook_000_comes_back_as_its_users_see_it_and_compose_agrees() {
     let preview = fleet.rewind("ops", &["plan", &plan_path, "--to", "v1"]);
     assert!(preview.success, "{preview}");
     // The backend's drift is named key by key, the secrets masked.
-    for named in ["env FEATURE_X: new, the snapshot's old", "env SECRET_KEY", "env DATABASE_URL"] {
+    for named in [
+        "env FEATURE_X: new, the snapshot's old",
+        "env SECRET_KEY",
+        "env DATABASE_URL",
+    ] {
         assert!(preview.stdout.contains(named), "{named}: {preview}");
     }
-    let json = fleet.rewind("ops", &["plan", &plan_path, "--to", "v1", "--output", "json"]);
+    let json = fleet.rewind(
+        "ops",
+        &["plan", &plan_path, "--to", "v1", "--output", "json"],
+    );
     assert!(json.success, "{json}");
     let page = {
         let plans = tempfile::tempdir().unwrap();
@@ -59,7 +70,10 @@ async fn runbook_000_comes_back_as_its_users_see_it_and_compose_agrees() {
             web.port
         ));
         assert_eq!(code, 200, "{body}");
-        assert!(body.contains("FEATURE_X"), "the page shows the drift: {body}");
+        assert!(
+            body.contains("FEATURE_X"),
+            "the page shows the drift: {body}"
+        );
         body
     };
 
@@ -70,19 +84,35 @@ async fn runbook_000_comes_back_as_its_users_see_it_and_compose_agrees() {
     let env = platform.backend_env();
     assert!(env.contains(&"FEATURE_X=old".to_string()), "{env:?}");
     assert!(env.contains(&format!("SECRET_KEY={SECRET_V1}")), "{env:?}");
-    assert_eq!(inspect(&platform.project.container("backend"))["Image"], v1_image);
+    assert_eq!(
+        inspect(&platform.project.container("backend"))["Image"],
+        v1_image
+    );
     let health = platform.health();
-    assert!(health.contains("version: v1") && health.contains("feature_x: old"), "{health}");
+    assert!(
+        health.contains("version: v1") && health.contains("feature_x: old"),
+        "{health}"
+    );
     let served = platform.served();
-    assert!(served.contains("x-config: v1") && served.contains("config v1"), "{served}");
+    assert!(
+        served.contains("x-config: v1") && served.contains("config v1"),
+        "{served}"
+    );
     assert_eq!(platform.database(), good_database);
 
     // Compose agrees: its own `up -d` with the release's files recreates
     // nothing, and a second preview has nothing to change.
     let ids = platform.container_ids();
     let up = platform.compose_up("v1");
-    assert_eq!(platform.container_ids(), ids, "compose recreated something: {up}");
-    let again = fleet.rewind("ops", &["plan", &plan_path, "--to", "v1", "--output", "json"]);
+    assert_eq!(
+        platform.container_ids(),
+        ids,
+        "compose recreated something: {up}"
+    );
+    let again = fleet.rewind(
+        "ops",
+        &["plan", &plan_path, "--to", "v1", "--output", "json"],
+    );
     assert!(again.success, "{again}");
     let again: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
     for stage in again["stages"].as_array().unwrap() {
@@ -128,7 +158,11 @@ async fn runbook_000_comes_back_as_its_users_see_it_and_compose_agrees() {
             assert!(!text.contains(secret), "{secret} in {what}");
         }
     }
-    assert!(texts[0].1.contains("[secret"), "masked, not dropped: {}", texts[0].1);
+    assert!(
+        texts[0].1.contains("[secret"),
+        "masked, not dropped: {}",
+        texts[0].1
+    );
 }
 
 /// A container that runs with another setting than the release's fails
@@ -149,13 +183,18 @@ async fn a_service_running_with_another_setting_fails_verify_and_the_drill() {
     platform.compose_up("v1");
     std::fs::write(&file, sowknow::env_file("v1")).unwrap();
     platform.project.wait_healthy(Duration::from_secs(30));
-    assert!(platform.health().contains("feature_x: drifted"), "{}", platform.health());
+    assert!(
+        platform.health().contains("feature_x: drifted"),
+        "{}",
+        platform.health()
+    );
 
     let verify = "[[stage]]\nname = \"check\"\nselect = { tier = \"app\" }\ntarget = \"app\"\naction = \"verify\"\n";
     let out = fleet.rollback_cli(verify, "v1", &[]);
     assert!(!out.success, "{out}");
     assert!(
-        out.stdout.contains("runs with env FEATURE_X: drifted, the snapshot's old"),
+        out.stdout
+            .contains("runs with env FEATURE_X: drifted, the snapshot's old"),
         "{out}"
     );
 
@@ -171,7 +210,11 @@ async fn a_service_running_with_another_setting_fails_verify_and_the_drill() {
     .unwrap();
     fleet
         .reconfigure(
-            rewind_tests::drills::drill_table("forgetful", &plan, "schedule = \"0 0 3 1 1 *\"\nrto = \"5m\""),
+            rewind_tests::drills::drill_table(
+                "forgetful",
+                &plan,
+                "schedule = \"0 0 3 1 1 *\"\nrto = \"5m\"",
+            ),
             1,
         )
         .await;
@@ -245,8 +288,18 @@ async fn a_rollback_acts_on_one_environment_and_names_it() {
     let (production, staging) = (Host::start("envprod"), Host::start("envstg"));
     let fleet = TestFleet::start_agents_in(
         vec![
-            ("prod-app-1".into(), "app".into(), "production", production.targets()),
-            ("stg-app-1".into(), "app".into(), "staging", staging.targets()),
+            (
+                "prod-app-1".into(),
+                "app".into(),
+                "production",
+                production.targets(),
+            ),
+            (
+                "stg-app-1".into(),
+                "app".into(),
+                "staging",
+                staging.targets(),
+            ),
         ],
         None,
     )
@@ -269,10 +322,16 @@ async fn a_rollback_acts_on_one_environment_and_names_it() {
     let refused = fleet.rollback_cli(plan, "v1-staging", &[]);
     assert!(!refused.success, "{refused}");
     assert!(
-        refused.stderr.contains("several environments (production, staging)"),
+        refused
+            .stderr
+            .contains("several environments (production, staging)"),
         "{refused}"
     );
-    assert_eq!(staging.state(), ("release v2\n".into(), v2.clone()), "nothing started");
+    assert_eq!(
+        staging.state(),
+        ("release v2\n".into(), v2.clone()),
+        "nothing started"
+    );
 
     let out = fleet.rollback_cli(plan, "v1-staging", &["--env", "staging"]);
     assert!(out.success, "{out}");
@@ -287,5 +346,8 @@ async fn a_rollback_acts_on_one_environment_and_names_it() {
     );
     let report = fleet.report(&TestFleet::run_id_of(&out)).await;
     assert_eq!(report.env, "staging");
-    assert!(report.steps.iter().all(|s| s.env == "staging"), "{report:?}");
+    assert!(
+        report.steps.iter().all(|s| s.env == "staging"),
+        "{report:?}"
+    );
 }

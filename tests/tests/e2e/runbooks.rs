@@ -290,9 +290,9 @@ async fn runbook_004_a_core_layer_that_cannot_come_back_stops_the_run_there() {
         "{messages:?}"
     );
     for line in [
-        "db-1: data/postgres restore (changed)",
-        "config-1: config/etcd-config restore (changed)",
-        "ui-1: ui/ui-build not started",
+        "db-1 (staging): data/postgres restore (changed)",
+        "config-1 (staging): config/etcd-config restore (changed)",
+        "ui-1 (staging): ui/ui-build not started",
     ] {
         assert!(out.stdout.contains(line), "{line}: {out}");
     }
@@ -449,7 +449,7 @@ async fn runbook_001(name: &str) -> Runbook001 {
          settings = {{ project = \"{blue}\", health_timeout_secs = 20 }}\ngrant = {{ docker = [\"{blue}\"] }}\n\n\
          [targets.proxy]\nplugin = \"files\"\n\
          settings = {{ files = [\"{caddy_file}\"], reload = [\"caddy\", \"reload\", \"--config\", \"{caddy_file}\"] }}\n\
-         grant = {{ files = [\"{caddy_dir}\"], process = [{{ program = \"caddy\", args = [[\"reload\", \"--config\", \"{caddy_file}\"]] }}] }}\n\n\
+         grant = {{ files = [\"{caddy_dir}\"], process = [{{ program = \"caddy\", args = [[\"reload\", \"--config\", \"{caddy_file}\"]] }}], docker = [] }}\n\n\
          [targets.green]\nplugin = \"command\"\n\
          settings = {{ commands = {{ stop = [\"docker-compose\", \"-p\", \"{green}\", \"-f\", \"{green_file}\", \"stop\"] }}, restart = [\"stop\"] }}\n\
          grant = {{ process = [{{ program = \"docker-compose\", args = [[\"-p\", \"{green}\", \"-f\", \"{green_file}\", \"stop\"]] }}] }}\n",
@@ -546,7 +546,7 @@ async fn runbook_001_a_blue_that_cannot_start_leaves_green_serving() {
     assert_ne!(container_state(&r.blue).1, "running");
     assert!(
         out.stdout.contains(
-            "edge-1: blue/blue failed (failed); switch/proxy not started; stop-green/green not started"
+            "edge-1 (staging): blue/blue failed (failed); switch/proxy not started; stop-green/green not started"
         ),
         "{out}"
     );

@@ -161,7 +161,13 @@ fn a_pinned_digest_must_match() {
 fn shipped_configs(plugins: &Path, into: &Path) -> Vec<PathBuf> {
     let root = rewind_tests::root();
     let mut configs = vec![root.join("deploy/agent.example.toml")];
-    for example in std::fs::read_dir(root.join("deploy/examples")).unwrap().flatten() {
+    for example in std::fs::read_dir(root.join("deploy/examples"))
+        .unwrap()
+        .flatten()
+    {
+        if !example.path().is_dir() {
+            continue;
+        }
         for file in std::fs::read_dir(example.path()).unwrap().flatten() {
             let name = file.file_name().to_string_lossy().into_owned();
             if name.starts_with("agent") && name.ends_with(".toml") {
@@ -177,7 +183,10 @@ fn shipped_configs(plugins: &Path, into: &Path) -> Vec<PathBuf> {
             let text = std::fs::read_to_string(&config)
                 .unwrap()
                 .replace("/usr/lib/rewind/plugins", &plugins.display().to_string());
-            let copy = into.join(format!("{i}-{}", config.file_name().unwrap().to_string_lossy()));
+            let copy = into.join(format!(
+                "{i}-{}",
+                config.file_name().unwrap().to_string_lossy()
+            ));
             std::fs::write(&copy, text).unwrap();
             copy
         })
@@ -226,6 +235,7 @@ fn the_shipped_examples_load_their_plugins_signed_by_the_development_key() {
             config.display()
         );
         let host = PluginHost::new(&dir.path().join("cache"), trusted).unwrap();
+        let mut loaded_plugins = std::collections::BTreeMap::new();
         for (name, plugin) in table["plugins"].as_table().unwrap() {
             let entry = PluginConfig {
                 origin: config.display().to_string(),
@@ -241,6 +251,31 @@ fn the_shipped_examples_load_their_plugins_signed_by_the_development_key() {
                 .load(&entry)
                 .unwrap_or_else(|e| panic!("{}: {e}", config.display()));
             assert!(loaded.signature.is_valid(), "{}: {name}", config.display());
+            loaded_plugins.insert(name.clone(), loaded);
+        }
+        // Each target grants every capability its plugin imports (else
+        // the agent refuses it when it starts).
+        for (target, spec) in table["targets"].as_table().unwrap() {
+            let plugin = &loaded_plugins[spec["plugin"].as_str().unwrap()];
+            let grant = spec
+                .get("grant")
+                .and_then(|g| g.as_table())
+                .cloned()
+                .unwrap_or_default();
+            for import in &plugin.imports {
+                let needs = match rewind_agent::host::imports_capability(import) {
+                    rewind_agent::host::Capability::Process => "process",
+                    rewind_agent::host::Capability::Docker => "docker",
+                    rewind_agent::host::Capability::Http => "http",
+                    rewind_agent::host::Capability::Postgres => "postgres",
+                    _ => continue,
+                };
+                assert!(
+                    grant.contains_key(needs),
+                    "{}: target {target} does not grant `{needs}`, which its plugin imports ({import})",
+                    config.display()
+                );
+            }
         }
     }
 
