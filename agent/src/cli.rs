@@ -484,15 +484,17 @@ fn run(
 }
 
 fn inspect(plugin_path: &Path, config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    // Without a configuration, a private directory of this call's: no
+    // directory others could have prepared is loaded from.
+    let private = tempfile::Builder::new()
+        .prefix("rewind-agent-inspect-")
+        .tempdir()?;
     let (cache_dir, trusted) = match config_path {
         Some(path) => {
             let config = config::load(path)?;
             (config.cache_dir, config.trusted_keys)
         }
-        None => (
-            std::env::temp_dir().join("rewind-agent-inspect-cache"),
-            Vec::new(),
-        ),
+        None => (private.path().join("cache"), Vec::new()),
     };
     let host = PluginHost::new(&cache_dir, trusted)?;
     let plugin = host.inspect(plugin_path)?;

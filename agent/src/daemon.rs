@@ -46,6 +46,9 @@ pub enum DaemonError {
     Load(#[from] Box<crate::host::LoadError>),
     #[error("{0}")]
     Grant(String),
+    /// Another agent holds the state directory.
+    #[error("{0}")]
+    StateDir(String),
     #[error("ledger {}: {error}", path.display())]
     Ledger {
         path: std::path::PathBuf,
@@ -80,6 +83,8 @@ pub struct Agent {
     host: Arc<PluginHost>,
     plugins: BTreeMap<String, Arc<LoadedPlugin>>,
     ledger: Ledger,
+    /// This agent's hold on its state directory, for as long as it runs.
+    _lock: crate::lock::StateLock,
     in_flight: Mutex<HashMap<String, InFlight>>,
     /// One action per target at a time.
     targets: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
@@ -129,6 +134,8 @@ impl Agent {
             }
             plugins.insert(target.name.clone(), plugin);
         }
+        let lock =
+            crate::lock::StateLock::take(&config.state_dir).map_err(DaemonError::StateDir)?;
         let ledger = Ledger::open(&config.state_dir).map_err(|error| DaemonError::Ledger {
             path: config.state_dir.join("ledger"),
             error,
@@ -147,6 +154,7 @@ impl Agent {
             host,
             plugins,
             ledger,
+            _lock: lock,
             in_flight: Mutex::new(HashMap::new()),
             targets,
             slots: Semaphore::new(crate::host::MAX_CONCURRENT_CALLS as usize),

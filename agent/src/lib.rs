@@ -9,6 +9,7 @@ pub mod docker;
 pub mod host;
 pub mod ledger;
 pub mod limits;
+pub mod lock;
 pub mod metrics;
 pub mod scaffold;
 pub mod signing;

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -36,6 +37,23 @@ impl CompileCache {
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        // Native code is loaded from here: only a directory this user owns
+        // and nobody else may write will do.
+        let meta = std::fs::symlink_metadata(dir)?;
+        let uid = rustix::process::geteuid().as_raw();
+        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "the compile cache {} is not a directory of this user (uid {uid}) that \
+                     others cannot write (owner uid {}, mode {:o}): compiled plugins are \
+                     loaded from it as native code; use a private directory",
+                    dir.display(),
+                    meta.uid(),
+                    meta.mode() & 0o7777
+                ),
+            ));
+        }
         let mut hasher = Sha256Hasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = hex::encode(&hasher.0.finalize()[..8]);

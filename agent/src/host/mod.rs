@@ -629,7 +629,8 @@ impl PluginHost {
                 context,
                 target,
                 state.limiter.memory_refused,
-                &state.stderr.contents(),
+                // A panic's text may quote a secret handed out in the call.
+                &state.mask(&state.stderr.contents()),
                 logs,
             )),
             Err(_) => Err(CallError::Deadline {

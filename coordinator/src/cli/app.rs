@@ -152,7 +152,7 @@ pub fn main() -> ExitCode {
                 eprintln!(
                     "coordinator listening on {} (journal {})",
                     listener.local_addr()?,
-                    config.database
+                    rewind_proto::masked::text(&config.database)
                 );
                 server::serve(config, listener, shutdown_signal()).await?;
                 Ok(0)

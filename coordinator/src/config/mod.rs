@@ -100,6 +100,43 @@ impl Source<'_> {
     }
 }
 
+/// A `postgres://user@host/db` URL with the password put in (percent-encoded).
+fn with_password(url: &str, password: &str) -> Result<String, String> {
+    let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        return Err("database_password_file goes with a postgres:// database".into());
+    };
+    let scheme = &url[..url.len() - rest.len()];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some((user, host)) = rest[..authority_end].split_once('@') else {
+        return Err(
+            "database_password_file needs a user in the database URL (postgres://user@host/db)"
+                .into(),
+        );
+    };
+    if user.contains(':') {
+        return Err(
+            "the database URL has a password already; keep it in database_password_file only"
+                .into(),
+        );
+    }
+    let encoded: String = password
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    Ok(format!(
+        "{scheme}{user}:{encoded}@{host}{}",
+        &rest[authority_end..]
+    ))
+}
+
 /// An environment (an agent's `env` label).
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
@@ -206,6 +243,9 @@ struct RawCoordinator {
     /// The URL operators and agents reach this coordinator at.
     advertise: Option<Spanned<String>>,
     database: String,
+    /// A file holding the journal's password, put into `database` (so the
+    /// configuration, and what is printed, carries none).
+    database_password_file: Option<Spanned<PathBuf>>,
     tls: RawTls,
 }
 
@@ -262,12 +302,23 @@ pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
         .map_err(|e| error(None, format!("tls.ca {}: {e}", tls.ca.display())))?;
     let trust_domain = rewind_proto::identity::trust_domain_of_ca_pem(&ca_pem)
         .map_err(|e| error(None, format!("tls.ca {}: {e}", tls.ca.display())))?;
-    let database = match raw.coordinator.database.strip_prefix("sqlite://") {
+    let mut database = match raw.coordinator.database.strip_prefix("sqlite://") {
         Some(file) if !file.starts_with('/') && !file.starts_with(':') => {
             format!("sqlite://{}", base.join(file).display())
         }
-        _ => raw.coordinator.database,
+        _ => raw.coordinator.database.clone(),
     };
+    if let Some(file) = &raw.coordinator.database_password_file {
+        let at = file.span().start;
+        let path = resolve(file.get_ref());
+        let password = std::fs::read_to_string(&path).map_err(|e| {
+            source.error(
+                at,
+                format!("database_password_file {}: {e}", path.display()),
+            )
+        })?;
+        database = with_password(&database, password.trim()).map_err(|e| source.error(at, e))?;
+    }
     let protected: Vec<&str> = raw
         .environments
         .iter()
@@ -564,6 +615,47 @@ mod tests {
             .to_string();
         assert!(
             e.contains("coordinator.toml:4: metrics: `public` is not an address"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_journals_password_comes_from_its_file_encoded() {
+        assert_eq!(
+            with_password("postgres://rewind@db.internal:5432/rewind", "p@ss/w:rd").unwrap(),
+            "postgres://rewind:p%40ss%2Fw%3Ard@db.internal:5432/rewind"
+        );
+        assert!(with_password("postgres://rewind:old@db/rewind", "x").is_err());
+        assert!(with_password("sqlite:///var/lib/rewind/j.db", "x").is_err());
+        assert_eq!(
+            rewind_proto::masked::text("journal postgres://rewind:p%40ss@db/rewind"),
+            "journal postgres://rewind:[secret]@db/rewind"
+        );
+    }
+
+    #[test]
+    fn a_drill_whose_plan_is_for_another_environment_is_refused_naming_its_line() {
+        let (dir, path) = setup();
+        let plan = dir.path().join("prod.toml");
+        std::fs::write(
+            &plan,
+            "name = \"p\"\n\n[[stage]]\nname = \"db\"\nselect = { env = \"production\", tier = \"db\" }\ntarget = \"db\"\n",
+        )
+        .unwrap();
+        let text = with_paths(
+            &format!(
+                "[coordinator]\nlisten = \"127.0.0.1:0\"\ndatabase = \"sqlite://j.db\"\n\
+                 [coordinator.tls]\nca = \"/etc/rewind/certs/ca.pem\"\ncert = \"/etc/rewind/certs/coordinator-main.pem\"\n\
+                 key = \"/etc/rewind/certs/coordinator-main.key\"\n\
+                 [drills.d]\nplan = \"{}\"\nenv = \"staging\"\nrto = \"1m\"\nschedule = \"0 0 3 * * *\"\n",
+                plan.display()
+            ),
+            dir.path(),
+        );
+        std::fs::write(&path, text).unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("prod.toml:5: stage db selects agents of environment production, not the drill's environment staging"),
             "{e}"
         );
     }

@@ -211,7 +211,25 @@ async fn guard(State(ui): State<Shared>, request: Request, next: Next) -> Respon
         )
             .into_response();
     }
-    if request.method() != Method::GET && request.method() != Method::HEAD {
+    // A preview makes every host of the plan run its plugins: an action,
+    // though a GET (a form's), so it carries the page's token too.
+    let acts = request.method() != Method::GET && request.method() != Method::HEAD;
+    if request.uri().path() == "/preview" {
+        let token = request
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("token="));
+        if token != Some(ui.token.as_str()) {
+            return (
+                StatusCode::FORBIDDEN,
+                "refused: a preview must come from this web view's own page (its token is missing or wrong)",
+            )
+                .into_response();
+        }
+    }
+    if acts {
         let token = request
             .headers()
             .get(TOKEN_HEADER)

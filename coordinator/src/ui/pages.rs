@@ -164,6 +164,7 @@ pub fn releases(viewer: &Viewer, reply: &ListReleasesReply, plans: &[String]) ->
     let body = html! {
         @if viewer.may_act() {
             form.preview method="get" action="/preview" {
+                input type="hidden" name="token" value=(viewer.token);
                 label { "Preview plan " select name="plan" {
                     @for plan in plans { option value=(plan) { (plan) } }
                 } }

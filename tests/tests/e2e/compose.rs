@@ -385,3 +385,64 @@ health = [{ verify = true }]
     assert!(started("db") < started("api"), "stage data before core");
     assert!(started("api") < started("web"), "api before web");
 }
+
+/// A container the snapshot has and the project lost is named in the
+/// preview and created from its recorded configuration; compose then sees
+/// the project as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_container_is_created_from_its_recorded_configuration() {
+    let (v1, _) = docker::v1_v2().clone();
+    let project = Project::new("lost");
+    project.up("v1");
+    let web = project.container("web");
+    let before = configuration(&web);
+    let agent = agent(&project, "");
+    let snapshot = agent.snapshot("shop").await;
+    run("docker", &["rm", "-f", &web]);
+
+    let preview = agent
+        .call(
+            "shop",
+            Action::Plan {
+                to: snapshot.clone(),
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("plan: {e}"));
+    let ActionOutput::Preview(preview) = preview.output else {
+        panic!("not a preview")
+    };
+    let web_change = preview
+        .changes
+        .iter()
+        .find(|c| c.subject == "web")
+        .unwrap_or_else(|| panic!("{preview:?}"));
+    assert!(
+        web_change
+            .summary
+            .contains(&format!("create {web} from the snapshot's configuration")),
+        "{web_change:?}"
+    );
+    let done = outcome(
+        agent
+            .call("shop", restore(&snapshot))
+            .await
+            .unwrap_or_else(|e| panic!("restore: {e}"))
+            .output,
+    );
+    assert!(done.changed, "{done:?}");
+    let now = inspect(&web);
+    assert_eq!(now["Image"], v1.as_str());
+    assert_eq!(configuration(&web), before, "created as it was");
+    agent
+        .call("shop", Action::Verify { to: snapshot })
+        .await
+        .unwrap_or_else(|e| panic!("verify: {e}"));
+    let id = now["Id"].clone();
+    project.up("v1");
+    assert_eq!(
+        inspect(&web)["Id"],
+        id,
+        "compose kept the container rewind created"
+    );
+}

@@ -65,9 +65,22 @@ async fn runbook_000_comes_back_as_its_users_see_it_and_compose_agrees() {
         let plans = tempfile::tempdir().unwrap();
         std::fs::write(plans.path().join("sowknow.toml"), &plan).unwrap();
         let web = WebView::start(&fleet, "ops", plans.path());
-        let (code, body) = web.raw(&format!(
-            "GET /preview?plan=sowknow.toml&release=v1 HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-            web.port
+        let get = |path: &str| {
+            web.raw(&format!(
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+                web.port
+            ))
+        };
+        // The page's token, as the releases page's preview form carries it.
+        let (_, releases) = get("/releases");
+        let token = releases
+            .split("name=\"token\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("the preview form's token")
+            .to_string();
+        let (code, body) = get(&format!(
+            "/preview?token={token}&plan=sowknow.toml&release=v1"
         ));
         assert_eq!(code, 200, "{body}");
         assert!(

@@ -276,3 +276,27 @@ async fn a_checkpoint_during_a_restore_of_the_same_target_waits_for_it() {
         "the checkpoint's snapshot ({second}) began before the restore ({start}..{end}) ended"
     );
 }
+
+/// Two agents on one state directory would both act on the steps its
+/// ledger records: a second one refuses to start, naming the first; the
+/// first goes on serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_agent_on_the_same_state_directory_refuses_to_start() {
+    let fleet = TestFleet::start(vec![host("web-1", "web")], None).await;
+    let config = fleet.fleet.host_dir("web-1").join("agent.toml");
+    let output = std::process::Command::new(rewind_tests::binary("rewind-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is in use by another agent (pid") && stderr.contains("agent.pid"),
+        "{stderr}"
+    );
+    fleet.checkpoint("v1").await;
+    let plan = "[[stage]]\nname = \"web\"\nselect = { tier = \"web\" }\ntarget = \"app\"\n";
+    let run = fleet.start_run(plan, "v1").await;
+    assert_eq!(fleet.finish(&run).await.status, "succeeded");
+}

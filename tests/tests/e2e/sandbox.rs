@@ -140,6 +140,26 @@ async fn a_plugin_that_panics_is_reported_with_its_message() {
     good_plugin_still_works(&agent).await;
 }
 
+/// A panic's text is shown masked like the call's logs: a secret the
+/// plugin was handed does not leave the agent in it.
+#[tokio::test]
+async fn a_panic_that_quotes_a_secret_is_reported_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("leaky.env");
+    std::fs::write(&secrets, "PANIC_WITH=hunter2-in-a-panic\n").unwrap();
+    let agent = agent(&format!(
+        "\n[targets.leaky]\nplugin = \"panic\"\nsecrets = \"{}\"\n",
+        secrets.display()
+    ));
+    let error = agent.call("leaky", restore()).await.unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("panics on purpose for target leaky (holding "),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2-in-a-panic"), "{message}");
+}
+
 #[tokio::test]
 async fn a_plugin_importing_an_ungranted_capability_is_refused_before_it_runs() {
     let agent = agent("");

@@ -293,3 +293,34 @@ fn the_shipped_examples_load_their_plugins_signed_by_the_development_key() {
         "{text}"
     );
 }
+
+/// Compiled plugins are native code: the agent loads them only from a
+/// directory of its own user that nobody else may write, and `plugin
+/// inspect` without a configuration compiles into a private directory of
+/// its own, never a fixed one under the shared temporary directory.
+#[test]
+fn compiled_plugins_are_loaded_only_from_a_private_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared-cache");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let error = PluginHost::new(&shared, Vec::new())
+        .err()
+        .expect("a cache others can write is refused");
+    let text = error.to_string();
+    assert!(
+        text.contains("shared-cache") && text.contains("mode 777"),
+        "{text}"
+    );
+
+    let fixed = std::env::temp_dir().join("rewind-agent-inspect-cache");
+    let _ = std::fs::remove_dir_all(&fixed);
+    let output = std::process::Command::new(rewind_tests::binary("rewind-agent"))
+        .args(["plugin", "inspect"])
+        .arg(plugin("fixture_noop"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(!fixed.exists(), "inspect compiled into {}", fixed.display());
+}

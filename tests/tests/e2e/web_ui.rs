@@ -347,6 +347,18 @@ async fn a_viewers_page_has_no_actions_and_the_coordinator_refuses_a_forged_one(
     let (code, body) = web.raw(&rebound);
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("answers at http://127.0.0.1:"), "{body}");
+    // A preview makes the hosts run their plugins: it needs the token too
+    // (a page of another site could otherwise send the form).
+    let preview = format!(
+        "GET /preview?plan=plan.toml&release=v1 HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+        web.port
+    );
+    let (code, body) = web.raw(&preview);
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("a preview must come from this web view's own page"),
+        "{body}"
+    );
 
     // The run is still paused: nothing got through.
     let report = fleet
