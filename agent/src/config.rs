@@ -163,11 +163,14 @@ impl ProgramGrant {
                     .iter()
                     .zip(args)
                     .all(|(token, arg)| match token.strip_suffix('*') {
-                        // A path prefix is not escaped with `..`.
+                        // What `*` matches never climbs with a `..` segment
+                        // (`snapshot-*` is not `snapshot-/../../etc/x`), and
+                        // never starts an option the form does not write
+                        // out (`*` is not `--checkpoint-action=exec=sh`).
                         Some(prefix) => {
                             arg.starts_with(prefix)
-                                && !(prefix.contains('/')
-                                    && arg.split('/').any(|segment| segment == ".."))
+                                && !arg.split('/').any(|segment| segment == "..")
+                                && (prefix.starts_with('-') || !arg.starts_with('-'))
                         }
                         None => token == arg,
                     })
@@ -298,7 +301,25 @@ const COMMAND_RUNNERS: &[&str] = &[
     "eval",
     "exec",
     "git",
+    // Each of these runs a command or code given in its arguments or
+    // input (`tar --checkpoint-action=exec`, `rsync -e`, `psql \!`,
+    // `sqlite3 .shell`, `openssl -engine`), or loads any program (the
+    // dynamic loader).
+    "tar",
+    "rsync",
+    "psql",
+    "sqlite3",
+    "openssl",
+    "ld.so",
+    "ld-linux.so",
+    "ld-linux-x86-64.so",
+    "ld-linux-aarch64.so",
 ];
+
+/// Programs that control other programs (containers, services): granted
+/// only with argument forms written out in full, no `*`, so that a plugin
+/// runs exactly the commands the grant lists.
+const LITERAL_ONLY: &[&str] = &["docker", "podman", "systemctl", "kubectl", "service"];
 
 /// Why a program may not be granted, if it is a command runner.
 fn command_runner(path: &Path) -> Option<String> {
@@ -767,6 +788,35 @@ fn validate_grant(
                 format!("target {target}: grant.process may not include `{name}`: {why}"),
             ));
         }
+        let base = resolved
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if LITERAL_ONLY.contains(&base.as_str())
+            && args
+                .as_ref()
+                .is_none_or(|forms| forms.iter().flatten().any(|t| t.contains('*')))
+        {
+            return Err(at(
+                Some(span),
+                format!(
+                    "target {target}: grant.process `{name}` controls other programs: grant it \
+                     only with its argument forms written out in full, without `*` (e.g. \
+                     {{ program = \"{name}\", args = [[\"restart\", \"myapp\"]] }})"
+                ),
+            ));
+        }
+        if args.is_none() {
+            // Any argument at all: the docs say to list the forms.
+            let place = at(Some(span.clone()), String::new());
+            tracing::warn!(
+                "{}:{}: target {target}: grant.process `{name}` allows any arguments; list \
+                 its argument forms ({{ program = \"{name}\", args = [[...]] }}) so that a \
+                 plugin runs only what you meant",
+                place.path.display(),
+                place.line.unwrap_or(0)
+            );
+        }
         if let Some(forms) = &args
             && forms.is_empty()
         {
@@ -1131,6 +1181,40 @@ http = ["127.0.0.1:8080", "api.example.com"]
         assert!(!touch.allows(&args(&["--", "/tmp/x/../../etc/passwd"])));
         assert!(!touch.allows(&args(&["-c"])));
         assert!(!touch.allows(&args(&["-c", "a", "b"])));
+        // What `*` stands for never climbs out with `..`, with or without a
+        // `/` in the form, and never starts an option the form does not say.
+        let dump = ProgramGrant {
+            path: PathBuf::from("/usr/bin/pg_dump"),
+            args: Some(vec![args(&["-f", "snapshot-*"]), args(&["--list", "*"])]),
+        };
+        assert!(dump.allows(&args(&["-f", "snapshot-shop-17.dump"])));
+        assert!(!dump.allows(&args(&["-f", "snapshot-/../../etc/cron.d/x"])));
+        assert!(!dump.allows(&args(&["--list", "../x"])));
+        assert!(!dump.allows(&args(&["--list", "--checkpoint-action=exec=sh"])));
+        let options = ProgramGrant {
+            path: PathBuf::from("/usr/bin/x"),
+            args: Some(vec![args(&["--format=*"])]),
+        };
+        assert!(options.allows(&args(&["--format=custom"])));
+        for (program, form) in [
+            ("tar", r#"[["-xf", "*"]]"#),
+            ("rsync", r#"[["-a", "*", "*"]]"#),
+            ("docker", r#"[["compose", "*", "stop"]]"#),
+            ("systemctl", r#"[["restart", "*"]]"#),
+        ] {
+            if resolve_program(program).is_none() {
+                continue;
+            }
+            let err = parse_str(&format!(
+                "{BASE}\n[targets.t]\nplugin = \"files\"\ngrant = {{ process = [{{ program = \"{program}\", args = {form} }}] }}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                err.message.contains("would be a way to a shell")
+                    || err.message.contains("written out in full"),
+                "{program}: {err}"
+            );
+        }
         for runner in [
             "sh", "bash", "env", "xargs", "find", "python3", "perl", "awk",
         ] {

@@ -427,6 +427,16 @@ plugin = "run_program"
 settings = { program = "touch", args = ["{dir}/ok/fine"] }
 grant = { process = [{ program = "touch", args = [["{dir}/ok/*"]] }] }
 
+[targets.climb]
+plugin = "run_program"
+settings = { program = "touch", args = ["snapshot-/../../{dir}/pwned"] }
+grant = { process = [{ program = "touch", args = [["snapshot-*"]] }] }
+
+[targets.option]
+plugin = "run_program"
+settings = { program = "touch", args = ["--reference=/etc/passwd", "{dir}/pwned"] }
+grant = { process = [{ program = "touch", args = [["*", "{dir}/*"]] }] }
+
 [targets.preload]
 plugin = "run_program"
 settings = { program = "printenv", env = [["LD_PRELOAD", "/tmp/evil.so"]] }
@@ -484,7 +494,9 @@ grant = { process = ["printenv"] }
 
     // Arguments outside the granted forms, or a path prefix escaped with
     // `..`, are refused before anything runs.
-    for target in ["escape-args", "other-args"] {
+    // A wildcard never stands for a `..` segment (even after a prefix
+    // without `/`) nor for an option the form does not write out.
+    for target in ["escape-args", "other-args", "climb", "option"] {
         let error = agent.call(target, restore()).await.unwrap_err();
         assert!(
             error.to_string().contains("may not run with the arguments"),
