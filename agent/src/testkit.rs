@@ -136,9 +136,25 @@ impl Kit {
         self.dir.path().join("tree")
     }
 
+    /// A path of the tree: relative, and never out of it (`..`).
+    pub fn in_tree(&self, path: &str) -> anyhow::Result<PathBuf> {
+        let relative = Path::new(path);
+        if relative.is_absolute()
+            || relative.components().any(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            })
+        {
+            anyhow::bail!("`{path}` is not a path inside the case's tree (relative, without `..`)");
+        }
+        Ok(self.tree().join(relative))
+    }
+
     /// Write a file of the tree (a path relative to it).
     pub fn write(&self, path: &str, text: &str) -> anyhow::Result<()> {
-        let path = self.tree().join(path);
+        let path = self.in_tree(path)?;
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -150,9 +166,9 @@ impl Kit {
         self.target.state_dir.clone()
     }
 
-    /// A file of the tree, or None.
+    /// A file of the tree, or None (also for a path outside it).
     pub fn read(&self, path: &str) -> Option<String> {
-        std::fs::read_to_string(self.tree().join(path)).ok()
+        std::fs::read_to_string(self.in_tree(path).ok()?).ok()
     }
 
     /// Answer the process capability from these runs (nothing is run).
@@ -293,9 +309,9 @@ pub async fn run_case(plugin: &Path, case_path: &Path) -> anyhow::Result<Vec<Ste
     for (path, text) in &case.tree {
         kit.write(path, text)?;
     }
-    if !case.process.is_empty() {
-        kit.script(case.process.clone());
-    }
+    // Programs are answered from the case's [[process]] script, never run:
+    // with none, every run is refused, naming the program.
+    kit.script(case.process.clone());
     let mut saved: BTreeMap<String, SnapshotRecord> = BTreeMap::new();
     let mut reports = Vec::new();
     for (index, step) in case.steps.iter().enumerate() {
@@ -430,7 +446,7 @@ async fn run_step(
         }
     }
     for path in &step.absent {
-        if kit.tree().join(path).exists() {
+        if kit.in_tree(path).map_err(|e| e.to_string())?.exists() {
             return Err(format!("{path} must not exist, and does"));
         }
     }

@@ -55,6 +55,58 @@ fn a_step_that_does_not_hold_fails_naming_it() {
     assert!(report.contains("1 of 6 step(s) failed"), "{report}");
 }
 
+/// A case file is input: its tree's paths stay in the case's tree, and a
+/// case without a `[[process]]` script runs no program (a run is refused,
+/// naming it), as the guide says.
+#[test]
+fn a_case_cannot_write_outside_its_tree_nor_run_unscripted_programs() {
+    let dir = tempfile::tempdir().unwrap();
+    let nginx = std::fs::read_to_string(root().join("plugins/files/tests/nginx.toml")).unwrap();
+    let outside = dir.path().join("outside");
+    let escaping = nginx.replacen(
+        "[tree]\n",
+        &format!(
+            "[tree]\n\"{}\" = \"written by a case\\n\"\n",
+            outside.display()
+        ),
+        1,
+    );
+    assert_ne!(escaping, nginx, "the case has a [tree] table");
+    let path = dir.path().join("case-dir/escape.toml");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, escaping).unwrap();
+    let output = std::process::Command::new(binary("rewind-agent"))
+        .args(["plugin", "test"])
+        .arg(plugin("files"))
+        .arg("--script")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains("is not a path inside the case's tree"),
+        "{text}"
+    );
+    assert!(!outside.exists());
+
+    // Without [[process]], the reload command is refused, not run.
+    let unscripted: String = nginx.split("[[process]]").next().unwrap().to_string()
+        + &nginx[nginx.find("[[step]]").unwrap()..];
+    let path = dir.path().join("unscripted.toml");
+    std::fs::write(&path, unscripted).unwrap();
+    let (passed, report) = plugin_test(&path);
+    assert!(!passed, "{report}");
+    assert!(
+        report.contains("the test's process script has no answer for `nginx -s reload`"),
+        "{report}"
+    );
+}
+
 fn settings() -> TargetSpec {
     TargetSpec {
         settings: toml::toml! {
