@@ -261,7 +261,9 @@ impl Fleet {
     /// Deliver a step result that agent `from` sent to its run or its
     /// waiter. Waits while the run's queue is full (never drops a result).
     pub async fn route_result(&self, from: &str, mut result: StepResult) {
-        // Whatever an agent sends is masked before it is kept or shown.
+        // Whatever an agent sends is bounded and masked before it is kept
+        // or shown.
+        rewind_proto::bounded::result(&mut result);
         rewind_proto::masked::result(&mut result);
         let run = {
             let mut inner = self.lock();
@@ -310,6 +312,7 @@ impl Fleet {
     /// Progress is best effort: dropped when the run's queue is full.
     pub fn route_progress(&self, from: &str, mut progress: StepProgress) {
         if let Some(run) = self.lock().runs.get(&progress.run_id) {
+            rewind_proto::bounded::progress(&mut progress);
             progress.detail = rewind_proto::masked::text(&progress.detail);
             let _ = run.try_send(RunInput::Progress {
                 from: from.to_string(),

@@ -3,6 +3,7 @@
 //! certificate identities that the agent and the coordinator share.
 
 pub mod accept;
+pub mod bounded;
 pub mod connect;
 pub mod crl;
 pub mod identity;

@@ -192,3 +192,65 @@ async fn a_verify_gate_is_not_passed_by_guessing_its_id() {
         fleet.refused().await
     );
 }
+
+/// What an agent sends for its own step is bounded before the coordinator
+/// keeps it or passes it on: a huge progress message and a result with a
+/// megabyte summary and thousands of detail lines reach the watchers and
+/// the report cut, each with a note.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agents_oversized_progress_and_result_are_cut_before_they_are_kept() {
+    use rewind_proto::v1::{
+        AgentMessage, Outcome, StepProgress, StepResult, agent_message, step_result,
+    };
+    let mut fleet = TestFleet::start(vec![host("a1", "core").with("delay_ms = 30000")], None).await;
+    fleet.checkpoint("v1").await;
+    let run = fleet.start_run(CORE_ONLY, "v1").await;
+    let sent = fleet.events_until(&run, |e| e.kind == "step-sent").await;
+    let step_id = sent.last().unwrap().step_id.clone();
+    // The agent's own certificate, on a connection of someone else's.
+    fleet.fleet.kill_agent("a1");
+    let agent = fleet.impostor("a1", vec![]).await;
+    let huge = "p".repeat(4 << 20);
+    agent
+        .tx
+        .send(AgentMessage {
+            body: Some(agent_message::Body::Progress(StepProgress {
+                run_id: run.clone(),
+                step_id: step_id.clone(),
+                attempt: 1,
+                detail: huge.clone(),
+                percent: Some(50),
+            })),
+        })
+        .await
+        .unwrap();
+    agent
+        .tx
+        .send(AgentMessage {
+            body: Some(agent_message::Body::Result(StepResult {
+                run_id: run.clone(),
+                step_id: step_id.clone(),
+                attempt: 1,
+                outcome: Some(step_result::Outcome::Done(Outcome {
+                    changed: true,
+                    summary: huge,
+                    details: vec!["a detail line".into(); 5000],
+                })),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+    let report = fleet.finish(&run).await;
+    let step = &report.steps[0];
+    assert!(step.summary.len() < 4 << 10, "{}", step.summary.len());
+    assert!(step.summary.contains("more bytes cut by the coordinator"));
+    assert_eq!(step.details.len(), rewind_proto::bounded::LINES + 1);
+    assert!(step.details.last().unwrap().contains("4800 more lines cut"));
+    let events = fleet.events_until(&run, |_| false).await;
+    assert!(
+        events.iter().all(|e| e.message.len() < 8 << 10),
+        "an event carries {} bytes",
+        events.iter().map(|e| e.message.len()).max().unwrap_or(0)
+    );
+}
