@@ -10,6 +10,7 @@
 #[path = "../../migrations/src/common.rs"]
 mod common;
 mod sql;
+mod statements;
 
 use rewind_plugin_sdk::*;
 

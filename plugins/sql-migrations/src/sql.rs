@@ -128,17 +128,13 @@ fn applied(settings: &Settings) -> Result<BTreeMap<u64, String>, PluginError> {
 fn script(path: &str) -> Result<String, PluginError> {
     let text = String::from_utf8(files::read(path)?)
         .map_err(|_| PluginError::Failed(format!("{path} is not UTF-8 text")))?;
-    let upper = text.to_ascii_uppercase();
-    let controls = upper.lines().any(|l| {
-        let l = l.trim().trim_end_matches(';').trim();
-        matches!(
-            l,
-            "BEGIN" | "COMMIT" | "ROLLBACK" | "BEGIN TRANSACTION" | "END"
-        )
-    });
-    if controls {
+    if let Some(statement) = crate::statements::split(&text)
+        .into_iter()
+        .find(|s| crate::statements::controls_transaction(s))
+    {
         return Err(PluginError::InvalidSettings(format!(
-            "{path} holds its own BEGIN/COMMIT; rewind runs each script with its bookkeeping in one transaction, so remove them"
+            "{path} holds its own transaction control (`{statement}`); rewind runs each script \
+             with its bookkeeping in one transaction, so remove it"
         )));
     }
     Ok(text)

@@ -237,6 +237,28 @@ async fn sql_rollback_scripts_run_newest_first_each_with_its_bookkeeping() {
     );
     assert_eq!(columns(&pg, "orders"), "id,item,note");
 
+    // A script that ends the transaction it runs in (written any way,
+    // here after a statement on the same line) is refused before anything.
+    std::fs::write(
+        dir.join("003_index_rollback.sql"),
+        "DROP INDEX orders_item; COMMIT WORK;",
+    )
+    .unwrap();
+    let out = fleet.rollback_cli(plan(), "v1", &["--confirm-data-loss"]);
+    assert!(!out.success, "{out}");
+    assert!(
+        out.to_string()
+            .contains("holds its own transaction control (`COMMIT WORK`)"),
+        "{out}"
+    );
+    assert_eq!(
+        pg.psql(
+            "shop",
+            "SELECT string_agg(version, ',' ORDER BY version) FROM schema_migrations"
+        ),
+        "001,002,003"
+    );
+
     // Fixed, the rollback finishes; the rows are kept.
     std::fs::write(
         dir.join("003_index_rollback.sql"),
