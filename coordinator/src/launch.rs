@@ -529,7 +529,20 @@ pub async fn start_run(
     let prepared = prepare(shared, &plan_toml, &plan_path, &release, env.as_deref()).await?;
     let resolved = &prepared.resolved;
     if kind == RunKind::Rollback {
-        let mut agents: Vec<String> = resolved.iter().flatten().map(|s| s.agent.clone()).collect();
+        // The agents its hooks and smoke checks act on count too: a drill
+        // on one of them would be disturbed (or undo what they do).
+        let mut agents: Vec<String> = resolved
+            .iter()
+            .flatten()
+            .map(|s| s.agent.clone())
+            .chain(
+                prepared
+                    .plan
+                    .named_agents()
+                    .into_iter()
+                    .map(|(agent, ..)| agent.to_string()),
+            )
+            .collect();
         agents.sort();
         agents.dedup();
         crate::drill::admit::clear_the_way(shared, &agents, preempt_drill, &operator).await?;

@@ -435,6 +435,7 @@ async fn an_operators_rollback_during_a_drill_is_refused_unless_it_preempts_the_
     let hosts = vec![
         host("stg-db-1", "data").with("delay_ms = 6000"),
         host("stg-api-1", "core"),
+        host("stg-web-1", "web"),
     ];
     let fleet = TestFleet::start_in(hosts, None, Some(&environments), None).await;
     fleet.checkpoint("v1").await;
@@ -454,6 +455,18 @@ async fn an_operators_rollback_during_a_drill_is_refused_unless_it_preempts_the_
         )) && refused.stderr.contains("--preempt-drill"),
         "{refused}"
     );
+    // A plan whose stages stay off the drill's agents but whose hook acts
+    // on one of them is refused alike.
+    let hooked = "name = \"web-fix\"\n\n[[hook]]\nname = \"check-api\"\nwhen = \"after\"\n\
+                  agent = \"stg-api-1\"\ntarget = \"app\"\naction = \"verify\"\n\n\
+                  [[stage]]\nname = \"web\"\nselect = { tier = \"web\" }\ntarget = \"app\"\n";
+    let refused = fleet.rollback_cli(hooked, "v1", &[]);
+    assert!(!refused.success, "{refused}");
+    assert!(
+        refused.stderr.contains("is rehearsing on stg-api-1"),
+        "{refused}"
+    );
+    assert!(drills::restores(&fleet, "stg-web-1").is_empty());
     let preempting = fleet.rollback_cli(core, "v1", &["--preempt-drill"]);
     assert!(preempting.success, "{preempting}");
     let drill = drills::summary(&fleet, &id).await;
