@@ -42,7 +42,20 @@ pub struct Limits {
     pub max_handshakes: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How long a new connection may take to send its first bytes (its
+    /// ClientHello): a silent one gives its handshake slot back after this.
+    pub hello_timeout: Duration,
+    /// Handshakes in progress from one source address.
+    pub per_source_handshakes: usize,
+    /// Handshake slots only sources that completed a handshake before may
+    /// take: a flood from elsewhere cannot lock out the fleet's agents and
+    /// operators.
+    pub known_handshakes: usize,
 }
+
+/// Sources remembered as having completed a handshake (then forgotten all
+/// at once, when full: they come back at their next handshake).
+const KNOWN_SOURCES: usize = 1 << 16;
 
 /// Descriptors kept for everything but connections (journal, files, logs).
 const RESERVED_FILES: u64 = 64;
@@ -54,11 +67,15 @@ impl Limits {
     pub fn for_this_process() -> Limits {
         let files = raise_open_file_limit();
         let max_connections = files.saturating_sub(RESERVED_FILES).clamp(16, 200_000) as usize;
+        let max_handshakes = (max_connections / 2).clamp(8, 4096);
         Limits {
             max_connections,
-            max_handshakes: (max_connections / 2).clamp(8, 4096),
+            max_handshakes,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            hello_timeout: Duration::from_secs(2),
+            per_source_handshakes: (max_handshakes / 16).max(4),
+            known_handshakes: max_handshakes / 4,
         }
     }
 }
@@ -322,6 +339,88 @@ async fn linger(mut tcp: TcpStream) {
     .await;
 }
 
+/// Who may start a handshake now: a general pool of handshake slots, a
+/// share of them kept for sources that completed a handshake before, and a
+/// cap per source.
+struct Admission {
+    general: Arc<Semaphore>,
+    known_slots: Arc<Semaphore>,
+    per_source: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    known: std::sync::Mutex<std::collections::HashSet<std::net::IpAddr>>,
+    limits: Limits,
+}
+
+/// A handshake's hold on its slots; given back when dropped.
+struct Ticket {
+    admission: Arc<Admission>,
+    source: std::net::IpAddr,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut per_source = self
+            .admission
+            .per_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_source.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                per_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl Admission {
+    fn new(limits: Limits) -> Admission {
+        let known = limits.known_handshakes.min(limits.max_handshakes);
+        Admission {
+            general: Arc::new(Semaphore::new(limits.max_handshakes - known)),
+            known_slots: Arc::new(Semaphore::new(known)),
+            per_source: Default::default(),
+            known: Default::default(),
+            limits,
+        }
+    }
+
+    fn is_known(&self, source: std::net::IpAddr) -> bool {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&source)
+    }
+
+    fn remember(&self, source: std::net::IpAddr) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= KNOWN_SOURCES {
+            known.clear();
+        }
+        known.insert(source);
+    }
+
+    /// A handshake slot for `source`, or None (the connection is closed).
+    fn admit(self: &Arc<Self>, source: std::net::IpAddr) -> Option<Ticket> {
+        let mut per_source = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        let count = per_source.entry(source).or_insert(0);
+        if *count >= self.limits.per_source_handshakes {
+            return None;
+        }
+        let slot = match self.general.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) if self.is_known(source) => self.known_slots.clone().try_acquire_owned().ok()?,
+            Err(_) => return None,
+        };
+        *count += 1;
+        Some(Ticket {
+            admission: self.clone(),
+            source,
+            _slot: slot,
+        })
+    }
+}
+
 /// TLS connections accepted on `listener` within `limits`, handshakes done
 /// concurrently (a slow or failed handshake never holds up the others).
 pub fn incoming(
@@ -331,7 +430,7 @@ pub fn incoming(
 ) -> ReceiverStream<Result<Guarded, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
+    let admission = Arc::new(Admission::new(limits));
     tokio::spawn(async move {
         let mut refused_since_log = 0u64;
         let mut last_log = Instant::now();
@@ -348,18 +447,19 @@ pub fn incoming(
             if tx.is_closed() {
                 return;
             }
-            let slots = (
-                connections.clone().try_acquire_owned(),
-                handshakes.clone().try_acquire_owned(),
-            );
-            let (Ok(slot), Ok(handshake)) = slots else {
+            let source = peer.ip();
+            let slot = connections.clone().try_acquire_owned();
+            let ticket = admission.admit(source);
+            let (Ok(slot), Some(ticket)) = (slot, ticket) else {
                 drop(tcp);
                 refused_since_log += 1;
                 if last_log.elapsed() > Duration::from_secs(5) {
                     tracing::warn!(
-                        "refused {refused_since_log} connection(s) over the bounds ({} connections, {} handshakes)",
+                        "refused {refused_since_log} connection(s) over the bounds ({} connections, {} handshakes, {} per source, {} kept for known sources)",
                         limits.max_connections,
-                        limits.max_handshakes
+                        limits.max_handshakes,
+                        limits.per_source_handshakes,
+                        limits.known_handshakes
                     );
                     refused_since_log = 0;
                     last_log = Instant::now();
@@ -369,15 +469,25 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let admission = admission.clone();
             tokio::spawn(async move {
+                // A connection that says nothing gives its slot back soon.
+                if !matches!(
+                    tokio::time::timeout(limits.hello_timeout, tcp.readable()).await,
+                    Ok(Ok(()))
+                ) {
+                    tracing::debug!(%peer, "no ClientHello within {:?}", limits.hello_timeout);
+                    return;
+                }
                 let accepted = tokio::time::timeout(
                     limits.handshake_timeout,
                     acceptor.accept(tcp).into_fallible(),
                 )
                 .await;
-                drop(handshake);
+                drop(ticket);
                 match accepted {
                     Ok(Ok(stream)) => {
+                        admission.remember(source);
                         let guarded = Guarded {
                             inner: stream,
                             idle: limits.idle_timeout,
@@ -397,4 +507,42 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_connections: 100,
+            max_handshakes: 8,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            hello_timeout: Duration::from_secs(2),
+            per_source_handshakes: 3,
+            known_handshakes: 2,
+        }
+    }
+
+    #[test]
+    fn a_source_gets_its_share_and_known_sources_keep_theirs() {
+        let admission = Arc::new(Admission::new(limits()));
+        let ip = |n: u8| std::net::IpAddr::from([127, 0, 1, n]);
+        let operator = std::net::IpAddr::from([127, 0, 0, 1]);
+        admission.remember(operator);
+        // One flooding source: three handshakes, then refused.
+        let mut held: Vec<Ticket> = (0..3).map(|_| admission.admit(ip(1)).unwrap()).collect();
+        assert!(admission.admit(ip(1)).is_none(), "per-source cap");
+        // Others fill the general pool (8 - 2 kept = 6 slots).
+        held.extend((2..5).map(|n| admission.admit(ip(n)).unwrap()));
+        assert!(admission.admit(ip(9)).is_none(), "the general pool is full");
+        // A known source still gets in, twice.
+        let a = admission.admit(operator).expect("kept for known sources");
+        let b = admission.admit(operator).expect("kept for known sources");
+        assert!(admission.admit(operator).is_none());
+        drop((a, b));
+        held.truncate(0);
+        assert!(admission.admit(ip(1)).is_some(), "slots come back");
+    }
 }

@@ -1,5 +1,6 @@
 //! Fault sweep: `cargo bench -p rewind-tests --bench fault_sweep` (add
-//! `-- --runs N --agent-kills N --connections N` to size it). Prints the
+//! `-- --runs N --agent-kills N --connections N --silent N` to size it;
+//! `-- --only-silent` runs just the silent flood, three times). Prints the
 //! figures docs/RELIABILITY.md reports and fails on any violation.
 
 use rewind_tests::sweep;
@@ -17,11 +18,36 @@ fn main() {
     let runs = arg("--runs", 52);
     let agent_kills = arg("--agent-kills", 20);
     let connections = arg("--connections", 500);
+    let silent = arg("--silent", 10_000);
+    let only_silent = std::env::args().any(|a| a == "--only-silent");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
+        let floods = if only_silent { 3 } else { 1 };
+        let mut locked_out = 0;
+        for _ in 0..floods {
+            let flood = sweep::silent_flood(silent, 40).await;
+            println!(
+                "{} silent connections from 40 addresses ({} opened): fresh operator connections {}/{} answered, median {:.1} ms; \
+                 agent restarted during it connected again after {}",
+                flood.connections,
+                flood.opened,
+                flood.operator_ok,
+                flood.operator_calls,
+                flood.operator_median_ms,
+                flood
+                    .agent_back_s
+                    .map_or("never (30 s)".to_string(), |s| format!("{s:.2} s"))
+            );
+            locked_out += flood.operator_calls - flood.operator_ok
+                + usize::from(flood.agent_back_s.is_none());
+        }
+        assert_eq!(locked_out, 0, "the silent flood locked someone out");
+        if only_silent {
+            return;
+        }
         let kills = sweep::coordinator_kills(runs, None).await;
         println!(
             "coordinator SIGKILLed: {} runs of a 4-stage plan on 8 agents, {} kills \

@@ -448,3 +448,91 @@ pub async fn certificate_less_flood(connections: usize) -> FloodTally {
     }
     tally
 }
+
+/// What a flood of silent connections at the handshake bound left working.
+#[derive(Debug, Default)]
+pub struct SilentFlood {
+    pub connections: usize,
+    /// Connections the flood got open (the rest were refused at connect).
+    pub opened: usize,
+    /// Fresh connections by an operator (each a new TCP and TLS
+    /// handshake) during the flood: made, and the median time of one.
+    pub operator_calls: usize,
+    pub operator_ok: usize,
+    pub operator_median_ms: f64,
+    /// An agent killed and started again during the flood: seconds until
+    /// the coordinator counted it connected again (None: not within 30 s).
+    pub agent_back_s: Option<f64>,
+}
+
+/// `connections` silent TCP connections (never a byte sent) from
+/// `sources` loopback addresses (127.0.1.1, 127.0.1.2, ...), held open;
+/// meanwhile an operator connects afresh for each of 20 calls, and an agent
+/// is restarted and must reconnect. Both come from 127.0.0.1, a source
+/// that completed handshakes before the flood.
+pub async fn silent_flood(connections: usize, sources: usize) -> SilentFlood {
+    let mut fleet = TestFleet::start(vec![host("db-1", "data")], None).await;
+    let address: std::net::SocketAddr = fleet.fleet.address.clone().unwrap().parse().unwrap();
+    let mut tally = SilentFlood {
+        connections,
+        ..Default::default()
+    };
+    let mut held = Vec::with_capacity(connections);
+    let mut opening = tokio::task::JoinSet::new();
+    for i in 0..connections {
+        let source = std::net::Ipv4Addr::new(127, 0, 1, 1 + (i % sources) as u8);
+        opening.spawn(async move {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind((source, 0).into()).ok()?;
+            socket.connect(address).await.ok()
+        });
+        // Keep at most a few hundred connects in flight.
+        while opening.len() >= 512 {
+            if let Some(Ok(Some(tcp))) = opening.join_next().await {
+                held.push(tcp);
+            }
+        }
+    }
+    while let Some(joined) = opening.join_next().await {
+        if let Ok(Some(tcp)) = joined {
+            held.push(tcp);
+        }
+    }
+    tally.opened = held.len();
+    // The agent, restarted now.
+    fleet.fleet.kill_agent("db-1");
+    fleet.wait_disconnected("db-1").await;
+    let restarted = Instant::now();
+    fleet.fleet.start_agent("db-1").expect("agent restarted");
+    // Operators, each call on a fresh connection.
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        tally.operator_calls += 1;
+        let t = Instant::now();
+        let answered = tokio::time::timeout(Duration::from_secs(10), async {
+            let files = fleet.fleet.operator("viewer");
+            let url = fleet.fleet.url().unwrap();
+            match rewind_coordinator::cli::client::connect(&url, &files).await {
+                Ok(mut client) => client.fleet(FleetRequest {}).await.is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+        if matches!(answered, Ok(true)) {
+            tally.operator_ok += 1;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    tally.operator_median_ms = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+    let deadline = restarted + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if fleet.is_connected("db-1").await {
+            tally.agent_back_s = Some(restarted.elapsed().as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(held);
+    tally
+}

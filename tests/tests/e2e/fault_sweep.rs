@@ -31,3 +31,20 @@ async fn connections_without_a_certificate_get_nothing_and_cost_little() {
         "coordinator memory grew too much: {tally:?}"
     );
 }
+
+/// At the bound: 10,000 silent connections from 40 addresses, more than
+/// the coordinator's 4,096 handshake slots. Operators connecting afresh and
+/// an agent restarted meanwhile still get in: a silent connection gives its
+/// slot back after 2 s, one address holds at most its share, and a share of
+/// the slots is kept for addresses that completed a handshake before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_silent_connections_at_the_bound_locks_nobody_out() {
+    let tally = sweep::silent_flood(10_000, 40).await;
+    println!("{tally:?}");
+    assert!(
+        tally.opened > 4096,
+        "the flood reached the bound: {tally:?}"
+    );
+    assert_eq!(tally.operator_ok, tally.operator_calls, "{tally:?}");
+    assert!(tally.agent_back_s.is_some(), "{tally:?}");
+}
