@@ -161,18 +161,22 @@ async fn a_verify_gate_is_not_passed_by_guessing_its_id() {
         .events_until(&run, |e| e.kind == "step-succeeded" && e.agent == "a2")
         .await;
     let step_id = done.last().unwrap().step_id.clone();
-    // The gate's verify runs for 3 s: flood it with guesses, in the form
-    // gate ids once had (the step id, `/verify/` and the time in ms) and
-    // with the run's id.
+    // The gate's verify runs for 3 s: flood it with guesses in the form
+    // gate ids have now (the step id, `/verify/` and 16 hex digits: 64
+    // random bits), and in the form they once had (the time in ms), each
+    // with and without the run's id.
     let impostor = fleet.impostor("a1", vec![]).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    for ms in now.saturating_sub(3000)..now + 3000 {
-        let guess = format!("{step_id}/verify/{ms}");
-        impostor.send_result(forged_success("", &guess, 1)).await;
-        impostor.send_result(forged_success(&run, &guess, 1)).await;
+    for ms in now.saturating_sub(1500)..now + 1500 {
+        let current = format!("{step_id}/verify/{}", rewind_coordinator::runner::nonce());
+        let old = format!("{step_id}/verify/{ms}");
+        for guess in [current, old] {
+            impostor.send_result(forged_success("", &guess, 1)).await;
+            impostor.send_result(forged_success(&run, &guess, 1)).await;
+        }
     }
     let report = fleet.finish(&run).await;
     assert_eq!(report.status, "failed", "the gate must fail: {report:?}");
