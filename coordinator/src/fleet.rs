@@ -66,7 +66,13 @@ struct Connection {
     id: u64,
     sender: AgentSender,
     agent: ConnectedAgent,
+    /// Ends the stream at once with a reason (its queue may be full, so
+    /// the reason cannot wait in it).
+    abort: Option<tokio::sync::oneshot::Sender<Status>>,
 }
+
+/// What ends an agent's stream at once: the reason to send it last.
+pub type Abort = tokio::sync::oneshot::Receiver<Status>;
 
 /// Someone waiting for the result of a step sent outside of any run.
 struct Waiter {
@@ -95,13 +101,20 @@ impl Fleet {
 
     /// Register a connected agent; returns the connection's id. A newer
     /// connection of the same agent replaces an older one.
-    pub fn connect(&self, name: &str, agent: ConnectedAgent, sender: AgentSender) -> u64 {
+    pub fn connect(&self, name: &str, agent: ConnectedAgent, sender: AgentSender) -> (u64, Abort) {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let (abort, aborted) = tokio::sync::oneshot::channel();
         let runs: Vec<_> = {
             let mut inner = self.lock();
-            inner
-                .agents
-                .insert(name.to_string(), Connection { id, sender, agent });
+            inner.agents.insert(
+                name.to_string(),
+                Connection {
+                    id,
+                    sender,
+                    agent,
+                    abort: Some(abort),
+                },
+            );
             METRICS.agents_connected.set(inner.agents.len() as i64);
             inner.runs.values().cloned().collect()
         };
@@ -109,7 +122,7 @@ impl Fleet {
             // A full queue already holds work that will look at this agent.
             let _ = run.try_send(RunInput::AgentConnected(name.to_string()));
         }
-        id
+        (id, aborted)
     }
 
     /// Forget a connection, unless a newer one replaced it.
@@ -171,7 +184,14 @@ impl Fleet {
                     agent,
                     "the agent does not read its stream ({AGENT_QUEUE} messages queued); disconnecting it"
                 );
-                inner.agents.remove(agent);
+                // Told at once, so that it reconnects (and is sent its
+                // steps in flight again) rather than wait on a dead stream.
+                if let Some(abort) = inner.agents.remove(agent).and_then(|c| c.abort) {
+                    let _ = abort.send(Status::unavailable(format!(
+                        "the coordinator dropped this stream: {AGENT_QUEUE} messages were queued \
+                         unread; reconnect"
+                    )));
+                }
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -370,7 +390,7 @@ mod tests {
     async fn a_waiter_takes_its_result_only_from_the_agent_it_asked() {
         let fleet = Arc::new(Fleet::default());
         let (tx, mut rx) = mpsc::channel(8);
-        fleet.connect("a2", agent(), tx);
+        let _connection = fleet.connect("a2", agent(), tx);
         let asking = {
             let fleet = fleet.clone();
             tokio::spawn(async move {
@@ -403,9 +423,11 @@ mod tests {
     async fn an_agent_that_does_not_read_is_disconnected() {
         let fleet = Fleet::default();
         let (tx, _rx) = mpsc::channel(1);
-        fleet.connect("slow", agent(), tx);
+        let (_, aborted) = fleet.connect("slow", agent(), tx);
         assert!(fleet.send_step("slow", StepRequest::default()));
         assert!(!fleet.send_step("slow", StepRequest::default()));
         assert!(!fleet.is_connected("slow"));
+        let told = aborted.await.expect("the agent is told");
+        assert!(told.message().contains("reconnect"), "{told}");
     }
 }

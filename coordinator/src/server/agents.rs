@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 /// How often agents send a heartbeat (their Welcome says so). Beside
@@ -194,7 +193,7 @@ impl AgentService for AgentApi {
             labels,
             targets: targets.into_iter().map(|t| t.name).collect(),
         };
-        let connection = fleet.connect(&name, agent, sender.clone());
+        let (connection, aborted) = fleet.connect(&name, agent, sender.clone());
         tracing::info!(agent = name, "connected");
         let crl = self.crl.clone();
         tokio::spawn(async move {
@@ -243,6 +242,70 @@ impl AgentService for AgentApi {
             fleet.disconnect(&name, connection);
             tracing::info!(agent = name, "disconnected ({ended})");
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(Box::pin(outbound(receiver, aborted))))
+    }
+}
+
+/// An agent's outbound stream: what is queued for it, unless the fleet
+/// aborts the stream (its queue overflowed), which ends it at once with the
+/// reason, so that the agent reconnects.
+fn outbound(
+    receiver: mpsc::Receiver<Result<CoordinatorMessage, Status>>,
+    aborted: crate::fleet::Abort,
+) -> impl tokio_stream::Stream<Item = Result<CoordinatorMessage, Status>> + Send + 'static {
+    enum State {
+        Open(
+            mpsc::Receiver<Result<CoordinatorMessage, Status>>,
+            crate::fleet::Abort,
+        ),
+        /// The abort can no longer come (the connection was replaced or
+        /// closed): only the queue.
+        Plain(mpsc::Receiver<Result<CoordinatorMessage, Status>>),
+        Done,
+    }
+    futures_util::stream::unfold(State::Open(receiver, aborted), |state| async move {
+        match state {
+            State::Open(mut receiver, mut aborted) => tokio::select! {
+                biased;
+                reason = &mut aborted => match reason {
+                    Ok(status) => Some((Err(status), State::Done)),
+                    Err(_) => receiver.recv().await.map(|m| (m, State::Plain(receiver))),
+                },
+                message = receiver.recv() => message.map(|m| (m, State::Open(receiver, aborted))),
+            },
+            State::Plain(mut receiver) => {
+                receiver.recv().await.map(|m| (m, State::Plain(receiver)))
+            }
+            State::Done => None,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    #[tokio::test]
+    async fn an_aborted_stream_ends_at_once_with_its_reason() {
+        let (tx, rx) = mpsc::channel(4);
+        let (abort, aborted) = tokio::sync::oneshot::channel();
+        for _ in 0..4 {
+            tx.try_send(Ok(CoordinatorMessage::default())).unwrap();
+        }
+        abort.send(Status::unavailable("queue overflowed; reconnect")).unwrap();
+        let items: Vec<_> = outbound(rx, aborted).collect().await;
+        assert_eq!(items.len(), 1, "the reason comes first, not after the queue");
+        assert!(items[0].as_ref().unwrap_err().message().contains("reconnect"));
+
+        // Without an abort (the sender went), the queue flows to its end.
+        let (tx, rx) = mpsc::channel(4);
+        let (abort, aborted) = tokio::sync::oneshot::channel::<Status>();
+        drop(abort);
+        tx.try_send(Ok(CoordinatorMessage::default())).unwrap();
+        drop(tx);
+        let items: Vec<_> = outbound(rx, aborted).collect().await;
+        assert_eq!(items.len(), 1);
+        assert!(items[0].is_ok());
     }
 }

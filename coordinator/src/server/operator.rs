@@ -379,6 +379,8 @@ impl OperatorService for OperatorApi {
             let mut follow = tokio::time::interval(FOLLOW_INTERVAL);
             loop {
                 let received = tokio::select! {
+                    // The watcher left (a paused run may wait for days).
+                    _ = tx.closed() => return,
                     received = live.recv() => received,
                     _ = follow.tick(), if !leadership.is_ready() => {
                         if catch_up(&store, &run_id, &tx, &mut last).await {
