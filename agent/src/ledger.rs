@@ -37,6 +37,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Finished records older than this are pruned at start.
 const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A snapshot's result (up to 16 MiB of data) is kept this long: long past
+/// the coordinator's wait for it (15 min), which is the only time the same
+/// step can be delivered again.
+const KEEP_SNAPSHOT: Duration = Duration::from_secs(3600);
+
+fn carries_snapshot(result: &StepResult) -> bool {
+    matches!(
+        result.outcome,
+        Some(rewind_proto::v1::step_result::Outcome::Captured(_))
+    )
+}
 /// At most this many finished results are re-announced to the coordinator.
 const ANNOUNCE: usize = 1000;
 /// The file is rewritten when it holds at least this many more records than it needs.
@@ -193,6 +204,7 @@ impl Ledger {
             broken: None,
         };
         let mut damage = read.damage;
+        let records = read.records.len();
         for (kind, at_ms, payload) in read.records {
             let decoded = match kind {
                 RUNNING => StepRequest::decode(payload).map(|r| inner.set_running(r)),
@@ -221,12 +233,32 @@ impl Ledger {
         }
         // Records of the earlier layout are removed once the log holds them.
         let migrated = inner.migrate()?;
-        inner.compact()?;
-        for path in &migrated {
-            std::fs::remove_file(path)?;
-        }
-        if !migrated.is_empty() {
-            sync_dir(&inner.dir)?;
+        match inner.compact() {
+            Ok(()) => {
+                for path in &migrated {
+                    std::fs::remove_file(path)?;
+                }
+                if !migrated.is_empty() {
+                    sync_dir(&inner.dir)?;
+                }
+            }
+            Err(e) => {
+                // A full disk must not keep the agent from starting the day a
+                // rollback is needed: it reads what the file holds, and a
+                // step acts only once its record is written.
+                tracing::warn!(
+                    path = %path.display(),
+                    "the ledger could not be rewritten ({e}); the agent starts on it as it is"
+                );
+                if read.end < bytes.len() as u64 {
+                    // The record cut short goes (shortening takes no space).
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&path)?
+                        .set_len(read.end)?;
+                }
+                inner.records = records;
+            }
         }
         inner.damaged = inner.damaged_files()?;
         Ok(Ledger {
@@ -260,10 +292,14 @@ impl Ledger {
         let mut inner = self.lock();
         let at_ms = now_ms();
         inner.append(DONE, at_ms, &result.encode_to_vec())?;
+        if carries_snapshot(result) {
+            // Snapshots are large: older ones leave memory as a new one comes.
+            inner.prune();
+        }
         inner.set_done(result.clone(), at_ms);
         // Rewritten when more than a third of it is replaced records: each
         // record is rewritten about twice over its life.
-        if inner.records - inner.live > SLACK.max(inner.live / 2) {
+        if inner.records.saturating_sub(inner.live) > SLACK.max(inner.live / 2) {
             inner.compact()?;
         }
         Ok(())
@@ -354,16 +390,10 @@ impl Inner {
     }
 
     /// Rewrite the file with what it must keep: results of the last week
-    /// and running records. Written beside it, synced, then renamed over it.
+    /// (of the last hour for snapshots) and running records. Written beside
+    /// it, synced, then renamed over it.
     fn compact(&mut self) -> std::io::Result<()> {
-        let oldest = now_ms().saturating_sub(KEEP.as_millis() as u64);
-        self.steps.retain(|_, e| {
-            if e.done.as_ref().is_some_and(|(_, at_ms)| *at_ms < oldest) {
-                e.done = None;
-            }
-            e.live() > 0
-        });
-        self.live = self.steps.values().map(Entry::live).sum();
+        self.prune();
         let mut bytes = Vec::new();
         let mut records = 0;
         for entry in self.steps.values() {
@@ -388,6 +418,22 @@ impl Inner {
         self.len = bytes.len() as u64;
         self.records = records;
         Ok(())
+    }
+
+    /// Forget results past their keeping: a week, an hour for a snapshot's.
+    fn prune(&mut self) {
+        let now = now_ms();
+        let oldest = now.saturating_sub(KEEP.as_millis() as u64);
+        let oldest_snapshot = now.saturating_sub(KEEP_SNAPSHOT.as_millis() as u64);
+        self.steps.retain(|_, e| {
+            if e.done.as_ref().is_some_and(|(result, at_ms)| {
+                *at_ms < oldest || (carries_snapshot(result) && *at_ms < oldest_snapshot)
+            }) {
+                e.done = None;
+            }
+            e.live() > 0
+        });
+        self.live = self.steps.values().map(Entry::live).sum();
     }
 
     /// Records in the one-file-per-record layout of earlier versions
@@ -705,5 +751,77 @@ mod tests {
         for i in 0..100 {
             assert!(answered_done(&ledger, &format!("s{i}")));
         }
+    }
+
+    #[test]
+    fn a_snapshots_result_is_kept_an_hour_and_leaves_memory_as_the_next_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let snapshot = |step: &str| StepResult {
+            outcome: Some(rewind_proto::v1::step_result::Outcome::Captured(
+                rewind_proto::v1::Captured {
+                    data: "x".repeat(1 << 20),
+                    summary: "a snapshot".into(),
+                },
+            )),
+            ..result(step, 1)
+        };
+        let two_hours_ago = now_ms() - 2 * 3600 * 1000;
+        ledger
+            .lock()
+            .append(
+                DONE,
+                two_hours_ago,
+                &snapshot("old-snapshot").encode_to_vec(),
+            )
+            .unwrap();
+        ledger
+            .lock()
+            .append(
+                DONE,
+                two_hours_ago,
+                &result("old-restore", 1).encode_to_vec(),
+            )
+            .unwrap();
+        drop(ledger);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert!(acts(&ledger, "old-snapshot", 1), "its data is gone");
+        assert!(
+            answered_done(&ledger, "old-restore"),
+            "a restore's result stays a week"
+        );
+        let size = std::fs::metadata(log(dir.path())).unwrap().len();
+        assert!(
+            size < 64 << 10,
+            "the log keeps no old snapshot: {size} bytes"
+        );
+        // In memory: an older snapshot goes when a new one is recorded.
+        ledger.lock().set_done(snapshot("held"), two_hours_ago);
+        ledger.finish(&snapshot("new")).unwrap();
+        assert!(ledger.lock().steps.get("held").is_none());
+        assert!(answered_done(&ledger, "new"));
+    }
+
+    #[test]
+    fn an_agent_starts_on_its_ledger_when_it_cannot_be_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.finish(&result("done-before", 1)).unwrap();
+        drop(ledger);
+        let valid = std::fs::metadata(log(dir.path())).unwrap().len();
+        append_bytes(dir.path(), &[0, 0, 1, 0, 9, 9]);
+        // Where the rewrite goes cannot be written (as on a full disk).
+        std::fs::create_dir(dir.path().join("ledger/log.tmp")).unwrap();
+        let ledger = Ledger::open(dir.path()).expect("it starts");
+        assert!(answered_done(&ledger, "done-before"));
+        assert_eq!(
+            std::fs::metadata(log(dir.path())).unwrap().len(),
+            valid,
+            "the record cut short is dropped all the same"
+        );
+        assert!(
+            acts(&ledger, "new", 1),
+            "a step whose record is written acts"
+        );
     }
 }

@@ -293,10 +293,22 @@ mod tests {
         for _ in 0..4 {
             tx.try_send(Ok(CoordinatorMessage::default())).unwrap();
         }
-        abort.send(Status::unavailable("queue overflowed; reconnect")).unwrap();
+        abort
+            .send(Status::unavailable("queue overflowed; reconnect"))
+            .unwrap();
         let items: Vec<_> = outbound(rx, aborted).collect().await;
-        assert_eq!(items.len(), 1, "the reason comes first, not after the queue");
-        assert!(items[0].as_ref().unwrap_err().message().contains("reconnect"));
+        assert_eq!(
+            items.len(),
+            1,
+            "the reason comes first, not after the queue"
+        );
+        assert!(
+            items[0]
+                .as_ref()
+                .unwrap_err()
+                .message()
+                .contains("reconnect")
+        );
 
         // Without an abort (the sender went), the queue flows to its end.
         let (tx, rx) = mpsc::channel(4);
