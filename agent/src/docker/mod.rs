@@ -217,15 +217,16 @@ impl Engine {
         Ok(inspect)
     }
 
-    /// The containers of a compose project, sorted by service then name.
-    pub async fn list_containers(&self, project: &str) -> Result<Vec<Container>, DockerError> {
-        self.check_project(project)?;
+    /// The containers, running or not, that carry a project's label.
+    async fn project_summaries(
+        &self,
+        project: &str,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
         let filters = HashMap::from([(
             "label".to_string(),
             vec![format!("{PROJECT_LABEL}={project}")],
         )]);
-        let summaries = self
-            .docker
+        self.docker
             .list_containers(Some(
                 ListContainersOptionsBuilder::default()
                     .all(true)
@@ -233,7 +234,13 @@ impl Engine {
                     .build(),
             ))
             .await
-            .map_err(|e| self.error(&format!("project {project}"), e))?;
+            .map_err(|e| self.error(&format!("project {project}"), e))
+    }
+
+    /// The containers of a compose project, sorted by service then name.
+    pub async fn list_containers(&self, project: &str) -> Result<Vec<Container>, DockerError> {
+        self.check_project(project)?;
+        let summaries = self.project_summaries(project).await?;
         let mut files_depends: Option<BTreeMap<String, Vec<String>>> = None;
         let mut containers = Vec::new();
         for summary in summaries {
@@ -538,11 +545,7 @@ impl Engine {
             .and_then(|s| s.running)
             .unwrap_or(false);
         if let Some(old) = old {
-            let stop_timeout = old
-                .config
-                .as_ref()
-                .and_then(|c| c.stop_timeout)
-                .unwrap_or(10);
+            let stop_timeout = stop_timeout(old);
             self.docker
                 .stop_container(
                     name,
@@ -705,11 +708,7 @@ impl Engine {
     /// Restart a container.
     pub async fn restart(&self, name: &str) -> Result<(), DockerError> {
         let inspect = self.granted_container(name).await?;
-        let timeout = inspect
-            .config
-            .as_ref()
-            .and_then(|c| c.stop_timeout)
-            .unwrap_or(10);
+        let timeout = stop_timeout(&inspect);
         self.docker
             .restart_container(
                 name,
@@ -853,6 +852,15 @@ fn not_modified(e: bollard::errors::Error) -> Result<(), bollard::errors::Error>
         } => Ok(()),
         other => Err(other),
     }
+}
+
+/// How long a container is given to stop (its own setting, else Docker's 10 s).
+fn stop_timeout(inspect: &ContainerInspectResponse) -> i64 {
+    inspect
+        .config
+        .as_ref()
+        .and_then(|c| c.stop_timeout)
+        .unwrap_or(10)
 }
 
 fn labels_of(inspect: &ContainerInspectResponse) -> HashMap<String, String> {
@@ -1168,13 +1176,18 @@ fn create_body(
     image: &str,
     labels: &[(String, String)],
 ) -> ContainerCreateBody {
-    let own = own_config(old, old_image, true);
+    let mut own = own_config(old, old_image, true);
     let new_defaults = new_image.cloned().unwrap_or_default();
-    let mut all_labels: HashMap<String, String> = new_defaults.labels.unwrap_or_default();
-    all_labels.extend(own.labels);
+    let mut all_labels: BTreeMap<String, String> = new_defaults
+        .labels
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    all_labels.append(&mut own.labels);
     for (k, v) in labels {
         all_labels.insert(k.clone(), v.clone());
     }
+    own.labels = all_labels;
     let mut env: Vec<String> = Vec::new();
     // The new image's environment, overridden by what the container was given.
     let own_keys: BTreeSet<&str> = own
@@ -1187,38 +1200,59 @@ fn create_body(
             env.push(e);
         }
     }
-    env.extend(own.env.iter().cloned());
+    env.append(&mut own.env);
+    own.env = env;
+    own.into_body(
+        image,
+        binds_of(old),
+        old.host_config.clone().unwrap_or_default(),
+        &networks_of(old),
+    )
+}
 
-    let mut host: HostConfig = old.host_config.clone().unwrap_or_default();
-    host.binds = Some(binds_of(old));
-    host.mounts = None;
-
-    let mut networks = networks_of(old);
-    let first = networks.pop_first();
-    let networking_config = first.map(|(network, endpoint)| NetworkingConfig {
-        endpoints_config: Some(HashMap::from([(network, endpoint)])),
-    });
-
-    ContainerCreateBody {
-        image: Some(image.to_string()),
-        hostname: own.hostname,
-        domainname: own.domainname,
-        user: own.user,
-        env: Some(env),
-        cmd: own.cmd,
-        entrypoint: own.entrypoint,
-        working_dir: own.working_dir,
-        labels: Some(all_labels),
-        healthcheck: own.healthcheck.and_then(|h| serde_json::from_value(h).ok()),
-        exposed_ports: (!own.exposed_ports.is_empty()).then_some(own.exposed_ports),
-        volumes: (!own.volumes.is_empty()).then_some(own.volumes),
-        stop_signal: own.stop_signal,
-        stop_timeout: own.stop_timeout,
-        tty: own.tty,
-        open_stdin: own.open_stdin,
-        host_config: Some(host),
-        networking_config,
-        ..Default::default()
+impl OwnConfig {
+    /// The creation request of a container given this configuration on
+    /// `image`, with `host` (its mounts set to `binds`) and the first of
+    /// `networks` (older daemons take one network in a creation request:
+    /// the others are connected after creation).
+    fn into_body(
+        self,
+        image: &str,
+        binds: Vec<String>,
+        mut host: HostConfig,
+        networks: &BTreeMap<String, EndpointSettings>,
+    ) -> ContainerCreateBody {
+        host.binds = Some(binds);
+        host.mounts = None;
+        let networking_config =
+            networks
+                .first_key_value()
+                .map(|(network, endpoint)| NetworkingConfig {
+                    endpoints_config: Some(HashMap::from([(network.clone(), endpoint.clone())])),
+                });
+        ContainerCreateBody {
+            image: Some(image.to_string()),
+            hostname: self.hostname,
+            domainname: self.domainname,
+            user: self.user,
+            env: Some(self.env),
+            cmd: self.cmd,
+            entrypoint: self.entrypoint,
+            working_dir: self.working_dir,
+            labels: Some(self.labels.into_iter().collect()),
+            healthcheck: self
+                .healthcheck
+                .and_then(|h| serde_json::from_value(h).ok()),
+            exposed_ports: (!self.exposed_ports.is_empty()).then_some(self.exposed_ports),
+            volumes: (!self.volumes.is_empty()).then_some(self.volumes),
+            stop_signal: self.stop_signal,
+            stop_timeout: self.stop_timeout,
+            tty: self.tty,
+            open_stdin: self.open_stdin,
+            host_config: Some(host),
+            networking_config,
+            ..Default::default()
+        }
     }
 }
 

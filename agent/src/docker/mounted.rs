@@ -2,12 +2,9 @@
 //! bind-mount a host path, and a file read from inside a container through
 //! Docker's archive API (so a check reads what the consumer reads).
 
-use super::{DockerError, Engine, PROJECT_LABEL, container_name, enum_text};
-use bollard::query_parameters::{
-    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder,
-};
+use super::{DockerError, Engine, container_name, enum_text};
+use bollard::query_parameters::DownloadFromContainerOptionsBuilder;
 use futures_util::StreamExt;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The most of a file `read_file` returns.
@@ -37,21 +34,7 @@ impl Engine {
         let resolved = std::fs::canonicalize(&given).unwrap_or_else(|_| given.clone());
         let mut found = Vec::new();
         for project in &self.projects {
-            let filters = HashMap::from([(
-                "label".to_string(),
-                vec![format!("{PROJECT_LABEL}={project}")],
-            )]);
-            let summaries = self
-                .docker
-                .list_containers(Some(
-                    ListContainersOptionsBuilder::default()
-                        .all(true)
-                        .filters(&filters)
-                        .build(),
-                ))
-                .await
-                .map_err(|e| self.error(&format!("project {project}"), e))?;
-            for summary in summaries {
+            for summary in self.project_summaries(project).await? {
                 let Some(id) = summary.id else { continue };
                 let Ok(inspect) = self.docker.inspect_container(&id, None).await else {
                     continue;

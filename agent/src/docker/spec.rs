@@ -65,39 +65,12 @@ impl Spec {
     /// `image` (a reference that names the spec's image id), with its first
     /// network; the others are connected after creation.
     pub fn create_body(&self, image: &str) -> ContainerCreateBody {
-        let own = &self.config;
-        let mut host = self.host.clone();
-        host.binds = Some(self.mounts.clone());
-        host.mounts = None;
-        let networking_config = self.networks.first_key_value().map(|(network, endpoint)| {
-            bollard::models::NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(network.clone(), endpoint.clone())])),
-            }
-        });
-        ContainerCreateBody {
-            image: Some(image.to_string()),
-            hostname: own.hostname.clone(),
-            domainname: own.domainname.clone(),
-            user: own.user.clone(),
-            env: Some(own.env.clone()),
-            cmd: own.cmd.clone(),
-            entrypoint: own.entrypoint.clone(),
-            working_dir: own.working_dir.clone(),
-            labels: Some(own.labels.clone().into_iter().collect()),
-            healthcheck: own
-                .healthcheck
-                .clone()
-                .and_then(|h| serde_json::from_value(h).ok()),
-            exposed_ports: (!own.exposed_ports.is_empty()).then(|| own.exposed_ports.clone()),
-            volumes: (!own.volumes.is_empty()).then(|| own.volumes.clone()),
-            stop_signal: own.stop_signal.clone(),
-            stop_timeout: own.stop_timeout,
-            tty: own.tty,
-            open_stdin: own.open_stdin,
-            host_config: Some(host),
-            networking_config,
-            ..Default::default()
-        }
+        self.config.clone().into_body(
+            image,
+            self.mounts.clone(),
+            self.host.clone(),
+            &self.networks,
+        )
     }
 
     /// The networks beyond the first, connected after creation.
