@@ -308,11 +308,7 @@ impl Engine {
                 .and_then(|s| s.status)
                 .map(|s| enum_text(&s))
                 .unwrap_or_default(),
-            health: state
-                .and_then(|s| s.health.as_ref())
-                .and_then(|h| h.status)
-                .map(|s| enum_text(&s))
-                .filter(|s| !s.is_empty() && s != "none"),
+            health: state.and_then(health_of),
             fingerprint: fingerprint(inspect, image_config.as_ref()),
             depends_on,
             compose_labels: COMPOSE_BOOKKEEPING_LABELS
@@ -655,13 +651,8 @@ impl Engine {
             return false;
         };
         let state = inspect.state.unwrap_or_default();
-        let health = state
-            .health
-            .as_ref()
-            .and_then(|h| h.status)
-            .map(|s| enum_text(&s))
-            .filter(|s| !s.is_empty() && s != "none");
-        state.running.unwrap_or(false) && matches!(health.as_deref(), None | Some("healthy"))
+        state.running.unwrap_or(false)
+            && matches!(health_of(&state).as_deref(), None | Some("healthy"))
     }
 
     /// Put the container parked by a recreate back under `name`, in place of
@@ -760,12 +751,7 @@ impl Engine {
                 .await
                 .map_err(|e| self.error(&format!("container {name}"), e))?;
             let state = inspect.state.clone().unwrap_or_default();
-            let health = state
-                .health
-                .as_ref()
-                .and_then(|h| h.status)
-                .map(|s| enum_text(&s))
-                .filter(|s| !s.is_empty() && s != "none");
+            let health = health_of(&state);
             let running = state.running.unwrap_or(false);
             let restarting = state.restarting.unwrap_or(false);
             match health.as_deref() {
@@ -852,6 +838,17 @@ fn not_modified(e: bollard::errors::Error) -> Result<(), bollard::errors::Error>
         } => Ok(()),
         other => Err(other),
     }
+}
+
+/// A container's health (`healthy`, `unhealthy`, `starting`), or None
+/// without a healthcheck.
+fn health_of(state: &bollard::models::ContainerState) -> Option<String> {
+    state
+        .health
+        .as_ref()
+        .and_then(|h| h.status)
+        .map(|s| enum_text(&s))
+        .filter(|s| !s.is_empty() && s != "none")
 }
 
 /// How long a container is given to stop (its own setting, else Docker's 10 s).

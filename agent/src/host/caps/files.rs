@@ -130,6 +130,36 @@ impl Place {
 impl CallState {
     /// Check the path, then run a blocking file operation off the async
     /// runtime, bounded by the call's deadline and the capability's timeout.
+    /// A write (`op`) of the whole of `contents` by `write`, counted
+    /// against the state directory's quota. A torn-write fault lands the
+    /// first half (`write`'s last argument false), then fails the call.
+    async fn write_by(
+        &mut self,
+        op: &'static str,
+        path: String,
+        contents: Vec<u8>,
+        write: fn(&Place, &[u8], bool) -> io::Result<()>,
+    ) -> Result<(), FileError> {
+        if self.gate(op, &path, true)? {
+            let half = contents[..contents.len() / 2].to_vec();
+            self.with_file(&path, move |p| write(p, &half, false))
+                .await?;
+            return Err(FileError::Io(format!(
+                "{path}: the write stopped half-way {}",
+                crate::host::state::INJECTED
+            )));
+        }
+        let after = self
+            .charge_state(&path, Some(contents.len() as u64))
+            .await?;
+        self.with_file(&path, move |p| write(p, &contents, true))
+            .await?;
+        if after.is_some() {
+            self.state_usage = after;
+        }
+        Ok(())
+    }
+
     fn with_file<T: Send + 'static>(
         &self,
         path: &str,
@@ -211,47 +241,13 @@ impl Host for CallState {
     }
 
     async fn write(&mut self, path: String, contents: Vec<u8>) -> Result<(), FileError> {
-        if self.gate("write", &path, true)? {
-            // A torn write: the first half lands, in place, then the call fails.
-            let half = contents[..contents.len() / 2].to_vec();
-            self.with_file(&path, move |p| write_atomic(p, &half))
-                .await?;
-            return Err(FileError::Io(format!(
-                "{path}: the write stopped half-way {}",
-                crate::host::state::INJECTED
-            )));
-        }
-        let after = self
-            .charge_state(&path, Some(contents.len() as u64))
-            .await?;
-        self.with_file(&path, move |p| write_atomic(p, &contents))
-            .await?;
-        if after.is_some() {
-            self.state_usage = after;
-        }
-        Ok(())
+        self.write_by("write", path, contents, |p, c, _| write_atomic(p, c))
+            .await
     }
 
     async fn write_in_place(&mut self, path: String, contents: Vec<u8>) -> Result<(), FileError> {
-        if self.gate("write-in-place", &path, true)? {
-            // A torn write: the first half lands over the old contents.
-            let half = contents[..contents.len() / 2].to_vec();
-            self.with_file(&path, move |p| write_in_place(p, &half, false))
-                .await?;
-            return Err(FileError::Io(format!(
-                "{path}: the write stopped half-way {}",
-                crate::host::state::INJECTED
-            )));
-        }
-        let after = self
-            .charge_state(&path, Some(contents.len() as u64))
-            .await?;
-        self.with_file(&path, move |p| write_in_place(p, &contents, true))
-            .await?;
-        if after.is_some() {
-            self.state_usage = after;
-        }
-        Ok(())
+        self.write_by("write-in-place", path, contents, write_in_place)
+            .await
     }
 
     async fn remove(&mut self, path: String) -> Result<(), FileError> {
