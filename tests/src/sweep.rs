@@ -525,6 +525,8 @@ pub async fn silent_flood(connections: usize, sources: usize) -> SilentFlood {
     }
     times.sort_by(|a, b| a.total_cmp(b));
     tally.operator_median_ms = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+    // Polled every 100 ms: this measures how long the reconnection takes
+    // (the shared `eventually` waits without timing, and blocks).
     let deadline = restarted + Duration::from_secs(30);
     while Instant::now() < deadline {
         if fleet.is_connected("db-1").await {
