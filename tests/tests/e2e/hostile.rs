@@ -67,7 +67,7 @@ fn run(agent: &Agent, target: &str, action: &str) -> Measured {
 fn agent() -> Agent {
     Agent::new(&format!(
         "{}\
-         [targets.logs]\nplugin = \"flood\"\nsettings = {{ log_mib = 80 }}\n\n\
+         [targets.logs]\nplugin = \"flood\"\nsettings = {{ log_mib = 400 }}\n\n\
          [targets.progress]\nplugin = \"flood\"\nsettings = {{ progress = 200000, raw = true }}\n\n\
          [targets.big]\nplugin = \"flood\"\nmemory_limit = \"1GiB\"\nsettings = {{ snapshot_mib = 200 }}\n\n\
          [targets.files]\nplugin = \"flood\"\nstate_files = 1000\nsettings = {{ state_files = 10000 }}\n",
@@ -88,7 +88,7 @@ fn floods_end_with_their_named_limit_in_bounded_memory_and_output() {
     let warm = run(&agent, "logs", "describe");
     assert_eq!(json(&warm)["ok"], true, "{}", warm.stderr);
 
-    // 80 MiB of log lines: the result keeps at most 1 MiB and says so.
+    // 400 MiB of log lines: the result keeps at most 1 MiB and says so.
     let logs = run(&agent, "logs", "restore");
     let report = json(&logs);
     assert_eq!(report["ok"], true, "{report}");
@@ -105,7 +105,9 @@ fn floods_end_with_their_named_limit_in_bounded_memory_and_output() {
         "{} bytes of output",
         logs.stdout.len()
     );
-    assert!(logs.peak_rss_mib < 128, "{} MiB", logs.peak_rss_mib);
+    // Holding the flood would take 400 MiB; the agent's own peak under a
+    // full suite's load has reached 131 MiB (42 MiB alone).
+    assert!(logs.peak_rss_mib < 256, "{} MiB", logs.peak_rss_mib);
 
     // 200,000 progress reports, each at 100% and straight to the host
     // (past the SDK's own limit): at most one per 100 ms reaches the
@@ -133,7 +135,9 @@ fn floods_end_with_their_named_limit_in_bounded_memory_and_output() {
         .to_string();
     let dropped: usize = warning.split(' ').next().unwrap().parse().unwrap();
     assert_eq!(dropped + reports, 200_000, "{warning}");
-    assert!(progress.peak_rss_mib < 128, "{} MiB", progress.peak_rss_mib);
+    // The same bound as the log flood's: no runaway growth (the agent's
+    // own peak under a full suite's load reaches about 130 MiB).
+    assert!(progress.peak_rss_mib < 256, "{} MiB", progress.peak_rss_mib);
 
     // A 200 MiB snapshot: refused by name; the agent holds little beyond
     // the plugin's own 200 MiB.
@@ -159,5 +163,5 @@ fn floods_end_with_their_named_limit_in_bounded_memory_and_output() {
         .unwrap()
         .count();
     assert_eq!(kept, 1000);
-    assert!(files.peak_rss_mib < 128, "{} MiB", files.peak_rss_mib);
+    assert!(files.peak_rss_mib < 256, "{} MiB", files.peak_rss_mib);
 }
