@@ -361,6 +361,16 @@ pub struct PostgresGrant {
     pub timeout: Duration,
 }
 
+impl PostgresGrant {
+    /// Whether `databases` lists `database` (by name or by prefix).
+    pub fn lists(&self, database: &str) -> bool {
+        self.databases.iter().any(|d| match d.strip_suffix('*') {
+            Some(prefix) => database.starts_with(prefix),
+            None => d == database,
+        })
+    }
+}
+
 /// How long a statement may run unless `grant.postgres.timeout` says.
 pub const DEFAULT_SQL_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub notifications: Family<Labels, Counter>,
     pub agent_messages_refused: Family<Labels, Counter>,
     pub leader_term: Gauge,
+    pub watch_streams: Gauge,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -37,12 +38,34 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     notifications: Family::default(),
     agent_messages_refused: Family::default(),
     leader_term: Gauge::default(),
+    watch_streams: Gauge::default(),
 });
+
+/// Counts one open thing on a gauge for as long as it lives.
+pub struct Open(&'static Gauge);
+
+impl Open {
+    pub fn new(gauge: &'static Gauge) -> Open {
+        gauge.inc();
+        Open(gauge)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 /// The registry to serve: the same metrics, named and described.
 pub fn registry() -> Arc<Registry> {
     let m = &*METRICS;
     let mut registry = Registry::with_prefix("rewind");
+    registry.register(
+        "watch_streams",
+        "Watch streams open to operators (rewind watch, the web page)",
+        m.watch_streams.clone(),
+    );
     registry.register(
         "agents_connected",
         "Agents with a session to this coordinator",

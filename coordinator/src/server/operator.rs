@@ -326,6 +326,7 @@ impl OperatorService for OperatorApi {
         let store = self.shared.store.clone();
         let leadership = self.leadership.clone();
         let stream = async_stream(move |tx| async move {
+            let _open = crate::metrics::Open::new(&crate::metrics::METRICS.watch_streams);
             // Send the events after `last`; true when the run ended or the
             // watcher left.
             async fn send_all(

@@ -283,3 +283,49 @@ async fn the_coordinators_and_an_agents_metrics_move_with_runs() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_of_a_paused_run_ends_when_its_watcher_leaves() {
+    use rewind_tests::wait::eventually;
+    let mut fleet = TestFleet::start(vec![host("db-1", "data").with("fail = true")], None).await;
+    let port = free_port();
+    fleet.fleet.coordinator_settings = format!("metrics = \"127.0.0.1:{port}\"");
+    fleet.reconfigure(String::new(), 1).await;
+    fleet.checkpoint("v1").await;
+    // A paused run waits for a person, maybe for days.
+    let pausing = "[[stage]]\nname = \"data\"\nselect = { tier = \"data\" }\ntarget = \"app\"\non_failure = \"pause\"\n";
+    let run = fleet.start_run(pausing, "v1").await;
+    fleet.events_until(&run, |e| e.kind == "run-paused").await;
+
+    let streams = || value(&scrape(port), "rewind_watch_streams", &[]);
+    assert_eq!(streams(), 0.0);
+    let mut watchers: Vec<std::process::Child> = (0..3)
+        .map(|_| {
+            fleet
+                .command("viewer", &["watch", &run])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("rewind watch")
+        })
+        .collect();
+    eventually("three watch streams open", Duration::from_secs(20), || {
+        match streams() {
+            3.0 => Ok(()),
+            n => Err(n),
+        }
+    });
+    for watcher in &mut watchers {
+        watcher.kill().unwrap();
+        watcher.wait().unwrap();
+    }
+    // The run is still paused; its watchers' streams end all the same.
+    eventually("every watch stream closed", Duration::from_secs(20), || {
+        match streams() {
+            0.0 => Ok(()),
+            n => Err(n),
+        }
+    });
+    assert!(fleet.rewind("ops", &["cancel", &run]).success);
+    fleet.finish(&run).await;
+}

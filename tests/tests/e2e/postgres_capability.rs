@@ -119,16 +119,58 @@ async fn sql_on_granted_databases_with_text_values_and_parameters_as_data() {
     .await
     .unwrap_err();
     assert!(error.contains("needs admin = true"), "{error}");
-    // With admin, the postgres database can administer the others.
-    let details = run(&agent(
+    // With admin, the postgres database administers the granted
+    // databases, and only them.
+    let error = run(&agent(
         &pg,
         "postgres",
         json!([{ "sql": "ALTER DATABASE other RENAME TO other_old", "execute": true }]),
         r#"databases = ["shop"], admin = true"#,
     ))
     .await
+    .unwrap_err();
+    assert!(
+        error.contains("target db's admin grant refuses")
+            && error.contains("database other is not granted"),
+        "{error}"
+    );
+    let details = run(&agent(
+        &pg,
+        "postgres",
+        json!([{ "sql": "ALTER DATABASE other RENAME TO other_old", "execute": true }]),
+        r#"databases = ["shop", "other*"], admin = true"#,
+    ))
+    .await
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(details, ["0"]);
+    // Nothing but those: no roles, no server files, no programs.
+    for (sql, why) in [
+        ("CREATE ROLE boss SUPERUSER LOGIN", "CREATE is not among the forms"),
+        ("SELECT pg_read_file('/etc/passwd')", "`pg_read_file`"),
+        (
+            "COPY (SELECT 1) TO PROGRAM 'touch /tmp/rewind-admin-escape'",
+            "COPY is not among the forms",
+        ),
+        (
+            "SELECT 1; CREATE ROLE boss SUPERUSER LOGIN",
+            "CREATE is not among the forms",
+        ),
+    ] {
+        let error = run(&agent(
+            &pg,
+            "postgres",
+            json!([{ "sql": sql, "execute": true }]),
+            r#"databases = ["shop", "other*"], admin = true"#,
+        ))
+        .await
+        .unwrap_err();
+        assert!(error.contains(why), "{sql}: {error}");
+    }
+    assert_eq!(
+        pg.psql("rewind", "SELECT count(*) FROM pg_roles WHERE rolname = 'boss'"),
+        "0",
+        "no role was made"
+    );
     assert_eq!(
         pg.psql(
             "rewind",

@@ -6,6 +6,7 @@ pub mod docker;
 pub mod files;
 pub mod http;
 pub mod log;
+mod pg_admin;
 pub mod postgres;
 pub mod process;
 pub mod progress;

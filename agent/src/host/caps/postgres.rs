@@ -181,10 +181,7 @@ impl CallState {
         let grant = self.target.grant.postgres.clone().ok_or_else(|| {
             PgError::Denied(format!("target {} has no grant.postgres", self.target.name))
         })?;
-        let allowed = grant.databases.iter().any(|d| match d.strip_suffix('*') {
-            Some(prefix) => database.starts_with(prefix),
-            None => d == database,
-        }) || (database == "postgres" && grant.admin);
+        let allowed = grant.lists(database) || (database == "postgres" && grant.admin);
         if !allowed {
             return Err(PgError::Denied(format!(
                 "database {database} is not granted to target {} (grant.postgres.databases = [{}]{})",
@@ -198,6 +195,25 @@ impl CallState {
             )));
         }
         Ok(grant)
+    }
+
+    /// On the `postgres` database reached through `admin = true`, only
+    /// the statements of [`pg_admin`](super::pg_admin) run.
+    fn pg_admin_check(
+        &self,
+        database: &str,
+        grant: &PostgresGrant,
+        sql: &str,
+    ) -> Result<(), PgError> {
+        if grant.lists(database) {
+            return Ok(());
+        }
+        super::pg_admin::check(sql, &|name| grant.lists(name)).map_err(|why| {
+            PgError::Denied(format!(
+                "target {}'s admin grant refuses {why}",
+                self.target.name
+            ))
+        })
     }
 
     /// This call's connection to `database`, opened on first use. A call
@@ -297,6 +313,7 @@ impl CallState {
     ) -> Result<Rows, PgError> {
         let grant = self.pg_grant(database)?;
         let sql = self.pg_bind(database, &grant, sql, params).await?;
+        self.pg_admin_check(database, &grant, &sql)?;
         let limit = self.deadline.saturating_duration_since(Instant::now());
         let connection = self.pg_connection(database, &grant).await?;
         let work = async {
@@ -367,6 +384,7 @@ impl CallState {
     ) -> Result<u64, PgError> {
         let grant = self.pg_grant(database)?;
         let sql = self.pg_bind(database, &grant, sql, params).await?;
+        self.pg_admin_check(database, &grant, &sql)?;
         let limit = self.deadline.saturating_duration_since(Instant::now());
         let connection = self.pg_connection(database, &grant).await?;
         let work = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *connection);
