@@ -1,11 +1,13 @@
 //! One agent per state directory: two agents on one directory would both
-//! act on the steps its ledger records. The first to start writes its pid
-//! into `<state_dir>/agent.pid` (created exclusively); another refuses to
-//! start, naming the holder. A file left by an agent that died (its pid
-//! gone, or now another program's) is taken over. No descriptor is held
-//! open: a process hosting many agents (the fleet benchmark) would run out.
+//! act on the steps its ledger records. The first to start makes
+//! `<state_dir>/agent.pid` a symbolic link whose target is its pid: made
+//! exclusively, in one step, and with no data block, so that it is taken on
+//! a full disk too (the day a rollback is needed). Another agent refuses to
+//! start, naming the holder. A link left by an agent that died (its pid
+//! gone, or now another program's) is taken over, as is a plain file of
+//! the same name holding a pid. No descriptor is held open: a process
+//! hosting many agents (the fleet benchmark) would run out.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub struct StateLock {
@@ -17,6 +19,14 @@ fn program_of(pid: u32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
 
+/// The pid that `path` names: a link's target, or a file's text.
+fn holder(path: &Path) -> Option<u32> {
+    match std::fs::read_link(path) {
+        Ok(target) => target.to_str()?.trim().parse().ok(),
+        Err(_) => std::fs::read_to_string(path).ok()?.trim().parse().ok(),
+    }
+}
+
 impl StateLock {
     /// Hold `state_dir` for this agent, or say who does.
     pub fn take(state_dir: &Path) -> Result<StateLock, String> {
@@ -26,21 +36,10 @@ impl StateLock {
         let me = std::process::id();
         let own_program = program_of(me);
         for _ in 0..3 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut file) => {
-                    writeln!(file, "{me}")
-                        .and_then(|()| file.sync_all())
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
-                    return Ok(StateLock { path });
-                }
+            match std::os::unix::fs::symlink(me.to_string(), &path) {
+                Ok(()) => return Ok(StateLock { path }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let holder: Option<u32> = std::fs::read_to_string(&path)
-                        .ok()
-                        .and_then(|t| t.trim().parse().ok());
+                    let holder = holder(&path);
                     let running = holder.and_then(program_of);
                     if let (Some(pid), Some(program)) = (holder, running)
                         && Some(&program) == own_program.as_ref()
@@ -69,11 +68,7 @@ impl StateLock {
 
 impl Drop for StateLock {
     fn drop(&mut self) {
-        let mine = std::fs::read_to_string(&self.path)
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok())
-            == Some(std::process::id());
-        if mine {
+        if holder(&self.path) == Some(std::process::id()) {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -94,7 +89,7 @@ mod tests {
             "{error}"
         );
         drop(first);
-        assert!(!dir.path().join("agent.pid").exists());
+        assert!(std::fs::symlink_metadata(dir.path().join("agent.pid")).is_err());
         // A pid that runs another program (or none) left the file: taken over.
         std::fs::write(dir.path().join("agent.pid"), "1\n").unwrap();
         let _again = StateLock::take(dir.path()).unwrap();

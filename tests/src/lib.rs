@@ -178,6 +178,7 @@ pub use rewind_agent::host;
 
 pub mod alembic;
 pub mod cdn;
+pub mod disk;
 pub mod docker;
 pub mod drills;
 pub mod etcd;

@@ -309,23 +309,27 @@ async fn a_watch_of_a_paused_run_ends_when_its_watcher_leaves() {
                 .expect("rewind watch")
         })
         .collect();
-    eventually("three watch streams open", Duration::from_secs(20), || {
-        match streams() {
+    eventually(
+        "three watch streams open",
+        Duration::from_secs(20),
+        || match streams() {
             3.0 => Ok(()),
             n => Err(n),
-        }
-    });
+        },
+    );
     for watcher in &mut watchers {
         watcher.kill().unwrap();
         watcher.wait().unwrap();
     }
     // The run is still paused; its watchers' streams end all the same.
-    eventually("every watch stream closed", Duration::from_secs(20), || {
-        match streams() {
+    eventually(
+        "every watch stream closed",
+        Duration::from_secs(20),
+        || match streams() {
             0.0 => Ok(()),
             n => Err(n),
-        }
-    });
+        },
+    );
     assert!(fleet.rewind("ops", &["cancel", &run]).success);
     fleet.finish(&run).await;
 }

@@ -145,7 +145,10 @@ async fn sql_on_granted_databases_with_text_values_and_parameters_as_data() {
     assert_eq!(details, ["0"]);
     // Nothing but those: no roles, no server files, no programs.
     for (sql, why) in [
-        ("CREATE ROLE boss SUPERUSER LOGIN", "CREATE is not among the forms"),
+        (
+            "CREATE ROLE boss SUPERUSER LOGIN",
+            "CREATE is not among the forms",
+        ),
         ("SELECT pg_read_file('/etc/passwd')", "`pg_read_file`"),
         (
             "COPY (SELECT 1) TO PROGRAM 'touch /tmp/rewind-admin-escape'",
@@ -167,7 +170,10 @@ async fn sql_on_granted_databases_with_text_values_and_parameters_as_data() {
         assert!(error.contains(why), "{sql}: {error}");
     }
     assert_eq!(
-        pg.psql("rewind", "SELECT count(*) FROM pg_roles WHERE rolname = 'boss'"),
+        pg.psql(
+            "rewind",
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'boss'"
+        ),
         "0",
         "no role was made"
     );

@@ -300,3 +300,51 @@ async fn a_second_agent_on_the_same_state_directory_refuses_to_start() {
     let run = fleet.start_run(plan, "v1").await;
     assert_eq!(fleet.finish(&run).await.status, "succeeded");
 }
+
+/// A full disk on the day of a rollback: the agent starts all the same
+/// (its lock and its ledger take no new space), a step whose record cannot
+/// be written fails without acting, and once there is room the rollback
+/// runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_on_a_full_disk_starts_and_acts_only_once_it_can_record() {
+    let mut hosts = eight_hosts();
+    // A large snapshot: its step's record cannot fit in a page's slack.
+    hosts[1] = host("api-1", "core").with("pad = 20000");
+    let mut fleet = TestFleet::start(hosts, None).await;
+    fleet.checkpoint("v1").await;
+    let run = fleet.start_run(&four_stage_plan(""), "v1").await;
+    assert_eq!(fleet.finish(&run).await.status, "succeeded");
+    std::fs::remove_file(fleet.records.join("api-1.log")).unwrap();
+
+    fleet.fleet.kill_agent("api-1");
+    let disk =
+        rewind_tests::disk::SmallDisk::over(&fleet.fleet.host_dir("api-1").join("state"), "16m");
+    disk.fill();
+    fleet.fleet.start_agent("api-1").expect("restarted agent");
+    fleet.wait_connected(8).await;
+
+    let run = fleet.start_run(&four_stage_plan(""), "v1").await;
+    let report = fleet.finish(&run).await;
+    assert_eq!(report.status, "failed", "{report:?}");
+    let api1 = report.steps.iter().find(|s| s.agent == "api-1").unwrap();
+    let error = api1.error.as_ref().expect("api-1's step failed");
+    assert!(
+        error
+            .message
+            .contains("cannot record the step before acting")
+            && error.message.contains("No space left on device"),
+        "{error:?}"
+    );
+    assert!(
+        fleet.records("api-1").is_empty(),
+        "api-1 acted without a record: {:?}",
+        fleet.records("api-1")
+    );
+
+    disk.free();
+    let run = fleet.start_run(&four_stage_plan(""), "v1").await;
+    let report = fleet.finish(&run).await;
+    assert_eq!(report.status, "succeeded", "{report:?}");
+    let kinds: Vec<String> = fleet.records("api-1").into_iter().map(|(k, _)| k).collect();
+    assert_eq!(kinds, ["start", "end"]);
+}

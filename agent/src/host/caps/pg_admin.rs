@@ -157,7 +157,10 @@ fn words(sql: &str) -> Result<Vec<Vec<Word>>, String> {
             while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
                 i += 1;
             }
-            push(&mut statements, Word::Number(chars[start..i].iter().collect()));
+            push(
+                &mut statements,
+                Word::Number(chars[start..i].iter().collect()),
+            );
         } else if let Some(p) = PUNCT.iter().find(|p| {
             p.chars()
                 .enumerate()
@@ -178,23 +181,75 @@ fn words(sql: &str) -> Result<Vec<Vec<Word>>, String> {
 }
 
 fn push(statements: &mut [Vec<Word>], word: Word) {
-    statements.last_mut().expect("one statement at least").push(word);
+    statements
+        .last_mut()
+        .expect("one statement at least")
+        .push(word);
 }
 
 /// The words a catalogue query may use besides strings and numbers.
 const SELECT_WORDS: &[&str] = &[
     // Keywords.
-    "select", "from", "where", "and", "or", "not", "order", "by", "asc", "desc", "limit",
-    "offset", "as", "is", "null", "true", "false", "in", "like", "distinct", "group", "having",
+    "select",
+    "from",
+    "where",
+    "and",
+    "or",
+    "not",
+    "order",
+    "by",
+    "asc",
+    "desc",
+    "limit",
+    "offset",
+    "as",
+    "is",
+    "null",
+    "true",
+    "false",
+    "in",
+    "like",
+    "distinct",
+    "group",
+    "having",
     // Types for casts.
-    "text", "int", "integer", "bigint", "oid", "name", "boolean",
+    "text",
+    "int",
+    "integer",
+    "bigint",
+    "oid",
+    "name",
+    "boolean",
     // The catalogue about databases and their sessions.
-    "pg_database", "pg_stat_activity", "datname", "datdba", "encoding", "datcollate",
-    "datctype", "datallowconn", "datconnlimit", "datistemplate", "pid", "usename",
-    "application_name", "state", "backend_type",
+    "pg_database",
+    "pg_stat_activity",
+    "datname",
+    "datdba",
+    "encoding",
+    "datcollate",
+    "datctype",
+    "datallowconn",
+    "datconnlimit",
+    "datistemplate",
+    "pid",
+    "usename",
+    "application_name",
+    "state",
+    "backend_type",
     // Functions without effects beyond reading that catalogue.
-    "pg_database_size", "pg_get_userbyid", "pg_encoding_to_char", "starts_with",
-    "pg_backend_pid", "pg_sleep", "count", "max", "min", "lower", "upper", "coalesce", "length",
+    "pg_database_size",
+    "pg_get_userbyid",
+    "pg_encoding_to_char",
+    "starts_with",
+    "pg_backend_pid",
+    "pg_sleep",
+    "count",
+    "max",
+    "min",
+    "lower",
+    "upper",
+    "coalesce",
+    "length",
 ];
 
 /// Check every statement of `sql` against the forms; `granted` says
@@ -222,9 +277,12 @@ fn check_statement(words: &[Word], granted: &dyn Fn(&str) -> bool) -> Result<(),
         }
     };
     let first = words.first().and_then(Word::name).unwrap_or_default();
-    let keywords_only = |allowed: &[&str]| words[1..].iter().all(|w| allowed.iter().any(|k| w.is(k)));
+    let keywords_only =
+        |allowed: &[&str]| words[1..].iter().all(|w| allowed.iter().any(|k| w.is(k)));
     match first {
-        "begin" | "commit" | "rollback" | "end" if keywords_only(&["work", "transaction"]) => Ok(()),
+        "begin" | "commit" | "rollback" | "end" if keywords_only(&["work", "transaction"]) => {
+            Ok(())
+        }
         "create" if words.get(1).is_some_and(|w| w.is("database")) => {
             database(words.get(2))?;
             create_options(&words[3..], granted)
@@ -300,7 +358,11 @@ fn create_options(words: &[Word], granted: &dyn Fn(&str) -> bool) -> Result<(), 
                     return Err(format!("{name} takes a value"));
                 }
             }
-            _ => return Err(format!("CREATE DATABASE's option {name} is not among the forms")),
+            _ => {
+                return Err(format!(
+                    "CREATE DATABASE's option {name} is not among the forms"
+                ));
+            }
         }
     }
     Ok(())
@@ -349,7 +411,9 @@ fn check_select(words: &[Word], granted: &dyn Fn(&str) -> bool) -> Result<(), St
     for word in words {
         match word {
             Word::Bare(w) if !SELECT_WORDS.contains(&w.as_str()) => {
-                return Err(format!("`{w}` is not among the words a catalogue read may use"));
+                return Err(format!(
+                    "`{w}` is not among the words a catalogue read may use"
+                ));
             }
             Word::Quoted(w) => {
                 return Err(format!("the quoted name \"{w}\" is not among the forms"));
@@ -415,21 +479,54 @@ mod tests {
 
     #[test]
     fn anything_else_is_refused_naming_why() {
-        refused("ALTER DATABASE other RENAME TO shop_rewind_x", "database other is not granted");
-        refused("ALTER DATABASE shop RENAME TO other", "database other is not granted");
-        refused("DROP DATABASE customers", "database customers is not granted");
-        refused("CREATE DATABASE shop_rewind_x TEMPLATE customers", "template customers");
-        refused("CREATE ROLE boss SUPERUSER", "CREATE is not among the forms");
-        refused("ALTER ROLE rewind SUPERUSER", "ALTER is not among the forms");
-        refused("ALTER DATABASE shop OWNER TO boss", "ALTER DATABASE may rename");
-        refused("ALTER SYSTEM SET archive_command = 'x'", "ALTER is not among");
-        refused("COPY (SELECT 1) TO PROGRAM 'id'", "COPY is not among the forms");
+        refused(
+            "ALTER DATABASE other RENAME TO shop_rewind_x",
+            "database other is not granted",
+        );
+        refused(
+            "ALTER DATABASE shop RENAME TO other",
+            "database other is not granted",
+        );
+        refused(
+            "DROP DATABASE customers",
+            "database customers is not granted",
+        );
+        refused(
+            "CREATE DATABASE shop_rewind_x TEMPLATE customers",
+            "template customers",
+        );
+        refused(
+            "CREATE ROLE boss SUPERUSER",
+            "CREATE is not among the forms",
+        );
+        refused(
+            "ALTER ROLE rewind SUPERUSER",
+            "ALTER is not among the forms",
+        );
+        refused(
+            "ALTER DATABASE shop OWNER TO boss",
+            "ALTER DATABASE may rename",
+        );
+        refused(
+            "ALTER SYSTEM SET archive_command = 'x'",
+            "ALTER is not among",
+        );
+        refused(
+            "COPY (SELECT 1) TO PROGRAM 'id'",
+            "COPY is not among the forms",
+        );
         refused("DO $$BEGIN PERFORM 1; END$$", "`$` is not among");
         refused("DO 'BEGIN PERFORM 1; END'", "DO is not among");
         refused("SELECT pg_read_file('/etc/passwd')", "`pg_read_file`");
-        refused("SELECT pg_catalog.pg_read_file('/etc/passwd')", "`pg_catalog`");
+        refused(
+            "SELECT pg_catalog.pg_read_file('/etc/passwd')",
+            "`pg_catalog`",
+        );
         refused("SELECT \"pg_read_file\"('/etc/passwd')", "quoted name");
-        refused("SELECT set_config('log_statement', 'all', false)", "`set_config`");
+        refused(
+            "SELECT set_config('log_statement', 'all', false)",
+            "`set_config`",
+        );
         refused("SELECT datname INTO stolen FROM pg_database", "`into`");
         refused("SELECT 1; SET ROLE postgres", "SET is not among");
         refused(
@@ -440,7 +537,10 @@ mod tests {
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'other'",
             "database other is not granted",
         );
-        refused("SELECT 'a\\' ; DROP DATABASE x; --'", "backslash in a plain string");
+        refused(
+            "SELECT 'a\\' ; DROP DATABASE x; --'",
+            "backslash in a plain string",
+        );
         refused("SELECT U&'\\0041'", "escaped names");
         refused("SELECT $q$x$q$", "`$` is not among");
         refused("SELECT 1 /* open", "comment is not closed");
