@@ -484,6 +484,11 @@ impl TestFleet {
             body: Some(agent_message::Body::Hello(Hello {
                 agent: name.to_string(),
                 labels: [("tier".to_string(), "none".to_string())].into(),
+                targets: vec![rewind_proto::v1::TargetInfo {
+                    name: "app".into(),
+                    plugin: "recorder".into(),
+                    ..Default::default()
+                }],
                 finished,
                 ..Default::default()
             })),

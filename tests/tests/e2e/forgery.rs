@@ -258,3 +258,68 @@ async fn an_agents_oversized_progress_and_result_are_cut_before_they_are_kept() 
         events.iter().map(|e| e.message.len()).max().unwrap_or(0)
     );
 }
+
+/// An agent that stops reading its stream (hung, or hostile) while the
+/// coordinator has more for it than its queue holds: the coordinator drops
+/// the stream and says so in it, so that the agent reconnects, and the
+/// operators' previews for it fail instead of waiting on a dead stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_that_does_not_read_its_stream_is_dropped_and_told_to_reconnect() {
+    use rewind_proto::v1::PlanRequest;
+    // A 20 KB snapshot: each preview request sent to a1 carries it, so the
+    // transport's flow-control window holds few of them.
+    let mut fleet = TestFleet::start(vec![host("a1", "none").with("pad = 20000")], None).await;
+    fleet.checkpoint("v1").await;
+    fleet.fleet.kill_agent("a1");
+    fleet.wait_disconnected("a1").await;
+    // a1's own certificate, on a connection that never reads what it is sent.
+    let mut impostor = fleet.impostor("a1", vec![]).await;
+    let plan = "[[stage]]\nname = \"all\"\nselect = { tier = \"none\" }\ntarget = \"app\"\n";
+    // More previews than the agent's queue (4,096) and the transport's
+    // window hold, each waiting on a1's answer: 330 operator connections of
+    // 16 calls each (the coordinator's limit per connection).
+    let mut previews = tokio::task::JoinSet::new();
+    for _ in 0..330 {
+        let ops = fleet.client("ops").await;
+        for _ in 0..16 {
+            let mut ops = ops.clone();
+            previews.spawn(async move {
+                let _ = ops
+                    .preview(PlanRequest {
+                        plan_toml: plan.into(),
+                        plan_path: "plan.toml".into(),
+                        release: "v1".into(),
+                        ..Default::default()
+                    })
+                    .await;
+            });
+        }
+    }
+    eventually("the coordinator drops a1's unread stream", || async {
+        let log = std::fs::read_to_string(fleet.fleet.dir.join("coordinator.log")).unwrap();
+        log.contains("the agent does not read its stream")
+    })
+    .await;
+    // What a1 finds when it reads again: what was already on the wire,
+    // then the reason, and the end of the stream.
+    let mut read = 0usize;
+    let reason = loop {
+        match tokio::time::timeout(Duration::from_secs(30), impostor.inbound.message()).await {
+            Ok(Ok(Some(_))) => read += 1,
+            Ok(Ok(None)) => panic!("the stream ended without a reason after {read} messages"),
+            Ok(Err(status)) => break status,
+            Err(_) => panic!("the stream neither ended nor gave a reason after {read} messages"),
+        }
+    };
+    assert!(
+        reason
+            .message()
+            .contains("messages were queued unread; reconnect"),
+        "{reason:?}"
+    );
+    assert!(
+        read < 4_096,
+        "the reason came after the whole queue ({read} messages), not at once"
+    );
+    previews.abort_all();
+}
