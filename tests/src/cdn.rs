@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tempfile::TempDir;
 
 /// Serves `GET /path` from the directory `current` points at (resolved on
@@ -127,14 +127,9 @@ impl Varnish {
             port,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while get(port, "/__ready").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "varnishd did not start within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::wait::eventually("varnishd answers", Duration::from_secs(30), || {
+            get(port, "/__ready").ok_or("no answer")
+        });
         varnish
     }
 

@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tempfile::TempDir;
 
 /// The repository of the test images: `rewind-test/app:v1`, `:v2`, ...
@@ -314,8 +314,7 @@ impl Project {
     }
 
     pub fn wait_healthy(&self, within: Duration) {
-        let until = Instant::now() + within;
-        loop {
+        crate::wait::eventually(&format!("project {} is healthy", self.name), within, || {
             let states: Vec<(String, String)> = self
                 .containers()
                 .into_iter()
@@ -328,16 +327,11 @@ impl Project {
                     (name, health)
                 })
                 .collect();
-            if !states.is_empty() && states.iter().all(|(_, h)| h == "healthy") {
-                return;
-            }
-            assert!(
-                Instant::now() < until,
-                "project {} not healthy: {states:?}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            crate::wait::holds(
+                !states.is_empty() && states.iter().all(|(_, h)| h == "healthy"),
+                states,
+            )
+        });
     }
 }
 

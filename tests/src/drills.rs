@@ -5,7 +5,7 @@
 use crate::fleet::TestFleet;
 use rewind_coordinator::drill::report::DrillReport;
 use rewind_proto::v1::{DrillHistoryRequest, DrillRunRef, DrillRunSummary};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use time::OffsetDateTime;
 
 /// A moment at least `ahead` from now, whole seconds, that leaves room in
@@ -97,18 +97,19 @@ pub async fn wait_runs(
     count: usize,
     patience: Duration,
 ) -> Vec<DrillRunSummary> {
-    let deadline = Instant::now() + patience;
-    loop {
-        let runs = history(fleet, drill).await;
-        if runs.len() >= count && runs.iter().all(ended) {
-            return runs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "drill {drill}: not {count} ended run(s) within {patience:?}: {runs:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    crate::wait::eventually_async(
+        &format!("drill {drill}: {count} ended run(s)"),
+        patience,
+        async || {
+            let runs = history(fleet, drill).await;
+            if runs.len() >= count && runs.iter().all(ended) {
+                Ok(runs)
+            } else {
+                Err(runs)
+            }
+        },
+    )
+    .await
 }
 
 /// One drill run, now.
@@ -131,18 +132,11 @@ pub async fn wait_for(
     patience: Duration,
     done: impl Fn(&DrillRunSummary) -> bool,
 ) -> DrillRunSummary {
-    let deadline = Instant::now() + patience;
-    loop {
+    crate::wait::eventually_async(&format!("drill run {run_id}"), patience, async || {
         let now = summary(fleet, run_id).await;
-        if done(&now) {
-            return now;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "drill run {run_id}: not there within {patience:?}: {now:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if done(&now) { Ok(now) } else { Err(now) }
+    })
+    .await
 }
 
 /// A drill run's report, through the operator API.
@@ -172,21 +166,17 @@ pub fn restores(fleet: &TestFleet, host: &str) -> Vec<String> {
 
 /// Wait until a run exists in the journal (a drill's leg starts with its phase).
 pub async fn wait_run(fleet: &TestFleet, run_id: &str, patience: Duration) {
-    let deadline = Instant::now() + patience;
     let mut client = fleet.client("viewer").await;
-    while client
-        .get_run(rewind_proto::v1::RunRef {
-            run_id: run_id.into(),
-        })
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "run {run_id} did not start within {patience:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::wait::eventually_async(&format!("run {run_id} starts"), patience, async || {
+        client
+            .get_run(rewind_proto::v1::RunRef {
+                run_id: run_id.into(),
+            })
+            .await
+            .map(drop)
+            .map_err(|s| s.message().to_string())
+    })
+    .await
 }
 
 /// A 2-stage plan over recorder hosts: data, then core (verified).

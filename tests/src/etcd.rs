@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tempfile::TempDir;
 
 pub struct EtcdServer {
@@ -95,16 +95,13 @@ impl EtcdServer {
             tls_port,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(answer) = server.try_call("kv/range", &json!({ "key": b64("x") }))
-                && answer.get("header").is_some()
-            {
-                return server;
+        crate::wait::eventually("etcd answers", Duration::from_secs(30), || {
+            match server.try_call("kv/range", &json!({ "key": b64("x") })) {
+                Ok(answer) if answer.get("header").is_some() => Ok(()),
+                other => Err(format!("{other:?}")),
             }
-            assert!(Instant::now() < deadline, "etcd did not start within 30 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        });
+        server
     }
 
     pub fn endpoint(&self) -> String {

@@ -351,23 +351,23 @@ impl TestFleet {
     /// Wait until the coordinator lists `agent` as known but not connected.
     pub async fn wait_disconnected(&self, agent: &str) {
         let mut client = self.client("viewer").await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let agents = client
-                .fleet(FleetRequest {})
-                .await
-                .expect("fleet")
-                .into_inner()
-                .agents;
-            if agents.iter().any(|a| a.name == agent && !a.connected) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{agent} is still connected after 30 s: {agents:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        crate::wait::eventually_async(
+            &format!("{agent} is disconnected"),
+            Duration::from_secs(30),
+            async || {
+                let agents = client
+                    .fleet(FleetRequest {})
+                    .await
+                    .expect("fleet")
+                    .into_inner()
+                    .agents;
+                crate::wait::holds(
+                    agents.iter().any(|a| a.name == agent && !a.connected),
+                    agents,
+                )
+            },
+        )
+        .await
     }
 
     /// Whether the coordinator lists `agent` as connected now.

@@ -6,7 +6,7 @@ use crate::fleet::TestFleet;
 use rewind_coordinator::cli::client::{self, Client};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Another coordinator of `fleet`: its configuration with `name` and `port`.
 pub struct OtherCoordinator {
@@ -86,15 +86,15 @@ impl OtherCoordinator {
 
     /// Wait until its log says `what`.
     pub async fn wait_log(&self, what: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.log_text().contains(what) {
-            assert!(
-                Instant::now() < deadline,
-                "coordinator never logged {what:?} within {within:?}:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::wait::eventually_async(
+            &format!("the coordinator logs {what:?}"),
+            within,
+            async || {
+                let log = self.log_text();
+                crate::wait::holds(log.contains(what), log)
+            },
+        )
+        .await
     }
 
     pub async fn client(&self, fleet: &TestFleet, operator: &str) -> Client {

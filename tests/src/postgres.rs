@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tempfile::TempDir;
 
 pub struct PgServer {
@@ -121,8 +121,7 @@ impl PgServer {
     }
 
     fn wait_ready(&self, bin: &Path) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        crate::wait::eventually("PostgreSQL is ready", Duration::from_secs(30), || {
             let ready = Command::new(bin.join("pg_isready"))
                 .arg("-h")
                 .arg(self.dir.path())
@@ -137,17 +136,11 @@ impl PgServer {
                 ])
                 .status()
                 .is_ok_and(|s| s.success());
-            if ready {
-                return;
-            }
-            let log =
-                std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default();
-            assert!(
-                Instant::now() < deadline,
-                "PostgreSQL did not become ready within 30s:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            let log = || {
+                std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+            };
+            crate::wait::holds(ready, ()).map_err(|()| log())
+        });
     }
 
     /// The directory of the server's Unix socket (its `host`).

@@ -26,3 +26,27 @@ pub fn eventually<T, E: Debug>(
         }
     }
 }
+
+/// `eventually` for questions that are asked over the network: the same
+/// patience and failure, without blocking the runtime between tries.
+pub async fn eventually_async<T, E: Debug>(
+    what: &str,
+    patience: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let until = Instant::now() + patience;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= until => {
+                panic!("{what}: not within {patience:?}; last seen: {last:?}")
+            }
+            Err(_) => tokio::time::sleep(EVERY).await,
+        }
+    }
+}
+
+/// `Ok` when `holds`, else what was seen: for `eventually`'s questions.
+pub fn holds<E>(holds: bool, seen: E) -> Result<(), E> {
+    if holds { Ok(()) } else { Err(seen) }
+}

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `rewind ui` as `operator`, on a port of its choosing.
 pub struct WebView {
@@ -109,14 +109,12 @@ impl Browser {
             .process_group(0)
             .spawn()
             .expect("starting chromedriver");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not listen on {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::wait::eventually_async(
+            &format!("chromedriver listens on {port}"),
+            Duration::from_secs(20),
+            async || std::net::TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await;
         let profile = tempfile::tempdir().expect("a profile directory");
         let capabilities = json!({
             "goog:chromeOptions": {
@@ -165,21 +163,20 @@ impl Browser {
 
     /// Wait until `script` returns something truthy in the page; return it.
     pub async fn until(&self, what: &str, within: Duration, script: &str) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
+        crate::wait::eventually_async(&format!("the page shows {what}"), within, async || {
             let value = self.eval(script).await;
             if !matches!(value, Value::Null | Value::Bool(false))
                 && value != json!("")
                 && value != json!(0)
             {
-                return value;
+                return Ok(value);
             }
-            if Instant::now() > deadline {
-                let text = self.eval("return document.body.innerText").await;
-                panic!("the page never showed {what} within {within:?}; it shows:\n{text}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Err(format!(
+                "the page shows:\n{}",
+                self.eval("return document.body.innerText").await
+            ))
+        })
+        .await
     }
 
     /// A screenshot of the page, kept under target/screenshots, and in

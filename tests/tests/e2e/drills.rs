@@ -14,6 +14,7 @@ use rewind_tests::drills::{self, RECORDER_PLAN, cron_at, drill_table, moment, un
 use rewind_tests::fleet::{TestFleet, host};
 use rewind_tests::providers::ProviderApi;
 use rewind_tests::unsigned_plugin;
+use rewind_tests::wait::{eventually, eventually_async, holds};
 use std::path::Path;
 use std::time::Duration;
 
@@ -116,20 +117,11 @@ async fn a_scheduled_drill_rolls_back_and_forward_and_leaves_every_target_on_its
 
     // While the drill rolls back, the targets are on v1.
     until(at).await;
-    let runs = {
-        let deadline = std::time::Instant::now() + MINUTE;
-        loop {
-            let runs = drills::history(&fleet, "nightly").await;
-            if !runs.is_empty() {
-                break runs;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the drill did not fire"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
+    let runs = eventually_async("the drill fires", MINUTE, async || {
+        let runs = drills::history(&fleet, "nightly").await;
+        holds(!runs.is_empty(), ()).map(|()| runs)
+    })
+    .await;
     let id = runs[0].run_id.clone();
     assert_eq!(runs[0].trigger, "schedule");
     drills::wait_for(&fleet, &id, MINUTE, |d| {
@@ -413,6 +405,7 @@ async fn a_missed_schedule_is_caught_up_once() {
         .expect("restarted coordinator");
     fleet.wait_connected(2).await;
     let runs = drills::wait_runs(&fleet, "missed", 1, MINUTE).await;
+    // What is checked is an absence: no second run within 3 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let runs_later: Vec<DrillRunSummary> = drills::history(&fleet, "missed").await;
     assert_eq!(
@@ -584,23 +577,19 @@ async fn a_slower_drill_and_a_stale_one_are_flagged_and_notified_once() {
     assert!(history.stdout.contains("SLOWER"), "{history}");
 
     // Six seconds after the last pass the evidence is stale.
-    let deadline = std::time::Instant::now() + MINUTE;
     let events = |api: &ProviderApi| -> Vec<String> {
         api.requests()
             .iter()
             .map(|r| r.headers.get("x-rewind-event").cloned().unwrap_or_default())
             .collect()
     };
-    while !events(&api).contains(&"drill-stale".to_string()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no stale notice: {:?}",
-            events(&api)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("a stale notice", MINUTE, || {
+        let seen = events(&api);
+        holds(seen.contains(&"drill-stale".to_string()), seen)
+    });
     let list = fleet.rewind("viewer", &["drill", "list"]);
     assert!(list.stdout.contains("STALE (fresh for 6s)"), "{list}");
+    // What is checked is an absence: no second notice within 6 s.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(events(&api), ["drill-slower", "drill-stale"], "each once");
 }
@@ -682,11 +671,9 @@ async fn a_failed_roll_forward_is_critical_paused_and_reported_host_by_host() {
     let forward = fleet.report(&paused.forward_run).await;
     assert_eq!(forward.status, "paused", "{forward:?}");
 
-    let deadline = std::time::Instant::now() + MINUTE;
-    while api.requests().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no notification");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("a notification", MINUTE, || {
+        holds(!api.requests().is_empty(), ())
+    });
     let body: serde_json::Value = serde_json::from_slice(&api.requests()[0].body).unwrap();
     assert_eq!(body["event"], "drill-failed");
     assert_eq!(body["severity"], "critical");

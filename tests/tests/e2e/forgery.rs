@@ -6,7 +6,7 @@
 //! checked from a2's own plugin records.
 
 use rewind_tests::fleet::{TestFleet, forged_failure, forged_success, host};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CORE_ONLY: &str = r#"name = "core"
 
@@ -16,13 +16,12 @@ select = { tier = "core" }
 target = "app"
 "#;
 
-/// Wait until `check` holds, or fail saying what was awaited.
+/// Wait until `check` holds (the shared helper, with 30 s of patience).
 async fn eventually<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within 30 s: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    rewind_tests::wait::eventually_async(what, Duration::from_secs(30), async || {
+        rewind_tests::wait::holds(check().await, ())
+    })
+    .await
 }
 
 async fn refused(fleet: &TestFleet, kind: &str) -> u64 {
@@ -124,6 +123,8 @@ async fn a_forged_result_for_an_offline_agent_is_refused_live_and_in_a_hello() {
         refused(&fleet, "result-from-other-agent").await >= before + 2
     })
     .await;
+    // What is checked is an absence: nothing of the forgery is recorded
+    // within half a second after its refusal.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = fleet.report(&run).await;
     assert_eq!(report.status, "running", "{report:?}");

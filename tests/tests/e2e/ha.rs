@@ -14,6 +14,7 @@ use rewind_tests::free_port;
 use rewind_tests::ha::{OtherCoordinator, Proxy, signal};
 use rewind_tests::postgres::PgServer;
 use rewind_tests::scenarios::assert_ran_once_in_stage_order;
+use rewind_tests::wait::{eventually, eventually_async};
 use std::time::{Duration, Instant};
 
 const LEASE: Duration = Duration::from_secs(2);
@@ -52,14 +53,10 @@ async fn two_coordinators_on(
 /// Wait until the fleet's own coordinator (a) has exited, unsuccessfully;
 /// its log.
 async fn stepped_down(fleet: &mut TestFleet) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = fleet.fleet.coordinator_exited() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "a never stepped down");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = eventually_async("a steps down", Duration::from_secs(30), async || {
+        fleet.fleet.coordinator_exited().ok_or("running")
+    })
+    .await;
     assert!(!status.success(), "{status}");
     std::fs::read_to_string(fleet.fleet.dir.join("coordinator.log")).unwrap()
 }
@@ -97,8 +94,7 @@ async fn a_killed_leaders_run_is_completed_by_the_standby_with_no_step_applied_t
     );
     // The agents find the new leader, and it completes the run.
     let mut client = b.client(&fleet, "viewer").await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let report = loop {
+    let report = eventually_async("the run ends on b", Duration::from_secs(90), async || {
         let report = client
             .get_run(RunRef {
                 run_id: run.clone(),
@@ -107,11 +103,12 @@ async fn a_killed_leaders_run_is_completed_by_the_standby_with_no_step_applied_t
             .unwrap_or_else(|s| panic!("{}", s.message()))
             .into_inner();
         if report.status != "running" {
-            break report;
+            Ok(report)
+        } else {
+            Err(report.status)
         }
-        assert!(Instant::now() < deadline, "the run never ended on b");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await;
     assert_eq!(report.status, "succeeded", "{report:?}");
     assert_ran_once_in_stage_order(&fleet);
     // The same CLI setting reaches b now that a is gone.
@@ -217,7 +214,8 @@ async fn the_journal_refuses_every_write_of_a_deposed_leader() {
         b.append_events(&[event(2)]).await,
         Err(StoreError::Fenced(_))
     ));
-    // a's lease lapses (a paused leader); b takes over with term 2.
+    // a's lease lapses (a paused leader); b takes over with term 2. A
+    // lease is a span of time: waiting it out is what is tested.
     tokio::time::sleep(lease + Duration::from_millis(300)).await;
     assert_eq!(
         b.acquire_lease("b", "https://b:7443", lease).await.unwrap(),
@@ -271,8 +269,7 @@ async fn operators_commands_work_through_a_standby() {
             fleet.rollback_cli(&four_stage_plan(""), "v1", &args)
         });
         // The run, as a lists it, watched live through b.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let run = loop {
+        let run = eventually("a run started through b", Duration::from_secs(30), || {
             let runs = tokio::task::block_in_place(|| {
                 tokio::runtime::Handle::current()
                     .block_on(a.history(rewind_proto::v1::HistoryRequest { limit: 1 }))
@@ -280,12 +277,8 @@ async fn operators_commands_work_through_a_standby() {
             .unwrap()
             .into_inner()
             .runs;
-            if let Some(run) = runs.first() {
-                break run.run_id.clone();
-            }
-            assert!(Instant::now() < deadline, "no run started through b");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+            runs.first().map(|run| run.run_id.clone()).ok_or("none")
+        });
         let watched = run_via_b("viewer", &["watch", &run]);
         assert!(watched.success, "{watched}");
         assert!(watched.stdout.contains("succeeded"), "{watched}");

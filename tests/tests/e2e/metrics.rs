@@ -5,9 +5,10 @@
 use rewind_tests::drills::{RECORDER_PLAN, drill_table, webhook_table};
 use rewind_tests::fleet::{TestFleet, host};
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rewind_tests::free_port;
+use rewind_tests::wait::{eventually, holds};
 
 /// GET /metrics, parsed.
 fn scrape(port: u16) -> prometheus_parse::Scrape {
@@ -108,18 +109,19 @@ async fn the_coordinators_and_an_agents_metrics_move_with_runs() {
 
     // A run that succeeds, scraped while api-1's step is in flight.
     let run = fleet.start_run(plan, "v1").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let during = loop {
-        let scraped = scrape(coordinator_port);
-        if value(&scraped, "rewind_steps_total", &[("outcome", "succeeded")]) >= 2.0 {
-            break scraped;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "db-1's second step never counted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let during = eventually(
+        "db-1's second step is counted",
+        Duration::from_secs(30),
+        || {
+            let scraped = scrape(coordinator_port);
+            let steps = value(&scraped, "rewind_steps_total", &[("outcome", "succeeded")]);
+            if steps >= 2.0 {
+                Ok(scraped)
+            } else {
+                Err(steps)
+            }
+        },
+    );
     assert_eq!(
         value(&during, "rewind_runs_total", &[("outcome", "succeeded")]),
         0.0,
@@ -187,19 +189,18 @@ async fn the_coordinators_and_an_agents_metrics_move_with_runs() {
     );
 
     // The webhook's receiver is down: its delivery is retried, and counted.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while value(
-        &scrape(coordinator_port),
-        "rewind_notification_deliveries_total",
-        &[("webhook", "ops"), ("result", "retry")],
-    ) < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the failed delivery was never counted"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "the failed delivery is counted",
+        Duration::from_secs(30),
+        || {
+            let retries = value(
+                &scrape(coordinator_port),
+                "rewind_notification_deliveries_total",
+                &[("webhook", "ops"), ("result", "retry")],
+            );
+            holds(retries >= 1.0, retries)
+        },
+    );
 
     // A drill that passes; its last pass is read back from the journal by a
     // restarted coordinator.
@@ -286,7 +287,6 @@ async fn the_coordinators_and_an_agents_metrics_move_with_runs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watch_of_a_paused_run_ends_when_its_watcher_leaves() {
-    use rewind_tests::wait::eventually;
     let mut fleet = TestFleet::start(vec![host("db-1", "data").with("fail = true")], None).await;
     let port = free_port();
     fleet.fleet.coordinator_settings = format!("metrics = \"127.0.0.1:{port}\"");

@@ -276,7 +276,8 @@ async fn clients_during_the_swap_see_the_old_or_the_new_database_never_a_partial
         .call("db", restore(&to, "step-1", true))
         .await
         .unwrap_or_else(|e| panic!("restore: {e}"));
-    // Keep reading a moment after the swap.
+    // Keep reading a moment after the swap: what is checked is what every
+    // read in that span sees (the old or the new database, never a partial one).
     std::thread::sleep(std::time::Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let seen = client.join().unwrap();

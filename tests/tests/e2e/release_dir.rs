@@ -6,7 +6,7 @@
 use rewind_tests::fleet::TestFleet;
 use rewind_tests::free_port;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub(crate) fn get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
@@ -19,11 +19,14 @@ pub(crate) fn get(port: u16, path: &str) -> Option<String> {
 }
 
 pub(crate) fn wait_serving(port: u16, version: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while get(port, "/version.txt").as_deref() != Some(version) {
-        assert!(Instant::now() < deadline, "the app never served {version}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    rewind_tests::wait::eventually(
+        &format!("the app serves {version}"),
+        Duration::from_secs(20),
+        || match get(port, "/version.txt") {
+            Some(served) if served == version => Ok(()),
+            other => Err(other),
+        },
+    );
 }
 
 /// releases/v1 and v2 (v2 live), and a restart script that (re)starts the

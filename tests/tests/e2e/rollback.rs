@@ -4,6 +4,8 @@
 
 use rewind_tests::fleet::{TestFleet, eight_hosts, four_stage_plan, host};
 use rewind_tests::scenarios::{self, assert_ran_once_in_stage_order};
+use rewind_tests::wait::{eventually, holds};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_four_stage_rollback_runs_in_dependency_order() {
@@ -55,11 +57,10 @@ async fn an_agent_killed_mid_step_has_its_outcome_recovered_not_repeated() {
     fleet.checkpoint("v1").await;
     let run = fleet.start_run(&four_stage_plan(""), "v1").await;
     // api-1 has done its work and sits before returning: kill it then.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !fleet.records("api-1").iter().any(|(k, _)| k == "end") {
-        assert!(std::time::Instant::now() < deadline, "api-1 never restored");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually("api-1 restores", Duration::from_secs(30), || {
+        let records = fleet.records("api-1");
+        holds(records.iter().any(|(k, _)| k == "end"), records)
+    });
     fleet.fleet.kill_agent("api-1");
     fleet.fleet.start_agent("api-1").expect("restarted agent");
     let report = fleet.finish(&run).await;
@@ -227,15 +228,13 @@ async fn floods_end_with_their_named_limit_and_the_agent_stays_connected() {
         admin.success || admin.stderr.contains("is connected"),
         "{admin}"
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !fleet
-        .rewind("admin", &["fleet", "remove", "big-1"])
-        .stderr
-        .contains("no agent big-1")
-    {
-        assert!(std::time::Instant::now() < deadline, "big-1 not retired");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    eventually("big-1 is retired", Duration::from_secs(30), || {
+        let removed = fleet.rewind("admin", &["fleet", "remove", "big-1"]);
+        holds(
+            removed.stderr.contains("no agent big-1"),
+            removed.to_string(),
+        )
+    });
     fleet.checkpoint("v1").await;
     let plan = "[[stage]]\nname = \"core\"\nselect = { tier = \"core\" }\ntarget = \"app\"\n";
     let output = fleet.rollback_cli(plan, "v1", &[]);
@@ -255,8 +254,11 @@ async fn a_checkpoint_during_a_restore_of_the_same_target_waits_for_it() {
     let plan = "[[stage]]\nname = \"data\"\nselect = { tier = \"data\" }\ntarget = \"app\"\n";
     let run = fleet.start_run(plan, "v1").await;
     fleet.events_until(&run, |e| e.kind == "step-sent").await;
-    // Give the agent the step first, then ask for a snapshot of the target.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The plugin has begun the restore; then a snapshot of the target is asked for.
+    eventually("db-1 begins its restore", Duration::from_secs(30), || {
+        let records = fleet.records("db-1");
+        holds(records.iter().any(|(k, _)| k == "start"), records)
+    });
     fleet.checkpoint("v2").await;
     assert_eq!(fleet.finish(&run).await.status, "succeeded");
     let restore = fleet.records("db-1");

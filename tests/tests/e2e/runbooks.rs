@@ -356,15 +356,14 @@ impl Caddy {
     }
 
     fn wait_serving(&self, version: &str) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while self.serving().as_deref() != Some(version) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "caddy does not serve {version} (serves {:?})",
-                self.serving()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        rewind_tests::wait::eventually(
+            &format!("caddy serves {version}"),
+            std::time::Duration::from_secs(30),
+            || match self.serving() {
+                Some(served) if served == version => Ok(()),
+                other => Err(other),
+            },
+        );
     }
 
     /// Point the proxy at another upstream, as a deploy does.
