@@ -20,3 +20,4 @@ pub mod runner;
 pub mod server;
 pub mod store;
 pub mod ui;
+pub mod vocabulary;

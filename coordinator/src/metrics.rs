@@ -166,30 +166,27 @@ pub fn prime(config: &crate::config::CoordinatorConfig) {
 /// A journaled event of a run (`kind` is the run's kind) or drill run
 /// (`drill` its drill), counted once it is durable.
 pub fn journaled(kind: &str, drill: Option<&str>, event: &crate::store::EventRecord) {
+    use crate::vocabulary::Counted;
     let m = &*METRICS;
-    match event.kind.as_str() {
-        "run-succeeded" | "run-failed" | "run-cancelled" => {
-            let outcome = event.kind.trim_start_matches("run-").to_string();
-            m.runs
-                .get_or_create(&vec![("kind", kind.to_string()), ("outcome", outcome)])
-                .inc();
-        }
-        "step-succeeded" | "step-failed" => {
-            let outcome = event.kind.trim_start_matches("step-").to_string();
-            m.steps.get_or_create(&vec![("outcome", outcome)]).inc();
-        }
-        "drill-passed" | "drill-failed" | "drill-aborted" | "drill-skipped" => {
+    let Some((counted, outcome)) = event.kind().and_then(|k| k.counted()) else {
+        return;
+    };
+    match counted {
+        Counted::Run => m
+            .runs
+            .get_or_create(&vec![("kind", kind.to_string()), ("outcome", outcome.into())])
+            .inc(),
+        Counted::Step => m.steps.get_or_create(&vec![("outcome", outcome.into())]).inc(),
+        Counted::Drill => {
             let drill = drill.unwrap_or_default().to_string();
-            let verdict = event.kind.trim_start_matches("drill-").to_string();
-            if verdict == "passed" {
+            if outcome == "passed" {
                 drill_passed(&drill, event.unix_ms);
             }
             m.drills
-                .get_or_create(&vec![("drill", drill), ("verdict", verdict)])
-                .inc();
+                .get_or_create(&vec![("drill", drill), ("verdict", outcome.into())])
+                .inc()
         }
-        _ => {}
-    }
+    };
 }
 
 /// A drill's last pass (also set at start from the journal).

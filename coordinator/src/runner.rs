@@ -10,6 +10,7 @@
 //! steps the engine dispatches are journaled as sent and delivered by the
 //! next coordinator when their agents reconnect.
 
+use crate::vocabulary::EventKind;
 use crate::config::WebhookConfig;
 use crate::engine::{
     self, Command, Corrupt, Done, Event, Failure, HookRow, HookSpec, RunKind, RunRow, RunState,
@@ -149,24 +150,28 @@ impl RunContext {
     /// rollbacks' start, pause and end (a drill's legs are told by the
     /// drill's own events).
     fn notice(&self, event: &EventRecord) -> Option<(u64, Notice)> {
+        let kind = event.kind()?;
         if self.kind != RunKind::Rollback
             || !matches!(
-                event.kind.as_str(),
-                "run-started" | "run-succeeded" | "run-failed" | "run-paused"
+                kind,
+                EventKind::RunStarted
+                    | EventKind::RunSucceeded
+                    | EventKind::RunFailed
+                    | EventKind::RunPaused
             )
         {
             return None;
         }
-        let summary = match event.kind.as_str() {
-            "run-started" => format!(
+        let summary = match kind {
+            EventKind::RunStarted => format!(
                 "rolling back to {} with plan {}",
                 self.facts.release, self.facts.plan
             ),
-            "run-succeeded" => format!(
+            EventKind::RunSucceeded => format!(
                 "rolled back to {} with plan {}",
                 self.facts.release, self.facts.plan
             ),
-            "run-paused" => format!(
+            EventKind::RunPaused => format!(
                 "the rollback to {} is paused for an operator (stage {}): {}",
                 self.facts.release, event.stage, event.message
             ),
@@ -186,8 +191,8 @@ impl RunContext {
         Some((
             event.seq,
             Notice {
-                event: event.kind.clone(),
-                severity: notify::severity_of(&event.kind).into(),
+                event: kind.as_str().into(),
+                severity: kind.severity().into(),
                 subject_kind: "run".into(),
                 subject_id: self.run_id.clone(),
                 name: self.facts.plan.clone(),
@@ -520,7 +525,7 @@ pub async fn resume_all(shared: Arc<Shared>) -> Result<usize, StoreError> {
                     &run.id,
                     seq + 1,
                     now_ms(),
-                    "run-unreadable",
+                    EventKind::RunUnreadable,
                     format!("the coordinator cannot resume this run: {why}"),
                 );
                 shared.store.append_events(&[event]).await?;
@@ -704,7 +709,7 @@ async fn drive(
                             run_id: run_id.clone(),
                             seq: 0,
                             unix_ms: now,
-                            kind: "step-progress".into(),
+                            kind: EventKind::StepProgress.as_str().into(),
                             stage: state.stages[state.steps[step].stage].name.clone(),
                             agent: state.steps[step].agent.clone(),
                             target: state.steps[step].target.clone(),
@@ -758,7 +763,7 @@ async fn drive(
                         run_id: run_id.clone(),
                         seq,
                         unix_ms: now,
-                        kind: "step-sent".into(),
+                        kind: EventKind::StepSent.as_str().into(),
                         stage: state.stages[spec.stage].name.clone(),
                         agent: spec.agent.clone(),
                         target: spec.target.clone(),

@@ -2,6 +2,7 @@
 //! while it runs (a redrawn table on a terminal, plain lines otherwise), and
 //! the report at the end.
 
+use crate::vocabulary::EventKind;
 use rewind_proto::v1::{HookReport, PreviewReply, Risk, RunEvent, RunReport, StepPreview};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -165,13 +166,13 @@ impl LiveView {
             event.stage.clone(),
             format!("{} {}", event.agent, event.target),
         );
-        match event.kind.as_str() {
-            "stage-started" => *self.stage_mut(&event.stage) = "running".into(),
-            "stage-succeeded" => *self.stage_mut(&event.stage) = "succeeded".into(),
-            "stage-failed" => *self.stage_mut(&event.stage) = "FAILED".into(),
-            "run-paused" => *self.stage_mut(&event.stage) = "PAUSED".into(),
-            "health-passed" => *self.stage_mut(&event.stage) = "healthy".into(),
-            "step-sent" => {
+        match EventKind::parse(&event.kind) {
+            Some(EventKind::StageStarted) => *self.stage_mut(&event.stage) = "running".into(),
+            Some(EventKind::StageSucceeded) => *self.stage_mut(&event.stage) = "succeeded".into(),
+            Some(EventKind::StageFailed) => *self.stage_mut(&event.stage) = "FAILED".into(),
+            Some(EventKind::RunPaused) => *self.stage_mut(&event.stage) = "PAUSED".into(),
+            Some(EventKind::HealthPassed) => *self.stage_mut(&event.stage) = "healthy".into(),
+            Some(EventKind::StepSent) => {
                 self.stage_mut(&event.stage);
                 self.hosts.insert(
                     host_key.clone(),
@@ -181,16 +182,16 @@ impl LiveView {
                     },
                 );
             }
-            "step-progress" => {
+            Some(EventKind::StepProgress) => {
                 self.hosts.entry(host_key.clone()).or_default().message = event.message.clone()
             }
-            "step-succeeded" => {
+            Some(EventKind::StepSucceeded) => {
                 *self.hosts.entry(host_key.clone()).or_default() = HostLine {
                     status: "done".into(),
                     message: event.message.clone(),
                 }
             }
-            "step-failed" => {
+            Some(EventKind::StepFailed) => {
                 *self.hosts.entry(host_key.clone()).or_default() = HostLine {
                     status: "FAILED".into(),
                     message: event.message.clone(),

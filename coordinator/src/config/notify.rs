@@ -13,36 +13,11 @@
 //! ```
 
 use super::{ConfigError, Source};
+use crate::vocabulary::EventKind;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
-
-/// Every event a notification may subscribe to.
-pub const EVENTS: &[&str] = &[
-    "run-started",
-    "run-succeeded",
-    "run-failed",
-    "run-paused",
-    "drill-started",
-    "drill-passed",
-    "drill-failed",
-    "drill-slower",
-    "drill-stale",
-    "drill-skipped",
-];
-
-/// The events a PagerDuty service is sent: the ones that open an incident
-/// (trigger) and the ones that close it (resolve, same dedup key).
-pub const PAGERDUTY_EVENTS: &[&str] = &[
-    "run-failed",
-    "run-paused",
-    "run-succeeded",
-    "drill-failed",
-    "drill-slower",
-    "drill-stale",
-    "drill-passed",
-];
 
 /// PagerDuty's Events API v2 endpoint.
 pub const PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
@@ -205,11 +180,14 @@ pub(super) fn parse(
     {
         read_secret(secret).map_err(|e| here(table, e))?;
     }
-    let allowed: &[&str] = if kind == WebhookKind::PagerDuty {
-        PAGERDUTY_EVENTS
+    let allowed: Vec<&str> = if kind == WebhookKind::PagerDuty {
+        EventKind::PAGED
     } else {
-        EVENTS
-    };
+        EventKind::NOTIFIABLE
+    }
+    .iter()
+    .map(|k| k.as_str())
+    .collect();
     let events = match &raw.events {
         None => allowed.iter().map(|e| e.to_string()).collect(),
         Some(list) => {

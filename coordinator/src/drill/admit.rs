@@ -5,6 +5,7 @@
 //! drill's agents is refused unless it preempts the drill, which then
 //! rolls forward first.
 
+use crate::vocabulary::EventKind;
 use super::driver::{drill_notice, spawn};
 use super::{DrillState, Event, Phase, Verdict};
 use crate::config::{CoordinatorConfig, DrillConfig};
@@ -316,12 +317,12 @@ pub async fn skip(
         &record.id,
         1,
         record.started_ms,
-        "drill-skipped",
+        EventKind::DrillSkipped,
         why.clone(),
     );
     let notice = drill_notice(
         &record,
-        "drill-skipped",
+        EventKind::DrillSkipped,
         "warning",
         format!("drill {} skipped: {why}", record.drill),
         record.started_ms,

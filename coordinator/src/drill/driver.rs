@@ -4,6 +4,7 @@
 //! verifies, and resumes every unfinished drill run after a coordinator
 //! restart. Whether a drill run may start is `admit`'s.
 
+use crate::vocabulary::EventKind;
 use super::admit::agents_of;
 use super::report;
 use super::schedule::Schedule;
@@ -71,7 +72,7 @@ pub(super) fn spawn(
 /// A notice of a drill run's event for subscribers.
 pub(super) fn drill_notice(
     record: &DrillRunRecord,
-    event: &str,
+    event: EventKind,
     severity: &str,
     summary: String,
     unix_ms: u64,
@@ -105,20 +106,20 @@ pub(super) fn drill_notice(
 }
 
 /// The notice a drill's own event sends, if any.
-fn notice_of(record: &DrillRunRecord, kind: &str, message: &str, now: u64) -> Option<Notice> {
+fn notice_of(record: &DrillRunRecord, kind: EventKind, message: &str, now: u64) -> Option<Notice> {
     let name = &record.drill;
     let (event, severity, summary) = match kind {
-        "drill-started" => (
-            "drill-started",
+        EventKind::DrillStarted => (
+            EventKind::DrillStarted,
             "info",
             format!(
                 "drill {name} started on {}: checkpoint, roll back to {}, roll forward",
                 record.env, record.back_to
             ),
         ),
-        "drill-passed" => ("drill-passed", "info", format!("drill {name} passed")),
-        "drill-failed" => (
-            "drill-failed",
+        EventKind::DrillPassed => (EventKind::DrillPassed, "info", format!("drill {name} passed")),
+        EventKind::DrillFailed => (
+            EventKind::DrillFailed,
             if record.state.critical {
                 "critical"
             } else {
@@ -126,13 +127,13 @@ fn notice_of(record: &DrillRunRecord, kind: &str, message: &str, now: u64) -> Op
             },
             format!("drill {name} failed: {message}"),
         ),
-        "drill-paused" => (
-            "drill-failed",
+        EventKind::DrillPaused => (
+            EventKind::DrillFailed,
             "critical",
             format!("drill {name}: {message}"),
         ),
-        "drill-slower" => (
-            "drill-slower",
+        EventKind::DrillSlower => (
+            EventKind::DrillSlower,
             "warning",
             format!("drill {name}: {message}"),
         ),
@@ -160,7 +161,7 @@ async fn failure_of(shared: &Shared, run_id: &str, status: &str) -> String {
         return format!("hook {} ({}): {}", hook.name, hook.phase, hook.answer);
     }
     if let Ok(events) = shared.store.events_after(run_id, 0).await
-        && let Some(e) = events.iter().rev().find(|e| e.kind == "health-failed")
+        && let Some(e) = events.iter().rev().find(|e| e.kind() == Some(EventKind::HealthFailed))
     {
         return format!("stage {} health gate: {}", e.stage, e.message);
     }
@@ -194,10 +195,10 @@ async fn drive(
                     &record.id,
                     seq,
                     now,
-                    kind,
+                    *kind,
                     message.clone(),
                 ));
-                if let Some(notice) = notice_of(&record, kind, message, now) {
+                if let Some(notice) = notice_of(&record, *kind, message, now) {
                     outbox.extend(notify::rows(&shared.webhooks, seq, &notice));
                 }
             }
@@ -212,10 +213,10 @@ async fn drive(
                     &record.id,
                     seq,
                     now,
-                    "drill-slower",
+                    EventKind::DrillSlower,
                     slower.clone(),
                 ));
-                if let Some(notice) = notice_of(&record, "drill-slower", &slower, now) {
+                if let Some(notice) = notice_of(&record, EventKind::DrillSlower, &slower, now) {
                     outbox.extend(notify::rows(&shared.webhooks, seq, &notice));
                 }
             }

@@ -24,6 +24,7 @@ pub mod report;
 pub mod schedule;
 pub mod scheduler;
 
+use crate::vocabulary::EventKind;
 use crate::engine::{Corrupt, RunStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,13 +197,13 @@ pub enum Command {
     Verify,
     /// Journal this event (and notify its subscribers).
     Note {
-        kind: &'static str,
+        kind: EventKind,
         message: String,
     },
     Finished(Verdict),
 }
 
-fn note(kind: &'static str, message: impl Into<String>) -> Command {
+fn note(kind: EventKind, message: impl Into<String>) -> Command {
     Command::Note {
         kind,
         message: message.into(),
@@ -221,10 +222,10 @@ impl DrillState {
         self.phase = Phase::Done;
         self.verdict = Some(verdict);
         let (kind, message) = match verdict {
-            Verdict::Passed => ("drill-passed", String::new()),
-            Verdict::Failed => ("drill-failed", self.reason.clone()),
-            Verdict::Aborted => ("drill-aborted", self.abort.clone()),
-            Verdict::Skipped => ("drill-skipped", self.reason.clone()),
+            Verdict::Passed => (EventKind::DrillPassed, String::new()),
+            Verdict::Failed => (EventKind::DrillFailed, self.reason.clone()),
+            Verdict::Aborted => (EventKind::DrillAborted, self.abort.clone()),
+            Verdict::Skipped => (EventKind::DrillSkipped, self.reason.clone()),
         };
         out.push(note(kind, message));
         out.push(Command::Finished(verdict));
@@ -232,7 +233,7 @@ impl DrillState {
 
     fn roll_forward(&mut self, out: &mut Vec<Command>) {
         self.phase = Phase::RollForward;
-        out.push(note("drill-rolling-forward", "to the checkpoint"));
+        out.push(note(EventKind::DrillRollingForward, "to the checkpoint"));
         out.push(Command::StartRun {
             leg: Leg::Forward,
             retry: false,
@@ -250,12 +251,12 @@ pub fn next(state: &mut DrillState, event: Event, now_ms: u64) -> Vec<Command> {
         Event::Start => {
             state.phase = Phase::Checkpoint;
             state.checkpoint_started_ms = Some(now_ms);
-            out.push(note("drill-started", ""));
+            out.push(note(EventKind::DrillStarted, ""));
             out.push(Command::Checkpoint);
         }
         Event::Resumed => {
             out.push(note(
-                "drill-recovered",
+                EventKind::DrillRecovered,
                 "resumed from the journal after a coordinator restart",
             ));
             match state.phase {
@@ -286,7 +287,7 @@ pub fn next(state: &mut DrillState, event: Event, now_ms: u64) -> Vec<Command> {
                 Ok(()) if !state.abort.is_empty() => state.finish(Verdict::Aborted, &mut out),
                 Ok(()) => {
                     state.phase = Phase::RollBack;
-                    out.push(note("drill-rolling-back", ""));
+                    out.push(note(EventKind::DrillRollingBack, ""));
                     out.push(Command::StartRun {
                         leg: Leg::Back,
                         retry: false,
@@ -313,7 +314,7 @@ pub fn next(state: &mut DrillState, event: Event, now_ms: u64) -> Vec<Command> {
                 if !state.critical {
                     state.critical = true;
                     out.push(note(
-                        "drill-paused",
+                        EventKind::DrillPaused,
                         format!(
                             "the roll forward cannot start: {why}; the fleet stays on the release rolled back to until it does (retrying)"
                         ),
@@ -333,7 +334,7 @@ pub fn next(state: &mut DrillState, event: Event, now_ms: u64) -> Vec<Command> {
                     state.fail(format!("roll forward: {failure}"));
                 }
                 out.push(note(
-                    "drill-paused",
+                    EventKind::DrillPaused,
                     format!(
                         "the roll forward failed and is paused for an operator (`rewind approve` retries it): {failure}"
                     ),
@@ -375,7 +376,7 @@ pub fn next(state: &mut DrillState, event: Event, now_ms: u64) -> Vec<Command> {
             state.verify_finished_ms = Some(now_ms);
             match outcome {
                 Ok(()) => {
-                    out.push(note("drill-verified", "every target is on the checkpoint"));
+                    out.push(note(EventKind::DrillVerified, "every target is on the checkpoint"));
                     let verdict = if !state.reason.is_empty() {
                         Verdict::Failed
                     } else if !state.abort.is_empty() {
@@ -396,7 +397,7 @@ pub fn next(state: &mut DrillState, event: Event, now_ms: u64) -> Vec<Command> {
             let early = matches!(state.phase, Phase::Checkpoint | Phase::RollBack);
             if early && state.abort.is_empty() {
                 state.abort = why.clone();
-                out.push(note("drill-aborting", format!("{why}: rolling forward")));
+                out.push(note(EventKind::DrillAborting, format!("{why}: rolling forward")));
                 if state.phase == Phase::RollBack {
                     out.push(Command::CancelBack);
                 }

@@ -5,6 +5,7 @@
 //! (or its skip) in one transaction, and a restarted coordinator reads it
 //! back before it decides anything.
 
+use crate::vocabulary::EventKind;
 use super::Verdict;
 use super::admit::{self, Started};
 use crate::config::{CoordinatorConfig, DrillConfig};
@@ -215,10 +216,10 @@ async fn notice_stale(
     };
     let subject = format!("drill/{}", drill.name);
     let seq = shared.store.next_event_seq(&subject).await?;
-    let event = EventRecord::whole(&subject, seq, now, "drill-stale", message.clone());
+    let event = EventRecord::whole(&subject, seq, now, EventKind::DrillStale, message.clone());
     let notice = Notice {
-        event: "drill-stale".into(),
-        severity: notify::severity_of("drill-stale").into(),
+        event: EventKind::DrillStale.as_str().into(),
+        severity: EventKind::DrillStale.severity().into(),
         subject_kind: "drill".into(),
         subject_id: subject,
         name: drill.name.clone(),

@@ -117,7 +117,7 @@ fn a_failed_roll_back_rolls_forward_at_once_and_fails_the_drill() {
     let Command::Note { kind, message } = &out[1] else {
         panic!("{out:?}")
     };
-    assert_eq!(*kind, "drill-failed");
+    assert_eq!(*kind, EventKind::DrillFailed);
     assert_eq!(message, &s.reason);
 }
 
@@ -211,7 +211,7 @@ fn an_abort_during_the_roll_back_cancels_it_and_rolls_forward() {
     assert_eq!(s.verdict, Some(Verdict::Aborted));
     assert!(s.reason.is_empty(), "{}", s.reason);
     assert!(
-        matches!(&out[1], Command::Note { kind: "drill-aborted", message } if message == "preempted by operator alice")
+        matches!(&out[1], Command::Note { kind: EventKind::DrillAborted, message } if message == "preempted by operator alice")
     );
 }
 

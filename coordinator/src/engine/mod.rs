@@ -41,6 +41,7 @@ mod tests;
 
 pub use model::{Corrupt, RunKind, RunStatus, StageStatus, StepWord};
 
+use crate::vocabulary::EventKind;
 use crate::plan::{HookWhen, OnFailure};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,7 +253,7 @@ pub struct StepRow<'a> {
 /// Something worth journaling and showing, e.g. `stage-started`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub stage: Option<usize>,
     pub step: Option<usize>,
     pub message: String,
@@ -413,7 +414,7 @@ impl RunState {
     }
 }
 
-fn note(kind: &'static str, stage: Option<usize>, step: Option<usize>, message: String) -> Command {
+fn note(kind: EventKind, stage: Option<usize>, step: Option<usize>, message: String) -> Command {
     Command::Note(Note {
         kind,
         stage,
@@ -429,7 +430,7 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
         return out;
     }
     match event {
-        Event::Start => out.push(note("run-started", None, None, String::new())),
+        Event::Start => out.push(note(EventKind::RunStarted, None, None, String::new())),
         Event::StepDone {
             step,
             attempt,
@@ -445,7 +446,7 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
             match outcome {
                 Ok(done) => {
                     out.push(note(
-                        "step-succeeded",
+                        EventKind::StepSucceeded,
                         Some(stage),
                         Some(step),
                         done.summary.clone(),
@@ -454,7 +455,7 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
                 }
                 Err(failure) => {
                     out.push(note(
-                        "step-failed",
+                        EventKind::StepFailed,
                         Some(stage),
                         Some(step),
                         format!("{}: {}", failure.kind, failure.message),
@@ -478,7 +479,7 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
             match outcome {
                 Ok(answer) => {
                     out.push(note(
-                        "hook-succeeded",
+                        EventKind::HookSucceeded,
                         None,
                         None,
                         format!("{said}: {answer}"),
@@ -488,7 +489,7 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
                 Err(why) => {
                     let optional = if spec.optional { " (optional)" } else { "" };
                     out.push(note(
-                        "hook-failed",
+                        EventKind::HookFailed,
                         None,
                         None,
                         format!("{said}{optional}: {why}"),
@@ -501,12 +502,12 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
             if state.stage_status[stage] == StageStatus::Gating {
                 match outcome {
                     Ok(passed) => {
-                        out.push(note("health-passed", Some(stage), None, passed.join("\n")));
-                        out.push(note("stage-succeeded", Some(stage), None, String::new()));
+                        out.push(note(EventKind::HealthPassed, Some(stage), None, passed.join("\n")));
+                        out.push(note(EventKind::StageSucceeded, Some(stage), None, String::new()));
                         state.set_stage(stage, StageStatus::Succeeded);
                     }
                     Err(message) => {
-                        out.push(note("health-failed", Some(stage), None, message));
+                        out.push(note(EventKind::HealthFailed, Some(stage), None, message));
                         stage_failed(state, stage, &mut out);
                     }
                 }
@@ -530,7 +531,7 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
                             details: Vec::new(),
                         };
                         out.push(note(
-                            "step-failed",
+                            EventKind::StepFailed,
                             Some(stage),
                             Some(step),
                             format!("timeout: {}", failure.message),
@@ -548,7 +549,7 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
             if !state.cancelling {
                 state.cancelling = true;
                 out.push(note(
-                    "run-cancelling",
+                    EventKind::RunCancelling,
                     None,
                     None,
                     "no new steps start; steps in flight finish unless their agent has not started them"
@@ -566,7 +567,7 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
         }
         Event::Resumed => {
             out.push(note(
-                "run-recovered",
+                EventKind::RunRecovered,
                 None,
                 None,
                 "resumed from the journal after a coordinator restart".into(),
@@ -609,7 +610,7 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
                 }
                 state.status = RunStatus::Running;
                 out.push(note(
-                    "run-resumed",
+                    EventKind::RunResumed,
                     None,
                     None,
                     "retrying the failed steps".into(),
@@ -648,7 +649,7 @@ fn pump(state: &mut RunState, now_ms: u64, out: &mut Vec<Command>) {
         Phase::Busy => return,
         Phase::Failed => {
             out.push(note(
-                "run-halting",
+                EventKind::RunHalting,
                 None,
                 None,
                 "a before hook failed: no stage starts".into(),
@@ -725,7 +726,7 @@ fn hook_phase(state: &mut RunState, when: HookWhen, out: &mut Vec<Command>) -> P
                 let attempt = state.hook_attempts[hook];
                 state.set_hook(hook, HookStatus::Running);
                 out.push(note(
-                    "hook-started",
+                    EventKind::HookStarted,
                     None,
                     None,
                     format!("hook {} ({})", state.hooks[hook].name, when.as_str()),
@@ -805,7 +806,7 @@ fn start_ready_stages(state: &mut RunState, out: &mut Vec<Command>) {
             });
         if ready {
             state.set_stage(stage, StageStatus::Running);
-            out.push(note("stage-started", Some(stage), None, String::new()));
+            out.push(note(EventKind::StageStarted, Some(stage), None, String::new()));
         }
     }
 }
@@ -865,7 +866,7 @@ fn run_stage(state: &mut RunState, stage: usize, now_ms: u64, out: &mut Vec<Comm
         out.push(Command::RunGates { stage });
     } else {
         state.set_stage(stage, StageStatus::Succeeded);
-        out.push(note("stage-succeeded", Some(stage), None, String::new()));
+        out.push(note(EventKind::StageSucceeded, Some(stage), None, String::new()));
     }
 }
 
@@ -874,7 +875,7 @@ fn stage_failed(state: &mut RunState, stage: usize, out: &mut Vec<Command>) {
         OnFailure::Halt => {
             state.set_stage(stage, StageStatus::Failed);
             out.push(note(
-                "stage-failed",
+                EventKind::StageFailed,
                 Some(stage),
                 None,
                 "halting the run".into(),
@@ -884,7 +885,7 @@ fn stage_failed(state: &mut RunState, stage: usize, out: &mut Vec<Command>) {
         OnFailure::Continue => {
             state.set_stage(stage, StageStatus::Failed);
             out.push(note(
-                "stage-failed",
+                EventKind::StageFailed,
                 Some(stage),
                 None,
                 "continuing (on_failure = continue)".into(),
@@ -894,7 +895,7 @@ fn stage_failed(state: &mut RunState, stage: usize, out: &mut Vec<Command>) {
             state.set_stage(stage, StageStatus::Paused);
             state.status = RunStatus::Paused;
             out.push(note(
-                "run-paused",
+                EventKind::RunPaused,
                 Some(stage),
                 None,
                 "waiting for `rewind approve` (retry) or `rewind cancel`".into(),
@@ -923,9 +924,9 @@ fn skip_the_rest(state: &mut RunState) {
 fn finish(state: &mut RunState, status: RunStatus, out: &mut Vec<Command>) {
     state.status = status;
     let kind = match status {
-        RunStatus::Succeeded => "run-succeeded",
-        RunStatus::Cancelled => "run-cancelled",
-        _ => "run-failed",
+        RunStatus::Succeeded => EventKind::RunSucceeded,
+        RunStatus::Cancelled => EventKind::RunCancelled,
+        _ => EventKind::RunFailed,
     };
     out.push(note(kind, None, None, String::new()));
     out.push(Command::Finished(status));

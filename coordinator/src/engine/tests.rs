@@ -181,7 +181,7 @@ fn pause_waits_and_approve_retries_as_a_new_attempt() {
     assert_eq!(run.status, RunStatus::Paused);
     assert!(
         out.iter()
-            .any(|c| matches!(c, Command::Note(n) if n.kind == "run-paused"))
+            .any(|c| matches!(c, Command::Note(n) if n.kind == EventKind::RunPaused))
     );
     assert_eq!(sent(&next(&mut run, Event::Tick, 3)), []);
     assert_eq!(sent(&next(&mut run, Event::Approve, 4)), [(0, 2)]);
@@ -363,7 +363,7 @@ fn a_run_resumed_from_its_journal_goes_on_where_it_was() {
     let out = next(&mut resumed, Event::Resumed, 5_000);
     assert!(
         out.iter()
-            .any(|c| matches!(c, Command::Note(n) if n.kind == "run-recovered"))
+            .any(|c| matches!(c, Command::Note(n) if n.kind == EventKind::RunRecovered))
     );
     assert!(cancels(&next(&mut resumed, Event::Tick, 5_500)).is_empty());
     assert_eq!(sent(&next(&mut resumed, ok(1, 1), 5_600)), [(2, 1)]);

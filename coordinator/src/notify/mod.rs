@@ -11,6 +11,7 @@
 
 pub mod deliver;
 
+use crate::vocabulary::EventKind;
 use crate::config::{WebhookConfig, WebhookKind};
 use crate::store::OutboxRecord;
 use serde::{Deserialize, Serialize};
@@ -45,25 +46,18 @@ pub struct Notice {
 impl Notice {
     /// Whether the event opens an incident (else it closes one or informs).
     pub fn is_trouble(&self) -> bool {
-        matches!(
-            self.event.as_str(),
-            "run-failed" | "run-paused" | "drill-failed" | "drill-slower" | "drill-stale"
-        )
+        EventKind::parse(&self.event).is_some_and(EventKind::is_trouble)
     }
 
     pub fn is_recovery(&self) -> bool {
-        matches!(self.event.as_str(), "run-succeeded" | "drill-passed")
+        EventKind::parse(&self.event).is_some_and(EventKind::is_recovery)
     }
 }
 
 /// The severity an event gets unless its source says more (a drill whose
 /// roll forward failed is `critical`).
 pub fn severity_of(event: &str) -> &'static str {
-    match event {
-        "run-failed" | "drill-failed" => "error",
-        "run-paused" | "drill-slower" | "drill-stale" | "drill-skipped" => "warning",
-        _ => "info",
-    }
+    EventKind::parse(event).map_or("info", EventKind::severity)
 }
 
 /// The outbox rows for one journaled event (`<subject>/<seq>`): one per

@@ -9,6 +9,7 @@
 //! from the journal; what acts or depends on the connected agents is
 //! refused with the leader's name and URL, which the CLI follows.
 
+use crate::vocabulary::EventKind;
 use crate::config::{CoordinatorConfig, Role};
 use crate::engine::RunKind;
 use crate::launch::{self, internal};
@@ -339,16 +340,7 @@ impl OperatorService for OperatorApi {
                         continue;
                     }
                     *last = e.seq;
-                    let ended = matches!(
-                        e.kind.as_str(),
-                        "run-succeeded"
-                            | "run-failed"
-                            | "run-cancelled"
-                            | "drill-passed"
-                            | "drill-failed"
-                            | "drill-aborted"
-                            | "drill-skipped"
-                    );
+                    let ended = e.kind().is_some_and(EventKind::ends_watch);
                     if tx.send(Ok(run_event(e))).await.is_err() || ended {
                         return true;
                     }

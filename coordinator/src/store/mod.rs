@@ -146,6 +146,8 @@ pub struct EventRecord {
     pub run_id: String,
     pub seq: u64,
     pub unix_ms: u64,
+    /// An [`EventKind`](crate::vocabulary::EventKind)'s text, as journaled
+    /// (read with [`EventRecord::kind`]).
     pub kind: String,
     pub stage: String,
     pub agent: String,
@@ -155,13 +157,25 @@ pub struct EventRecord {
 }
 
 impl EventRecord {
+    /// What the event says happened; `None` for a text this version does
+    /// not know (written by a newer coordinator).
+    pub fn kind(&self) -> Option<crate::vocabulary::EventKind> {
+        crate::vocabulary::EventKind::parse(&self.kind)
+    }
+
     /// An event of a run or drill run as a whole (no stage, host or step).
-    pub fn whole(run_id: &str, seq: u64, unix_ms: u64, kind: &str, message: String) -> EventRecord {
+    pub fn whole(
+        run_id: &str,
+        seq: u64,
+        unix_ms: u64,
+        kind: crate::vocabulary::EventKind,
+        message: String,
+    ) -> EventRecord {
         EventRecord {
             run_id: run_id.to_string(),
             seq,
             unix_ms,
-            kind: kind.to_string(),
+            kind: kind.as_str().to_string(),
             stage: String::new(),
             agent: String::new(),
             target: String::new(),
