@@ -174,9 +174,15 @@ pub fn journaled(kind: &str, drill: Option<&str>, event: &crate::store::EventRec
     match counted {
         Counted::Run => m
             .runs
-            .get_or_create(&vec![("kind", kind.to_string()), ("outcome", outcome.into())])
+            .get_or_create(&vec![
+                ("kind", kind.to_string()),
+                ("outcome", outcome.into()),
+            ])
             .inc(),
-        Counted::Step => m.steps.get_or_create(&vec![("outcome", outcome.into())]).inc(),
+        Counted::Step => m
+            .steps
+            .get_or_create(&vec![("outcome", outcome.into())])
+            .inc(),
         Counted::Drill => {
             let drill = drill.unwrap_or_default().to_string();
             if outcome == "passed" {

@@ -10,7 +10,6 @@
 //! steps the engine dispatches are journaled as sent and delivered by the
 //! next coordinator when their agents reconnect.
 
-use crate::vocabulary::EventKind;
 use crate::config::WebhookConfig;
 use crate::engine::{
     self, Command, Corrupt, Done, Event, Failure, HookRow, HookSpec, RunKind, RunRow, RunState,
@@ -26,6 +25,7 @@ use crate::store::{
     self, EventRecord, HookRecord, RunRecord, SnapshotRecord, StageRecord, StepRecord, Store,
     StoreError,
 };
+use crate::vocabulary::EventKind;
 use rewind_proto::v1::{Action, Snapshot, StepRequest, StepResult, step_result};
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -5,7 +5,6 @@
 //! drill's agents is refused unless it preempts the drill, which then
 //! rolls forward first.
 
-use crate::vocabulary::EventKind;
 use super::driver::{drill_notice, spawn};
 use super::{DrillState, Event, Phase, Verdict};
 use crate::config::{CoordinatorConfig, DrillConfig};
@@ -13,6 +12,7 @@ use crate::launch::internal;
 use crate::notify;
 use crate::runner::{Shared, nonce, now_ms};
 use crate::store::{DrillRunRecord, EventRecord, ScheduleRecord, StoreError};
+use crate::vocabulary::EventKind;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

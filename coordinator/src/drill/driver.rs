@@ -4,7 +4,6 @@
 //! verifies, and resumes every unfinished drill run after a coordinator
 //! restart. Whether a drill run may start is `admit`'s.
 
-use crate::vocabulary::EventKind;
 use super::admit::agents_of;
 use super::report;
 use super::schedule::Schedule;
@@ -15,6 +14,7 @@ use crate::launch;
 use crate::notify::{self, Notice};
 use crate::runner::{Shared, nonce, now_ms};
 use crate::store::{DrillRunRecord, EventRecord, OutboxRecord, StoreError};
+use crate::vocabulary::EventKind;
 use rewind_proto::v1::{Action, StepRequest};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -117,7 +117,11 @@ fn notice_of(record: &DrillRunRecord, kind: EventKind, message: &str, now: u64) 
                 record.env, record.back_to
             ),
         ),
-        EventKind::DrillPassed => (EventKind::DrillPassed, "info", format!("drill {name} passed")),
+        EventKind::DrillPassed => (
+            EventKind::DrillPassed,
+            "info",
+            format!("drill {name} passed"),
+        ),
         EventKind::DrillFailed => (
             EventKind::DrillFailed,
             if record.state.critical {
@@ -161,7 +165,10 @@ async fn failure_of(shared: &Shared, run_id: &str, status: &str) -> String {
         return format!("hook {} ({}): {}", hook.name, hook.phase, hook.answer);
     }
     if let Ok(events) = shared.store.events_after(run_id, 0).await
-        && let Some(e) = events.iter().rev().find(|e| e.kind() == Some(EventKind::HealthFailed))
+        && let Some(e) = events
+            .iter()
+            .rev()
+            .find(|e| e.kind() == Some(EventKind::HealthFailed))
     {
         return format!("stage {} health gate: {}", e.stage, e.message);
     }

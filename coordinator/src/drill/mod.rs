@@ -24,8 +24,8 @@ pub mod report;
 pub mod schedule;
 pub mod scheduler;
 
-use crate::vocabulary::EventKind;
 use crate::engine::{Corrupt, RunStatus};
+use crate::vocabulary::EventKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -376,7 +376,10 @@ pub fn next(state: &mut DrillState, event: Event, now_ms: u64) -> Vec<Command> {
             state.verify_finished_ms = Some(now_ms);
             match outcome {
                 Ok(()) => {
-                    out.push(note(EventKind::DrillVerified, "every target is on the checkpoint"));
+                    out.push(note(
+                        EventKind::DrillVerified,
+                        "every target is on the checkpoint",
+                    ));
                     let verdict = if !state.reason.is_empty() {
                         Verdict::Failed
                     } else if !state.abort.is_empty() {
@@ -397,7 +400,10 @@ pub fn next(state: &mut DrillState, event: Event, now_ms: u64) -> Vec<Command> {
             let early = matches!(state.phase, Phase::Checkpoint | Phase::RollBack);
             if early && state.abort.is_empty() {
                 state.abort = why.clone();
-                out.push(note(EventKind::DrillAborting, format!("{why}: rolling forward")));
+                out.push(note(
+                    EventKind::DrillAborting,
+                    format!("{why}: rolling forward"),
+                ));
                 if state.phase == Phase::RollBack {
                     out.push(Command::CancelBack);
                 }

@@ -5,13 +5,13 @@
 //! (or its skip) in one transaction, and a restarted coordinator reads it
 //! back before it decides anything.
 
-use crate::vocabulary::EventKind;
 use super::Verdict;
 use super::admit::{self, Started};
 use crate::config::{CoordinatorConfig, DrillConfig};
 use crate::notify::{self, Notice};
 use crate::runner::{Shared, now_ms};
 use crate::store::{EventRecord, ScheduleRecord, StoreError};
+use crate::vocabulary::EventKind;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -41,8 +41,8 @@ mod tests;
 
 pub use model::{Corrupt, RunKind, RunStatus, StageStatus, StepWord};
 
-use crate::vocabulary::EventKind;
 use crate::plan::{HookWhen, OnFailure};
+use crate::vocabulary::EventKind;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -502,8 +502,18 @@ pub fn next(state: &mut RunState, event: Event, now_ms: u64) -> Vec<Command> {
             if state.stage_status[stage] == StageStatus::Gating {
                 match outcome {
                     Ok(passed) => {
-                        out.push(note(EventKind::HealthPassed, Some(stage), None, passed.join("\n")));
-                        out.push(note(EventKind::StageSucceeded, Some(stage), None, String::new()));
+                        out.push(note(
+                            EventKind::HealthPassed,
+                            Some(stage),
+                            None,
+                            passed.join("\n"),
+                        ));
+                        out.push(note(
+                            EventKind::StageSucceeded,
+                            Some(stage),
+                            None,
+                            String::new(),
+                        ));
                         state.set_stage(stage, StageStatus::Succeeded);
                     }
                     Err(message) => {
@@ -806,7 +816,12 @@ fn start_ready_stages(state: &mut RunState, out: &mut Vec<Command>) {
             });
         if ready {
             state.set_stage(stage, StageStatus::Running);
-            out.push(note(EventKind::StageStarted, Some(stage), None, String::new()));
+            out.push(note(
+                EventKind::StageStarted,
+                Some(stage),
+                None,
+                String::new(),
+            ));
         }
     }
 }
@@ -866,7 +881,12 @@ fn run_stage(state: &mut RunState, stage: usize, now_ms: u64, out: &mut Vec<Comm
         out.push(Command::RunGates { stage });
     } else {
         state.set_stage(stage, StageStatus::Succeeded);
-        out.push(note(EventKind::StageSucceeded, Some(stage), None, String::new()));
+        out.push(note(
+            EventKind::StageSucceeded,
+            Some(stage),
+            None,
+            String::new(),
+        ));
     }
 }
 

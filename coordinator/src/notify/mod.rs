@@ -11,9 +11,9 @@
 
 pub mod deliver;
 
-use crate::vocabulary::EventKind;
 use crate::config::{WebhookConfig, WebhookKind};
 use crate::store::OutboxRecord;
+use crate::vocabulary::EventKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -200,10 +200,10 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn notice(event: &str) -> Notice {
+    fn notice(event: EventKind) -> Notice {
         Notice {
-            event: event.into(),
-            severity: severity_of(event).into(),
+            event: event.as_str().into(),
+            severity: event.severity().into(),
             subject_kind: "drill".into(),
             subject_id: "drill-1-ab".into(),
             name: "staging-monthly".into(),
@@ -220,7 +220,7 @@ mod tests {
             &body(
                 WebhookKind::PagerDuty,
                 "k",
-                &notice("drill-failed"),
+                &notice(EventKind::DrillFailed),
                 Some("R0UTING"),
             )
             .unwrap(),
@@ -236,7 +236,7 @@ mod tests {
             &body(
                 WebhookKind::PagerDuty,
                 "k",
-                &notice("drill-passed"),
+                &notice(EventKind::DrillPassed),
                 Some("R0UTING"),
             )
             .unwrap(),
@@ -248,7 +248,7 @@ mod tests {
             body(
                 WebhookKind::PagerDuty,
                 "k",
-                &notice("drill-started"),
+                &notice(EventKind::DrillStarted),
                 Some("R")
             )
             .is_none()
@@ -266,21 +266,21 @@ mod tests {
 
     #[test]
     fn an_event_gets_a_row_per_subscribed_webhook_keyed_for_idempotency() {
-        let webhook = |name: &str, events: &[&str]| WebhookConfig {
+        let webhook = |name: &str, events: &[EventKind]| WebhookConfig {
             name: name.into(),
             kind: WebhookKind::Webhook,
             url: crate::config::notify::Url::Plain("http://127.0.0.1:1/".into()),
             key_secret: None,
-            events: events.iter().map(|e| e.to_string()).collect(),
+            events: events.iter().map(|e| e.as_str().to_string()).collect(),
             ca: None,
             retry_after: std::time::Duration::from_secs(1),
             attempts: 3,
         };
         let hooks = [
-            webhook("ops", &["drill-failed"]),
-            webhook("audit", &["drill-passed"]),
+            webhook("ops", &[EventKind::DrillFailed]),
+            webhook("audit", &[EventKind::DrillPassed]),
         ];
-        let rows = rows(&hooks, 7, &notice("drill-failed"));
+        let rows = rows(&hooks, 7, &notice(EventKind::DrillFailed));
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].id, "drill-1-ab/7/ops");
     }

@@ -9,13 +9,13 @@
 //! from the journal; what acts or depends on the connected agents is
 //! refused with the leader's name and URL, which the CLI follows.
 
-use crate::vocabulary::EventKind;
 use crate::config::{CoordinatorConfig, Role};
 use crate::engine::RunKind;
 use crate::launch::{self, internal};
 use crate::leader::Leadership;
 use crate::runner::Shared;
 use crate::store::{RunRecord, SnapshotRecord};
+use crate::vocabulary::EventKind;
 use rewind_proto::identity::{Authenticator, Kind};
 use rewind_proto::v1::operator_service_server::OperatorService;
 use rewind_proto::v1::*;
