@@ -574,92 +574,28 @@ pub async fn start_run(
         .map_err(internal)?
         .map(|r| r.env)
         .unwrap_or_default();
-    let mut problems = Vec::new();
-    let mut data_loss = Vec::new();
-    let mut protected = Vec::new();
-    let mut window: Option<u64> = None;
-    // Per step, in plan order: the window of a step that loses data.
-    let mut windows = Vec::new();
-    for stage in &preview.stages {
-        for step in &stage.steps {
-            if let Some(e) = &step.error {
-                problems.push(format!(
-                    "stage {} host {} target {}: {}: {}",
-                    stage.stage, step.agent, step.target, e.kind, e.message
-                ));
-            }
-            let loses_data = step
-                .preview
-                .as_ref()
-                .filter(|p| p.risk == Risk::DataLoss as i32);
-            windows.push(loses_data.map(|p| p.data_loss_window_seconds.unwrap_or(0)));
-            if let Some(p) = loses_data {
-                window = window.max(p.data_loss_window_seconds);
-                data_loss.push(format!(
-                    "stage {} host {} target {}",
-                    stage.stage, step.agent, step.target
-                ));
-                let env = prepared.envs.get(&step.agent).cloned();
-                let by_release = config
-                    .protected_environments()
-                    .contains(&release_env.as_str())
-                    .then(|| release_env.clone());
-                if let Some(env) = config
-                    .is_protected(&step.agent, env.as_deref())
-                    .or(by_release)
-                {
-                    protected.push(format!(
-                        "host {} target {} (environment {env})",
-                        step.agent, step.target
-                    ));
-                }
-            }
-        }
-    }
-    if !problems.is_empty() {
-        return Err(Status::failed_precondition(format!(
-            "the preview failed, nothing was started:\n  {}",
-            problems.join("\n  ")
-        )));
-    }
-    if !approved.is_empty() && !force {
-        let mut changed = Vec::new();
-        for stage in &preview.stages {
-            for step in &stage.steps {
-                let key = approval_key(&stage.stage, &step.agent, &step.target);
-                if approved.get(&key) != Some(&step.fingerprint) {
-                    changed.push(format!(
-                        "stage {} host {} target {}",
-                        stage.stage, step.agent, step.target
-                    ));
-                }
-            }
-        }
-        if !changed.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "the targets changed since the preview you approved, nothing was started: {}; preview again (or run with --force)",
-                changed.join("; ")
-            )));
-        }
-    }
-    if !data_loss.is_empty() && !confirm_data_loss {
-        return Err(Status::failed_precondition(format!(
-            "this rollback loses data{} ({}); run it again with --confirm-data-loss",
-            window
-                .map(|w| format!(
-                    " written in the last {}",
-                    humantime::format_duration(Duration::from_secs(w))
-                ))
-                .unwrap_or_default(),
-            data_loss.join("; ")
-        )));
-    }
-    if !protected.is_empty() && role < Role::Admin {
-        return Err(Status::permission_denied(format!(
-            "operator {operator} has role {role}; data-loss steps on protected environments need the admin role: {}",
-            protected.join("; ")
-        )));
-    }
+    let protected_by_release = config
+        .protected_environments()
+        .contains(&release_env.as_str())
+        .then(|| release_env.clone());
+    let protected = |agent: &str| {
+        let env = prepared.envs.get(agent).cloned();
+        config
+            .is_protected(agent, env.as_deref())
+            .or_else(|| protected_by_release.clone())
+    };
+    let crate::admission::Admitted { window, windows } = crate::admission::admit(
+        &preview,
+        &crate::admission::Request {
+            operator: &operator,
+            role,
+            confirm_data_loss,
+            force,
+            approved: &approved,
+        },
+        &protected,
+    )
+    .map_err(crate::admission::Refusal::status)?;
     let run = RunRecord {
         id: id.unwrap_or_else(|| format!("run-{}-{}", now_ms(), nonce())),
         plan_name: prepared.plan.name.clone(),

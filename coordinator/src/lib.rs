@@ -1,6 +1,7 @@
 //! rewind's coordinator: the fleet registry, plans, the durable run engine,
 //! releases, and the operator CLI that talks to it.
 
+pub mod admission;
 pub mod certs;
 pub mod cli;
 pub mod config;
