@@ -964,6 +964,22 @@ async fn run_gates(
     Ok(passed)
 }
 
+/// Wait for the next journaled event of run (or drill run) `id` on the
+/// live channel: by then the journal holds what it changed. True also when
+/// the channel lagged (something may have been missed: read the journal
+/// again); false when the channel closed (the coordinator is stopping).
+pub async fn next_event_of(live: &mut broadcast::Receiver<EventRecord>, id: &str) -> bool {
+    loop {
+        match live.recv().await {
+            // seq 0: progress, never journaled.
+            Ok(e) if e.run_id == id && e.seq != 0 => return true,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return true,
+            Err(broadcast::error::RecvError::Closed) => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod properties {
     //! Whatever an agent sends, the coordinator's handling of it never

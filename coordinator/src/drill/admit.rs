@@ -19,8 +19,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-/// How often a preempted drill is looked at.
-const POLL: Duration = Duration::from_millis(200);
 /// How long an operator's preempting rollback waits for the drill to roll forward.
 const PREEMPT_PATIENCE: Duration = Duration::from_secs(30 * 60);
 
@@ -118,19 +116,22 @@ pub async fn clear_the_way(
             operator,
             "drill preempted"
         );
+        // The drill run is read again at each of its journaled events
+        // (subscribed before the first read, so that none falls between).
+        let mut live = shared.events.subscribe();
         let until = tokio::time::Instant::now() + PREEMPT_PATIENCE;
         loop {
             let now = shared.store.drill_run(&drill.id).await.map_err(internal)?;
             match now {
                 Some(d) if d.state.phase != Phase::Done => {
-                    if tokio::time::Instant::now() >= until {
+                    let next = crate::runner::next_event_of(&mut live, &drill.id);
+                    if !matches!(tokio::time::timeout_at(until, next).await, Ok(true)) {
                         return Err(Status::deadline_exceeded(format!(
                             "drill run {} has not finished rolling forward within {}; nothing was started",
                             drill.id,
                             humantime::format_duration(PREEMPT_PATIENCE)
                         )));
                     }
-                    tokio::time::sleep(POLL).await;
                 }
                 _ => break,
             }

@@ -22,7 +22,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// How often a leg's run is looked at, and a blackout window checked for.
-const POLL: Duration = Duration::from_millis(200);
+/// The pause before reading a journal that failed to answer again.
+const RETRY: Duration = Duration::from_millis(200);
 /// The pause before trying again to start a roll forward that was refused.
 const FORWARD_RETRY: Duration = Duration::from_secs(10);
 /// How long a verify waits for its agent to be connected, and may take.
@@ -391,8 +392,11 @@ async fn start_leg(
     .map_err(|s| s.message().to_string())
 }
 
-/// Follow a leg's run: tell the drill when it pauses (each time) and when it ends.
+/// Follow a leg's run: tell the drill when it pauses (each time) and when
+/// it ends. The run's record is read again at each of its journaled events
+/// (subscribed before the first read, so that none falls between).
 async fn watch(shared: &Shared, run_id: &str, leg: Leg, tx: mpsc::Sender<Event>) {
+    let mut live = shared.events.subscribe();
     let mut paused = false;
     loop {
         let run = match shared.store.run(run_id).await {
@@ -408,8 +412,9 @@ async fn watch(shared: &Shared, run_id: &str, leg: Leg, tx: mpsc::Sender<Event>)
                 return;
             }
             Err(e) => {
+                // Not a poll: a pause before reading a failing journal again.
                 tracing::warn!(run = run_id, "cannot read the journal: {e}");
-                tokio::time::sleep(POLL).await;
+                tokio::time::sleep(RETRY).await;
                 continue;
             }
         };
@@ -447,7 +452,9 @@ async fn watch(shared: &Shared, run_id: &str, leg: Leg, tx: mpsc::Sender<Event>)
                 return;
             }
         }
-        tokio::time::sleep(POLL).await;
+        if !crate::runner::next_event_of(&mut live, run_id).await {
+            return;
+        }
     }
 }
 
