@@ -44,7 +44,69 @@ fn snapshot_ref(s: SnapshotRecord) -> SnapshotRef {
     }
 }
 
+/// Every operator call, for the one table of what each needs.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    WhoAmI,
+    Checkpoint,
+    ListReleases,
+    /// A preview runs every plugin's `plan`, which reads its target (and
+    /// may verify a backup): work on the hosts, not a read.
+    Preview,
+    StartRun,
+    Watch,
+    Cancel,
+    Approve,
+    GetRun,
+    History,
+    Fleet,
+    RemoveAgent,
+    ListDrills,
+    /// A drill really rolls its environment back and forward.
+    RunDrill,
+    DrillHistory,
+    GetDrillRun,
+    DrillReport,
+}
+
+impl Call {
+    /// The role a call needs, whether only the leader answers it (it acts,
+    /// or knows which agents are connected), and what it is, for refusals.
+    const fn policy(self) -> (Role, bool, &'static str) {
+        match self {
+            Call::WhoAmI => (Role::Viewer, false, "asking who you are"),
+            Call::Checkpoint => (Role::Operator, true, "checkpoint"),
+            Call::ListReleases => (Role::Viewer, false, "listing releases"),
+            Call::Preview => (Role::Operator, true, "previewing a plan"),
+            Call::StartRun => (Role::Operator, true, "starting a run"),
+            Call::Watch => (Role::Viewer, false, "watching a run"),
+            Call::Cancel => (Role::Operator, true, "cancelling a run"),
+            Call::Approve => (Role::Operator, true, "approving a run"),
+            Call::GetRun => (Role::Viewer, false, "reading a run"),
+            Call::History => (Role::Viewer, false, "reading the history"),
+            Call::Fleet => (Role::Viewer, true, "listing the fleet"),
+            Call::RemoveAgent => (Role::Admin, true, "retiring an agent"),
+            Call::ListDrills => (Role::Viewer, false, "listing drills"),
+            Call::RunDrill => (Role::Operator, true, "running a drill"),
+            Call::DrillHistory => (Role::Viewer, false, "reading a drill's history"),
+            Call::GetDrillRun => (Role::Viewer, false, "reading a drill run"),
+            Call::DrillReport => (Role::Viewer, false, "reading a drill's report"),
+        }
+    }
+}
+
 impl OperatorApi {
+    /// The calling operator's name and role, if it may make `call`; and
+    /// this coordinator the leader, where the call needs it.
+    fn admit<T>(&self, request: &Request<T>, call: Call) -> Result<(String, Role), Status> {
+        let (needed, leader, what) = call.policy();
+        let who = self.authorize(request, needed, what)?;
+        if leader {
+            self.leading()?;
+        }
+        Ok(who)
+    }
+
     /// The calling operator's name and role, if it may do what needs `needed`.
     fn authorize<T>(
         &self,
@@ -187,7 +249,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<WhoAmIRequest>,
     ) -> Result<Response<WhoAmIReply>, Status> {
-        let (operator, role) = self.authorize(&request, Role::Viewer, "asking who you are")?;
+        let (operator, role) = self.admit(&request, Call::WhoAmI)?;
         let leads = self.leadership.is_ready();
         let (leader, leader_url) = if leads {
             (
@@ -211,8 +273,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<CheckpointRequest>,
     ) -> Result<Response<CheckpointReply>, Status> {
-        let (operator, _) = self.authorize(&request, Role::Operator, "checkpoint")?;
-        self.leading()?;
+        let (operator, _) = self.admit(&request, Call::Checkpoint)?;
         let CheckpointRequest { release, env } = request.into_inner();
         let (record, snapshots) =
             launch::checkpoint(&self.shared, &release, &env, &operator, false).await?;
@@ -230,7 +291,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListReleasesRequest>,
     ) -> Result<Response<ListReleasesReply>, Status> {
-        self.authorize(&request, Role::Viewer, "listing releases")?;
+        self.admit(&request, Call::ListReleases)?;
         let mut releases = Vec::new();
         for release in self.shared.store.releases().await.map_err(internal)? {
             let snapshots = self
@@ -253,10 +314,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<PlanRequest>,
     ) -> Result<Response<PreviewReply>, Status> {
-        // A preview runs every plugin's `plan`, which reads its target (and
-        // may verify a backup): that is work on the hosts, not a read.
-        self.authorize(&request, Role::Operator, "previewing a plan")?;
-        self.leading()?;
+        self.admit(&request, Call::Preview)?;
         let PlanRequest {
             plan_toml,
             plan_path,
@@ -271,8 +329,7 @@ impl OperatorService for OperatorApi {
     }
 
     async fn start_run(&self, request: Request<RunRequest>) -> Result<Response<RunReply>, Status> {
-        let (operator, role) = self.authorize(&request, Role::Operator, "starting a run")?;
-        self.leading()?;
+        let (operator, role) = self.admit(&request, Call::StartRun)?;
         let RunRequest {
             plan_toml,
             plan_path,
@@ -310,7 +367,7 @@ impl OperatorService for OperatorApi {
     }
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<EventStream>, Status> {
-        self.authorize(&request, Role::Viewer, "watching a run")?;
+        self.admit(&request, Call::Watch)?;
         let WatchRequest { run_id, after_seq } = request.into_inner();
         // A run, or a drill run (whose events are its phases).
         if self.existing_run(&run_id).await.is_err() {
@@ -408,8 +465,7 @@ impl OperatorService for OperatorApi {
     }
 
     async fn cancel(&self, request: Request<RunRef>) -> Result<Response<RunReply>, Status> {
-        self.authorize(&request, Role::Operator, "cancelling a run")?;
-        self.leading()?;
+        self.admit(&request, Call::Cancel)?;
         let run_id = request.into_inner().run_id;
         let run = self.existing_run(&run_id).await?;
         if !self
@@ -430,8 +486,7 @@ impl OperatorService for OperatorApi {
     }
 
     async fn approve(&self, request: Request<RunRef>) -> Result<Response<RunReply>, Status> {
-        self.authorize(&request, Role::Operator, "approving a run")?;
-        self.leading()?;
+        self.admit(&request, Call::Approve)?;
         let run_id = request.into_inner().run_id;
         let run = self.existing_run(&run_id).await?;
         if run.status != "paused"
@@ -453,7 +508,7 @@ impl OperatorService for OperatorApi {
     }
 
     async fn get_run(&self, request: Request<RunRef>) -> Result<Response<RunReport>, Status> {
-        self.authorize(&request, Role::Viewer, "reading a run")?;
+        self.admit(&request, Call::GetRun)?;
         let run = self.existing_run(&request.into_inner().run_id).await?;
         Ok(Response::new(self.report(&run, true).await?))
     }
@@ -462,7 +517,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<HistoryRequest>,
     ) -> Result<Response<HistoryReply>, Status> {
-        self.authorize(&request, Role::Viewer, "reading the history")?;
+        self.admit(&request, Call::History)?;
         let limit = match request.into_inner().limit {
             0 => 20,
             n => n.min(1000),
@@ -475,8 +530,7 @@ impl OperatorService for OperatorApi {
     }
 
     async fn fleet(&self, request: Request<FleetRequest>) -> Result<Response<FleetReply>, Status> {
-        self.authorize(&request, Role::Viewer, "listing the fleet")?;
-        self.leading()?;
+        self.admit(&request, Call::Fleet)?;
         let agents = self
             .shared
             .store
@@ -510,8 +564,7 @@ impl OperatorService for OperatorApi {
     }
 
     async fn remove_agent(&self, request: Request<AgentRef>) -> Result<Response<AgentRef>, Status> {
-        let (operator, _) = self.authorize(&request, Role::Admin, "retiring an agent")?;
-        self.leading()?;
+        let (operator, _) = self.admit(&request, Call::RemoveAgent)?;
         let AgentRef { agent } = request.into_inner();
         if self.shared.fleet.is_connected(&agent) {
             return Err(Status::failed_precondition(format!(
@@ -537,7 +590,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListDrillsRequest>,
     ) -> Result<Response<ListDrillsReply>, Status> {
-        self.authorize(&request, Role::Viewer, "listing drills")?;
+        self.admit(&request, Call::ListDrills)?;
         Ok(Response::new(
             super::drills::list(&self.shared, &self.config).await?,
         ))
@@ -547,9 +600,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<DrillRef>,
     ) -> Result<Response<DrillRunReply>, Status> {
-        // A drill really rolls its environment back and forward.
-        let (operator, _) = self.authorize(&request, Role::Operator, "running a drill")?;
-        self.leading()?;
+        let (operator, _) = self.admit(&request, Call::RunDrill)?;
         Ok(Response::new(
             super::drills::start(&self.shared, &self.config, &operator, request.into_inner())
                 .await?,
@@ -560,7 +611,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<DrillHistoryRequest>,
     ) -> Result<Response<DrillHistoryReply>, Status> {
-        self.authorize(&request, Role::Viewer, "reading a drill's history")?;
+        self.admit(&request, Call::DrillHistory)?;
         Ok(Response::new(
             super::drills::history(&self.shared, &self.config, request.into_inner()).await?,
         ))
@@ -570,7 +621,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<DrillRunRef>,
     ) -> Result<Response<DrillRunSummary>, Status> {
-        self.authorize(&request, Role::Viewer, "reading a drill run")?;
+        self.admit(&request, Call::GetDrillRun)?;
         let record = super::drills::existing(&self.shared, &request.into_inner().run_id).await?;
         Ok(Response::new(
             super::drills::summary(&self.shared, record).await?,
@@ -581,7 +632,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<DrillRunRef>,
     ) -> Result<Response<DrillReportReply>, Status> {
-        self.authorize(&request, Role::Viewer, "reading a drill's report")?;
+        self.admit(&request, Call::DrillReport)?;
         Ok(Response::new(
             super::drills::report(&self.shared, &request.into_inner().run_id).await?,
         ))
