@@ -65,79 +65,15 @@ fn words(sql: &str) -> Result<Vec<Vec<Word>>, String> {
                 i += 1;
             }
         } else if c == '/' && next == Some('*') {
-            let mut depth = 0usize;
-            loop {
-                match (chars.get(i), chars.get(i + 1)) {
-                    (Some('/'), Some('*')) => {
-                        depth += 1;
-                        i += 2;
-                    }
-                    (Some('*'), Some('/')) => {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    }
-                    (Some(_), _) => i += 1,
-                    (None, _) => return Err("a comment is not closed".into()),
-                }
-            }
+            i = after_comment(&chars, i)?;
         } else if c == '\'' || (matches!(c, 'e' | 'E') && next == Some('\'')) {
-            let escapes = c != '\'';
-            i += if escapes { 2 } else { 1 };
-            let mut value = String::new();
-            loop {
-                match (chars.get(i), chars.get(i + 1)) {
-                    (Some('\''), Some('\'')) => {
-                        value.push('\'');
-                        i += 2;
-                    }
-                    (Some('\''), _) => {
-                        i += 1;
-                        break;
-                    }
-                    (Some('\\'), Some(&escaped)) if escapes => {
-                        if !matches!(escaped, '\\' | '\'') {
-                            return Err(format!("the escape \\{escaped} in a string"));
-                        }
-                        value.push(escaped);
-                        i += 2;
-                    }
-                    (Some('\\'), _) => {
-                        return Err(
-                            "a backslash in a plain string (write it as E'...' with \\\\)".into(),
-                        );
-                    }
-                    (Some(&ch), _) => {
-                        value.push(ch);
-                        i += 1;
-                    }
-                    (None, _) => return Err("a string is not closed".into()),
-                }
-            }
+            let (value, end) = string(&chars, i)?;
             push(&mut statements, Word::Str(value));
+            i = end;
         } else if c == '"' {
-            let mut name = String::new();
-            i += 1;
-            loop {
-                match (chars.get(i), chars.get(i + 1)) {
-                    (Some('"'), Some('"')) => {
-                        name.push('"');
-                        i += 2;
-                    }
-                    (Some('"'), _) => {
-                        i += 1;
-                        break;
-                    }
-                    (Some(&ch), _) => {
-                        name.push(ch);
-                        i += 1;
-                    }
-                    (None, _) => return Err("a quoted name is not closed".into()),
-                }
-            }
+            let (name, end) = quoted(&chars, i)?;
             push(&mut statements, Word::Quoted(name));
+            i = end;
         } else if c.is_alphabetic() || c == '_' {
             let start = i;
             while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
@@ -178,6 +114,81 @@ fn words(sql: &str) -> Result<Vec<Vec<Word>>, String> {
     }
     statements.retain(|s| !s.is_empty());
     Ok(statements)
+}
+
+/// Where a `/* ... */` comment (nested ones included) starting at `i` ends.
+fn after_comment(chars: &[char], mut i: usize) -> Result<usize, String> {
+    let mut depth = 0usize;
+    loop {
+        match (chars.get(i), chars.get(i + 1)) {
+            (Some('/'), Some('*')) => {
+                depth += 1;
+                i += 2;
+            }
+            (Some('*'), Some('/')) => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return Ok(i);
+                }
+            }
+            (Some(_), _) => i += 1,
+            (None, _) => return Err("a comment is not closed".into()),
+        }
+    }
+}
+
+/// The value of a `'...'` or `E'...'` string starting at `i`, and where it
+/// ends. A backslash in a plain string is refused: it reads differently
+/// with `standard_conforming_strings` off.
+fn string(chars: &[char], mut i: usize) -> Result<(String, usize), String> {
+    let escapes = chars[i] != '\'';
+    i += if escapes { 2 } else { 1 };
+    let mut value = String::new();
+    loop {
+        match (chars.get(i), chars.get(i + 1)) {
+            (Some('\''), Some('\'')) => {
+                value.push('\'');
+                i += 2;
+            }
+            (Some('\''), _) => return Ok((value, i + 1)),
+            (Some('\\'), Some(&escaped)) if escapes => {
+                if !matches!(escaped, '\\' | '\'') {
+                    return Err(format!("the escape \\{escaped} in a string"));
+                }
+                value.push(escaped);
+                i += 2;
+            }
+            (Some('\\'), _) => {
+                return Err("a backslash in a plain string (write it as E'...' with \\\\)".into());
+            }
+            (Some(&ch), _) => {
+                value.push(ch);
+                i += 1;
+            }
+            (None, _) => return Err("a string is not closed".into()),
+        }
+    }
+}
+
+/// The name of a `"..."` identifier starting at `i`, and where it ends.
+fn quoted(chars: &[char], mut i: usize) -> Result<(String, usize), String> {
+    let mut name = String::new();
+    i += 1;
+    loop {
+        match (chars.get(i), chars.get(i + 1)) {
+            (Some('"'), Some('"')) => {
+                name.push('"');
+                i += 2;
+            }
+            (Some('"'), _) => return Ok((name, i + 1)),
+            (Some(&ch), _) => {
+                name.push(ch);
+                i += 1;
+            }
+            (None, _) => return Err("a quoted name is not closed".into()),
+        }
+    }
 }
 
 fn push(statements: &mut [Vec<Word>], word: Word) {
