@@ -214,7 +214,7 @@ pub async fn preview(shared: &Shared, prepared: &Prepared) -> PreviewReply {
                     StepAction::Restore => {
                         let request = StepRequest {
                             run_id: String::new(),
-                            step_id: format!("preview/{agent}/{target}/{}", nonce()),
+                            step_id: crate::step_id::preview(&agent, &target),
                             attempt: 1,
                             target: target.clone(),
                             action: Action::Plan as i32,
@@ -399,7 +399,7 @@ pub async fn checkpoint(
         for target in &agent.targets {
             let fleet = shared.fleet.clone();
             let (agent, target) = (agent.name.clone(), target.clone());
-            let step_id = format!("checkpoint/{release}/{agent}/{}/{}", target.name, nonce());
+            let step_id = crate::step_id::checkpoint(&release, &agent, &target.name);
             tasks.spawn(async move {
                 let request = StepRequest {
                     step_id,

@@ -19,6 +19,7 @@ pub mod notify;
 pub mod plan;
 pub mod runner;
 pub mod server;
+pub mod step_id;
 pub mod store;
 pub mod ui;
 pub mod vocabulary;

@@ -291,14 +291,7 @@ fn build(
                 Some(ids) => ids.get(step_ids.len()).cloned().ok_or_else(|| {
                     format!("run {}: the journal has fewer steps than its plan", run.id)
                 })?,
-                None => format!(
-                    "{}/{}/{}/{}/{}",
-                    run.id,
-                    stage.name,
-                    step.agent,
-                    step.target,
-                    nonce()
-                ),
+                None => crate::step_id::stage_step(&run.id, &stage.name, &step.agent, &step.target),
             };
             requests.push(StepRequest {
                 run_id: run.id.clone(),
@@ -363,7 +356,7 @@ fn build(
                     target,
                     StepAction::Verify,
                     &[],
-                    format!("{}/{}/smoke/{agent}/{target}", run.id, stage.name),
+                    crate::step_id::smoke(&run.id, &stage.name, agent, target),
                     stage.line,
                     &format!("stage {}: smoke check", stage.name),
                 )?);
@@ -385,7 +378,7 @@ fn build(
                 target,
                 *action,
                 parts,
-                format!("{}/hook/{}", run.id, hook.name),
+                crate::step_id::hook(&run.id, &hook.name),
                 hook.line,
                 &format!("hook {}", hook.name),
             )?),
@@ -942,7 +935,7 @@ async fn run_gates(
                     fleet.wait_for(agent, GATE_PATIENCE).await;
                     let verify = StepRequest {
                         run_id: String::new(),
-                        step_id: format!("{}/verify/{}", request.step_id, nonce()),
+                        step_id: crate::step_id::verify_of(&request.step_id),
                         attempt: 1,
                         action: Action::Verify as i32,
                         ..request.clone()

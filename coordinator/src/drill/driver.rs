@@ -12,7 +12,7 @@ use crate::config::{CoordinatorConfig, Role};
 use crate::engine::{RunKind, RunStatus};
 use crate::launch;
 use crate::notify::{self, Notice};
-use crate::runner::{Shared, nonce, now_ms};
+use crate::runner::{Shared, now_ms};
 use crate::store::{DrillRunRecord, EventRecord, OutboxRecord, StoreError};
 use crate::vocabulary::EventKind;
 use rewind_proto::v1::{Action, StepRequest};
@@ -489,13 +489,7 @@ async fn verify(shared: &Shared, record: &DrillRunRecord) -> Result<(), String> 
         };
         shared.fleet.wait_for(&step.agent, VERIFY_PATIENCE).await;
         let request = StepRequest {
-            step_id: format!(
-                "{}/verify/{}/{}/{}",
-                record.id,
-                step.agent,
-                step.target,
-                nonce()
-            ),
+            step_id: crate::step_id::drill_verify(&record.id, &step.agent, &step.target),
             attempt: 1,
             target: step.target.clone(),
             action: Action::Verify as i32,
