@@ -297,16 +297,14 @@ async fn a_watch_of_a_paused_run_ends_when_its_watcher_leaves() {
     let run = fleet.start_run(pausing, "v1").await;
     fleet.events_until(&run, |e| e.kind == "run-paused").await;
 
-    let streams = || value(&scrape(port), "rewind_watch_streams", &[]);
+    let streams_open = |count: f64, what: &str| {
+        eventually(what, Duration::from_secs(20), || {
+            let open = value(&scrape(port), "rewind_watch_streams", &[]);
+            holds(open == count, open)
+        })
+    };
     // The test's own watch (until the pause) has ended too.
-    eventually(
-        "no watch stream open",
-        Duration::from_secs(20),
-        || match streams() {
-            0.0 => Ok(()),
-            n => Err(n),
-        },
-    );
+    streams_open(0.0, "no watch stream open");
     let mut watchers: Vec<std::process::Child> = (0..3)
         .map(|_| {
             fleet
@@ -317,27 +315,13 @@ async fn a_watch_of_a_paused_run_ends_when_its_watcher_leaves() {
                 .expect("rewind watch")
         })
         .collect();
-    eventually(
-        "three watch streams open",
-        Duration::from_secs(20),
-        || match streams() {
-            3.0 => Ok(()),
-            n => Err(n),
-        },
-    );
+    streams_open(3.0, "three watch streams open");
     for watcher in &mut watchers {
         watcher.kill().unwrap();
         watcher.wait().unwrap();
     }
     // The run is still paused; its watchers' streams end all the same.
-    eventually(
-        "every watch stream closed",
-        Duration::from_secs(20),
-        || match streams() {
-            0.0 => Ok(()),
-            n => Err(n),
-        },
-    );
+    streams_open(0.0, "every watch stream closed");
     assert!(fleet.rewind("ops", &["cancel", &run]).success);
     fleet.finish(&run).await;
 }

@@ -84,8 +84,11 @@ async fn a_plugin_that_loops_forever_is_stopped_at_its_deadline() {
     let error = agent.call("spin", restore()).await.unwrap_err();
     let elapsed = started.elapsed();
     assert!(matches!(error, CallError::Deadline { .. }), "{error}");
+    // Stopped at its deadline, not when it ends (it never does). The call's
+    // time includes loading the plugin, which takes longer on a machine
+    // busy with other tests: the bound leaves room for that.
     assert!(
-        elapsed < Duration::from_secs(2),
+        elapsed < Duration::from_secs(5),
         "stopped after {elapsed:?}, deadline 1s"
     );
     assert!(
