@@ -68,6 +68,7 @@ pub fn admit(
     protected: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Admitted, Refusal> {
     let mut problems = Vec::new();
+    let mut changed = Vec::new();
     let mut data_loss = Vec::new();
     let mut on_protected = Vec::new();
     let mut window: Option<u64> = None;
@@ -80,6 +81,10 @@ pub fn admit(
             );
             if let Some(e) = &step.error {
                 problems.push(format!("{place}: {}: {}", e.kind, e.message));
+            }
+            let key = crate::launch::approval_key(&stage.stage, &step.agent, &step.target);
+            if request.approved.get(&key) != Some(&step.fingerprint) {
+                changed.push(place.clone());
             }
             let loses_data = step
                 .preview
@@ -108,31 +113,14 @@ pub fn admit(
             ),
         );
     }
-    if !request.approved.is_empty() && !request.force {
-        let changed: Vec<String> = preview
-            .stages
-            .iter()
-            .flat_map(|stage| {
-                stage.steps.iter().filter_map(move |step| {
-                    let key = crate::launch::approval_key(&stage.stage, &step.agent, &step.target);
-                    (request.approved.get(&key) != Some(&step.fingerprint)).then(|| {
-                        format!(
-                            "stage {} host {} target {}",
-                            stage.stage, step.agent, step.target
-                        )
-                    })
-                })
-            })
-            .collect();
-        if !changed.is_empty() {
-            return refuse(
-                RefusalKind::Changed,
-                format!(
-                    "the targets changed since the preview you approved, nothing was started: {}; preview again (or run with --force)",
-                    changed.join("; ")
-                ),
-            );
-        }
+    if !request.approved.is_empty() && !request.force && !changed.is_empty() {
+        return refuse(
+            RefusalKind::Changed,
+            format!(
+                "the targets changed since the preview you approved, nothing was started: {}; preview again (or run with --force)",
+                changed.join("; ")
+            ),
+        );
     }
     if !data_loss.is_empty() && !request.confirm_data_loss {
         return refuse(

@@ -324,7 +324,7 @@ pub async fn skip(
     let notice = drill_notice(
         &record,
         EventKind::DrillSkipped,
-        "warning",
+        false,
         format!("drill {} skipped: {why}", record.drill),
         record.started_ms,
     );

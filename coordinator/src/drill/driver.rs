@@ -70,11 +70,12 @@ pub(super) fn spawn(
     tokio::spawn(drive(shared, config, record, schedule, seq, first, rx));
 }
 
-/// A notice of a drill run's event for subscribers.
+/// A notice of a drill run's event for subscribers, with the event's own
+/// severity unless `critical`.
 pub(super) fn drill_notice(
     record: &DrillRunRecord,
     event: EventKind,
-    severity: &str,
+    critical: bool,
     summary: String,
     unix_ms: u64,
 ) -> Notice {
@@ -95,7 +96,12 @@ pub(super) fn drill_notice(
     }
     Notice {
         event: event.to_string(),
-        severity: severity.to_string(),
+        severity: if critical {
+            "critical"
+        } else {
+            event.severity()
+        }
+        .to_string(),
         subject_kind: "drill".into(),
         subject_id: record.id.clone(),
         name: record.drill.clone(),
@@ -106,45 +112,34 @@ pub(super) fn drill_notice(
     }
 }
 
-/// The notice a drill's own event sends, if any.
+/// The notice a drill's own event sends, if any. A drill paused because its
+/// roll forward cannot start, or failed after that, is `critical`.
 fn notice_of(record: &DrillRunRecord, kind: EventKind, message: &str, now: u64) -> Option<Notice> {
     let name = &record.drill;
-    let (event, severity, summary) = match kind {
+    let (event, critical, summary) = match kind {
         EventKind::DrillStarted => (
-            EventKind::DrillStarted,
-            "info",
+            kind,
+            false,
             format!(
                 "drill {name} started on {}: checkpoint, roll back to {}, roll forward",
                 record.env, record.back_to
             ),
         ),
-        EventKind::DrillPassed => (
-            EventKind::DrillPassed,
-            "info",
-            format!("drill {name} passed"),
-        ),
+        EventKind::DrillPassed => (kind, false, format!("drill {name} passed")),
         EventKind::DrillFailed => (
-            EventKind::DrillFailed,
-            if record.state.critical {
-                "critical"
-            } else {
-                "error"
-            },
+            kind,
+            record.state.critical,
             format!("drill {name} failed: {message}"),
         ),
         EventKind::DrillPaused => (
             EventKind::DrillFailed,
-            "critical",
+            true,
             format!("drill {name}: {message}"),
         ),
-        EventKind::DrillSlower => (
-            EventKind::DrillSlower,
-            "warning",
-            format!("drill {name}: {message}"),
-        ),
+        EventKind::DrillSlower => (kind, false, format!("drill {name}: {message}")),
         _ => return None,
     };
-    Some(drill_notice(record, event, severity, summary, now))
+    Some(drill_notice(record, event, critical, summary, now))
 }
 
 /// The failure of a run in one line: its first failed step (stage, host,

@@ -54,12 +54,6 @@ impl Notice {
     }
 }
 
-/// The severity an event gets unless its source says more (a drill whose
-/// roll forward failed is `critical`).
-pub fn severity_of(event: &str) -> &'static str {
-    EventKind::parse(event).map_or("info", EventKind::severity)
-}
-
 /// The outbox rows for one journaled event (`<subject>/<seq>`): one per
 /// webhook that subscribed to it.
 pub fn rows(webhooks: &[WebhookConfig], seq: u64, notice: &Notice) -> Vec<OutboxRecord> {

@@ -7,6 +7,18 @@ use rewind_tests::scenarios::{self, assert_ran_once_in_stage_order};
 use rewind_tests::wait::{eventually, holds};
 use std::time::Duration;
 
+/// Wait until `host`'s plugin has recorded a line of `kind` (`start`, `end`).
+fn until_recorded(fleet: &TestFleet, host: &str, kind: &str) {
+    eventually(
+        &format!("{host}'s plugin records `{kind}`"),
+        Duration::from_secs(30),
+        || {
+            let records = fleet.records(host);
+            holds(records.iter().any(|(k, _)| k == kind), records)
+        },
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_four_stage_rollback_runs_in_dependency_order() {
     scenarios::four_stage_rollback(None).await;
@@ -57,10 +69,7 @@ async fn an_agent_killed_mid_step_has_its_outcome_recovered_not_repeated() {
     fleet.checkpoint("v1").await;
     let run = fleet.start_run(&four_stage_plan(""), "v1").await;
     // api-1 has done its work and sits before returning: kill it then.
-    eventually("api-1 restores", Duration::from_secs(30), || {
-        let records = fleet.records("api-1");
-        holds(records.iter().any(|(k, _)| k == "end"), records)
-    });
+    until_recorded(&fleet, "api-1", "end");
     fleet.fleet.kill_agent("api-1");
     fleet.fleet.start_agent("api-1").expect("restarted agent");
     let report = fleet.finish(&run).await;
@@ -255,10 +264,7 @@ async fn a_checkpoint_during_a_restore_of_the_same_target_waits_for_it() {
     let run = fleet.start_run(plan, "v1").await;
     fleet.events_until(&run, |e| e.kind == "step-sent").await;
     // The plugin has begun the restore; then a snapshot of the target is asked for.
-    eventually("db-1 begins its restore", Duration::from_secs(30), || {
-        let records = fleet.records("db-1");
-        holds(records.iter().any(|(k, _)| k == "start"), records)
-    });
+    until_recorded(&fleet, "db-1", "start");
     fleet.checkpoint("v2").await;
     assert_eq!(fleet.finish(&run).await.status, "succeeded");
     let restore = fleet.records("db-1");
